@@ -1,0 +1,36 @@
+// Command moss-compose is the build side of mossfs: it imports content into
+// the store (directories, .stone packages, composefs dumps), composes
+// transactions into EROFS metadata images, inspects, verifies and collects
+// garbage. Invoked as "mkcomposefs" it behaves like composefs's mkcomposefs.
+//
+// Each subcommand lives in its own file and registers itself with rootCmd in
+// an init function.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/spf13/cobra"
+)
+
+var rootCmd = &cobra.Command{
+	Use:           "moss-compose",
+	Short:         "Build and manage mossfs transactions: content store, EROFS metadata images, state",
+	Version:       cli.VersionString(),
+	SilenceUsage:  true,
+	SilenceErrors: true,
+}
+
+func main() {
+	// Multi-call: a link named mkcomposefs runs the mkcomposefs subcommand.
+	if filepath.Base(os.Args[0]) == "mkcomposefs" {
+		rootCmd.SetArgs(append([]string{"mkcomposefs"}, os.Args[1:]...))
+	}
+	if err := rootCmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "moss-compose:", err)
+		os.Exit(1)
+	}
+}
