@@ -35,6 +35,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/tree"
 )
 
@@ -436,11 +437,7 @@ func (im *importer) content(j *job) error {
 		// elsewhere by a path swapped meanwhile.
 		d, err = im.opts.Sink.PutFile("/proc/self/fd/" + strconv.Itoa(fd))
 	} else {
-		cr := &countReader{r: f}
-		d, err = verityDigest(cr)
-		if err == nil && cr.n != j.size {
-			err = fmt.Errorf("read %d bytes, stat said %d: file changed while being imported", cr.n, j.size)
-		}
+		d, err = fsverity.DigestReaderAt(f, j.size)
 	}
 	if err != nil {
 		return im.errorf(j.rel, err)
@@ -468,15 +465,4 @@ func payload(d [32]byte) string {
 		b = append(b, hexdig[c>>4], hexdig[c&15])
 	}
 	return string(b)
-}
-
-type countReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countReader) Read(p []byte) (int, error) {
-	k, err := c.r.Read(p)
-	c.n += int64(k)
-	return k, err
 }
