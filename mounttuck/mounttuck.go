@@ -1,0 +1,182 @@
+// Package mounttuck replaces what is mounted at a path atomically, the way
+// systemd's mount_exchange_graceful does: the new tree, built as a detached
+// mount, is slid underneath the current top with
+// move_mount(MOVE_MOUNT_BENEATH), then the old top is detached
+// (MNT_DETACH). Path lookups see the new tree at once; open files, current
+// directories and running programs keep the old tree until they let go.
+//
+// It never overmounts: if the kernel refuses to mount beneath (a namespace
+// root, a propagation layout that would shadow the new mount), Switch
+// returns an error that says why and leaves the old mount as it was.
+package mounttuck
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// Result says what Switch did.
+type Result struct {
+	// Plain is set when nothing was mounted at the target, so the new
+	// mount was attached there directly.
+	Plain bool
+	// Old is the mount that was replaced (zero when Plain).
+	Old MountEntry
+}
+
+// Step names for the test hook, in the order Switch takes them.
+const (
+	stepBeneath   = "beneath"    // before move_mount(MOVE_MOUNT_BENEATH)
+	stepDetachOld = "detach-old" // before unmounting the old top
+)
+
+// testHook, when set by a test, runs before each step; an error aborts the
+// switch there, as a real failure would.
+var testHook func(step string) error
+
+func hook(step string) error {
+	if testHook == nil {
+		return nil
+	}
+	return testHook(step)
+}
+
+// ErrNamespaceRoot is wrapped in the error for targets that cannot be
+// tucked because they are the caller's root or sit directly on the mount
+// namespace's root mount (as in an initramfs, whose rootfs is that root).
+var ErrNamespaceRoot = errors.New("the target is, or sits directly on, the root of the mount namespace")
+
+// ErrPropagation is wrapped in the error for targets whose propagation
+// layout would overmount (shadow) the new mount.
+var ErrPropagation = errors.New("shared mount propagation would overmount the new mount")
+
+// Switch makes the detached mount mntFd (from fsmount or
+// open_tree(OPEN_TREE_CLONE)) the mount at target. When something is
+// mounted there, mntFd goes beneath it and the old top is detached; when
+// nothing is, mntFd is attached directly. On any failure before the old top
+// is detached, the old mount is left exactly as it was. The caller still
+// owns (and should close) mntFd.
+func Switch(mntFd int, target string) (Result, error) {
+	var res Result
+	if !filepath.IsAbs(target) {
+		return res, fmt.Errorf("switch %s: target must be an absolute path", target)
+	}
+	target = filepath.Clean(target)
+	st, err := os.Lstat(target)
+	if err != nil {
+		return res, fmt.Errorf("switch %s: %w", target, err)
+	}
+	if !st.IsDir() {
+		return res, fmt.Errorf("switch %s: target is not a directory", target)
+	}
+	old, _ := topMount(target)
+
+	if err := hook(stepBeneath); err != nil {
+		return res, fmt.Errorf("switch %s: %w", target, err)
+	}
+	err = unix.MoveMount(mntFd, "", unix.AT_FDCWD, target,
+		unix.MOVE_MOUNT_F_EMPTY_PATH|moveMountBeneath)
+	if err != nil {
+		if !errors.Is(err, unix.EINVAL) {
+			return res, fmt.Errorf("switch %s: move_mount beneath: %w", target, err)
+		}
+		root, rerr := isMountRoot(target)
+		if rerr != nil {
+			return res, fmt.Errorf("switch %s: move_mount beneath: %w (and %w)", target, err, rerr)
+		}
+		if !root {
+			// Nothing mounted at target: there is nothing to tuck under.
+			if err := unix.MoveMount(mntFd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+				return res, fmt.Errorf("switch %s: mount: %w", target, err)
+			}
+			res.Plain = true
+			return res, nil
+		}
+		return res, diagnose(target, err)
+	}
+	res.Old = old
+
+	err = hook(stepDetachOld)
+	if err == nil {
+		err = unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+	}
+	if err != nil {
+		return res, fmt.Errorf("switch %s: the new mount is in place beneath the old one, but detaching the old top failed (both stay stacked; the old one is still visible): %w", target, err)
+	}
+	return res, nil
+}
+
+// moveMountBeneath is MOVE_MOUNT_BENEATH (Linux 6.5), not yet in x/sys.
+const moveMountBeneath = 0x200
+
+// isMountRoot reports whether path is the root of a mount.
+func isMountRoot(path string) (bool, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_BASIC_STATS, &stx); err != nil {
+		return false, fmt.Errorf("statx %s: %w", path, err)
+	}
+	if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		// Kernels before 5.8: compare with the parent's device.
+		var pst unix.Stat_t
+		if err := unix.Stat(filepath.Dir(path), &pst); err != nil {
+			return false, err
+		}
+		return path == "/" || unix.Mkdev(stx.Dev_major, stx.Dev_minor) != pst.Dev, nil
+	}
+	return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, nil
+}
+
+// topMount returns the mountinfo entry of the mount on top at path.
+func topMount(path string) (MountEntry, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_MNT_ID, &stx); err != nil {
+		return MountEntry{}, fmt.Errorf("statx %s: %w", path, err)
+	}
+	if stx.Mask&unix.STATX_MNT_ID == 0 {
+		return MountEntry{}, fmt.Errorf("statx %s: no mount id", path)
+	}
+	mounts, err := ReadMountInfo()
+	if err != nil {
+		return MountEntry{}, err
+	}
+	for _, m := range mounts {
+		if uint64(m.ID) == stx.Mnt_id {
+			return m, nil
+		}
+	}
+	return MountEntry{}, fmt.Errorf("mount %d of %s not in /proc/self/mountinfo", stx.Mnt_id, path)
+}
+
+// diagnose explains an EINVAL from move_mount beneath a mounted target.
+func diagnose(target string, err error) error {
+	fail := func(why error, detail string) error {
+		return fmt.Errorf("switch %s: cannot mount beneath: %w: %s (move_mount: %v); the old mount is unchanged", target, why, detail, err)
+	}
+	if target == "/" {
+		return fail(ErrNamespaceRoot, "/ cannot be replaced live; mount mossfs on a mount point such as /usr")
+	}
+	top, terr := topMount(target)
+	if terr != nil {
+		return fmt.Errorf("switch %s: cannot mount beneath (move_mount: %w), and %w", target, err, terr)
+	}
+	mounts, _ := ReadMountInfo()
+	var parent *MountEntry
+	for i := range mounts {
+		if mounts[i].ID == top.Parent {
+			parent = &mounts[i]
+		}
+	}
+	if parent == nil || parent.ID == parent.Parent || top.ID == top.Parent {
+		return fail(ErrNamespaceRoot, "its parent mount is the namespace root (in an initramfs: mount a tmpfs first and work beneath it)")
+	}
+	if pg := parent.Shared(); pg != 0 {
+		if top.Shared() == pg || top.Master() == pg {
+			return fail(ErrPropagation, fmt.Sprintf("the parent mount %s (shared:%d) propagates to the mount at the target; make it private or a slave first", parent.MountPoint, pg))
+		}
+	}
+	return fmt.Errorf("switch %s: cannot mount beneath the mount %d (%s %s, parent %s): %w; the old mount is unchanged", target, top.ID, top.FSType, top.Source, parent.MountPoint, err)
+}

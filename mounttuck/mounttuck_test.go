@@ -1,0 +1,272 @@
+package mounttuck
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mossfs/mossfs/internal/testenv"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) { testenv.MainInMountNS(m) }
+
+// detachedTmpfs returns a detached tmpfs mount holding a file "marker"
+// with the given content.
+func detachedTmpfs(t testing.TB, marker string) int {
+	t.Helper()
+	fsfd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		t.Fatalf("fsopen tmpfs: %v", err)
+	}
+	defer unix.Close(fsfd)
+	if err := unix.FsconfigSetString(fsfd, "source", "mounttuck-test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		t.Fatal(err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("fsmount: %v", err)
+	}
+	if err := os.WriteFile(fmt.Sprintf("/proc/self/fd/%d/marker", mfd), []byte(marker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return mfd
+}
+
+func mountsAt(t testing.TB, path string) []MountEntry {
+	t.Helper()
+	m, err := MountsAt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func readMarker(t testing.TB, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "marker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// scratch returns an empty directory on a fresh tmpfs (so the target's
+// parent mount is an ordinary mount, not the namespace root).
+func scratch(t *testing.T) string {
+	t.Helper()
+	testenv.RequireMountNS(t)
+	dir := t.TempDir()
+	if err := unix.Mount("scratch", dir, "tmpfs", 0, ""); err != nil {
+		t.Fatalf("mount scratch tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	target := filepath.Join(dir, "target")
+	if err := os.Mkdir(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return target
+}
+
+func TestSwitchNothingMountedIsPlainMount(t *testing.T) {
+	target := scratch(t)
+	fd := detachedTmpfs(t, "one")
+	defer unix.Close(fd)
+	res, err := Switch(fd, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Plain {
+		t.Errorf("Plain = false for an empty target")
+	}
+	if got := readMarker(t, target); got != "one" {
+		t.Errorf("marker = %q, want one", got)
+	}
+	if n := len(mountsAt(t, target)); n != 1 {
+		t.Errorf("%d mounts at target, want 1", n)
+	}
+}
+
+func TestSwitchReplacesWithoutPilingUp(t *testing.T) {
+	target := scratch(t)
+	const n = 200
+	for i := range n {
+		fd := detachedTmpfs(t, fmt.Sprint(i))
+		res, err := Switch(fd, target)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatalf("switch %d: %v", i, err)
+		}
+		if res.Plain != (i == 0) {
+			t.Fatalf("switch %d: Plain = %v", i, res.Plain)
+		}
+		if i > 0 && res.Old.Source != "mounttuck-test" {
+			t.Fatalf("switch %d: old mount %+v", i, res.Old)
+		}
+		if got := readMarker(t, target); got != fmt.Sprint(i) {
+			t.Fatalf("switch %d: marker %q", i, got)
+		}
+	}
+	if m := mountsAt(t, target); len(m) != 1 {
+		t.Fatalf("after %d switches %d mounts at target: %+v", n, len(m), m)
+	}
+}
+
+func TestSwitchKeepsOpenFilesOnOldTree(t *testing.T) {
+	target := scratch(t)
+	fd := detachedTmpfs(t, "old")
+	Switch(fd, target)
+	unix.Close(fd)
+	f, err := os.Open(filepath.Join(target, "marker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dir, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+
+	fd = detachedTmpfs(t, "new")
+	defer unix.Close(fd)
+	if _, err := Switch(fd, target); err != nil {
+		t.Fatal(err)
+	}
+	if got := readMarker(t, target); got != "new" {
+		t.Errorf("new open reads %q, want new", got)
+	}
+	buf := make([]byte, 16)
+	n, err := f.ReadAt(buf, 0)
+	if string(buf[:n]) != "old" {
+		t.Errorf("file opened before the switch reads %q (%v), want old", buf[:n], err)
+	}
+	// A directory opened before keeps naming the old tree.
+	old, err := os.ReadFile(fmt.Sprintf("/proc/self/fd/%d/marker", dir.Fd()))
+	if err != nil || string(old) != "old" {
+		t.Errorf("through the old directory: %q, %v", old, err)
+	}
+}
+
+func TestSwitchFailureBeforeLastStepKeepsOldMount(t *testing.T) {
+	target := scratch(t)
+	fd := detachedTmpfs(t, "old")
+	Switch(fd, target)
+	unix.Close(fd)
+	before := mountsAt(t, target)
+
+	injected := errors.New("injected failure")
+	testHook = func(step string) error {
+		if step == stepBeneath {
+			return injected
+		}
+		return nil
+	}
+	fd = detachedTmpfs(t, "new")
+	_, err := Switch(fd, target)
+	testHook = nil
+	unix.Close(fd)
+	if !errors.Is(err, injected) {
+		t.Fatalf("Switch error = %v, want the injected failure", err)
+	}
+	checkUnchanged(t, target, before)
+
+	// A real kernel failure: a descriptor that is not a mount.
+	f, err := os.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Switch(int(f.Fd()), target)
+	f.Close()
+	if err == nil {
+		t.Fatal("Switch with a plain directory descriptor succeeded")
+	}
+	checkUnchanged(t, target, before)
+}
+
+func checkUnchanged(t *testing.T, target string, before []MountEntry) {
+	t.Helper()
+	after := mountsAt(t, target)
+	if len(after) != len(before) || after[0].ID != before[0].ID {
+		t.Fatalf("mounts at target changed: before %+v, after %+v", before, after)
+	}
+	if got := readMarker(t, target); got != "old" {
+		t.Fatalf("marker = %q, want old", got)
+	}
+}
+
+func TestSwitchNamespaceRootIsRefused(t *testing.T) {
+	testenv.RequireMountNS(t)
+	before, err := ReadMountInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := detachedTmpfs(t, "x")
+	defer unix.Close(fd)
+	_, err = Switch(fd, "/")
+	if !errors.Is(err, ErrNamespaceRoot) {
+		t.Fatalf("Switch(/) error = %v, want ErrNamespaceRoot", err)
+	}
+	t.Logf("error: %v", err)
+	after, _ := ReadMountInfo()
+	if len(after) != len(before) {
+		t.Fatalf("mount table changed: %d → %d entries", len(before), len(after))
+	}
+}
+
+func TestSwitchSharedPropagationIsRefused(t *testing.T) {
+	target := scratch(t)
+	// A shared tmpfs with a bind of itself on top: the top is a peer of its
+	// parent, so anything mounted beneath would be propagated over again.
+	if err := unix.Mount("shared-test", target, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "marker"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("", target, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(target, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	before := mountsAt(t, target)
+	fd := detachedTmpfs(t, "new")
+	defer unix.Close(fd)
+	_, err := Switch(fd, target)
+	if !errors.Is(err, ErrPropagation) {
+		t.Fatalf("Switch error = %v, want ErrPropagation", err)
+	}
+	if !strings.Contains(err.Error(), "unchanged") {
+		t.Errorf("error does not say the old mount is unchanged: %v", err)
+	}
+	after := mountsAt(t, target)
+	if len(after) != len(before) {
+		t.Fatalf("mounts changed: %+v → %+v", before, after)
+	}
+	if got := readMarker(t, target); got != "old" {
+		t.Fatalf("marker %q", got)
+	}
+}
+
+func TestParseMountInfoLine(t *testing.T) {
+	e, err := parseMountInfoLine(`36 35 98:0 /mnt1 /mnt/with\040space rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.ID != 36 || e.Parent != 35 || e.MountPoint != "/mnt/with space" || e.FSType != "ext3" ||
+		e.Source != "/dev/root" || e.Shared() != 7 || e.Master() != 1 || e.Root != "/mnt1" {
+		t.Errorf("parsed %+v", e)
+	}
+	for _, bad := range []string{"", "1 2 3", "x 1 0:1 / / rw - tmpfs t rw", "1 2 0:1 / / rw shared:1 tmpfs t"} {
+		if _, err := parseMountInfoLine(bad); err == nil {
+			t.Errorf("%q parsed without error", bad)
+		}
+	}
+}
