@@ -1,0 +1,309 @@
+package overlay
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mossfs/mossfs/internal/testenv"
+	"github.com/mossfs/mossfs/mounttuck"
+	"github.com/mossfs/mossfs/overlay/overlaytest"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) { testenv.MainInMountNS(m) }
+
+// fixture is one transaction on disk: image file and object directory.
+type fixture struct {
+	tx      *overlaytest.Tx
+	image   string
+	objects string
+}
+
+// newFixture writes the sample transaction's image (built by build) and
+// objects under dir.
+func newFixture(t *testing.T, dir, marker string, build func(testing.TB, *overlaytest.Tx) []byte) fixture {
+	t.Helper()
+	tx := overlaytest.Sample(marker)
+	f := fixture{tx: tx, image: filepath.Join(dir, "image-"+marker), objects: filepath.Join(dir, "objects")}
+	tx.WriteObjects(t, f.objects)
+	if err := os.WriteFile(f.image, build(t, tx), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func mkfsBuild(t testing.TB, tx *overlaytest.Tx) []byte { return overlaytest.MkfsImage(t, tx.Root) }
+
+// builders are the image producers the mount tests run against.
+var builders = map[string]func(testing.TB, *overlaytest.Tx) []byte{
+	"mkfs.erofs": mkfsBuild,
+}
+
+// attach mounts the detached mount fd on a fresh directory and returns it.
+func attach(t *testing.T, fd int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		t.Fatalf("attach at %s: %v", dir, err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+func onTmpfs(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("overlay-test", dir, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+func checkExt4(t *testing.T, dir string) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type != unix.EXT4_SUPER_MAGIC {
+		t.Logf("note: %s is not on ext4 (f_type %#x): file-backed EROFS may fall back to a loop device", dir, st.Type)
+	}
+}
+
+func TestMountMatchesSource(t *testing.T) {
+	testenv.RequireMountNS(t)
+	for bname, build := range builders {
+		for _, m := range []Method{MethodDetachedLayer, MethodLayerKeys, MethodLegacy} {
+			for _, where := range []string{"ext4", "tmpfs", "forced-loop"} {
+				t.Run(bname+"/"+string(m)+"/"+where, func(t *testing.T) {
+					dir := t.TempDir()
+					if where == "tmpfs" {
+						dir = onTmpfs(t)
+					} else {
+						checkExt4(t, dir)
+					}
+					tmp := t.TempDir()
+					f := newFixture(t, dir, "A", build)
+					fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects, Methods: []Method{m},
+						NoFileBacked: where == "forced-loop", TempDir: tmp})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer unix.Close(fd)
+					if info.Method != m {
+						t.Errorf("method %s, want %s", info.Method, m)
+					}
+					wantBacking := "file"
+					if where != "ext4" {
+						wantBacking = "loop"
+					}
+					if info.ImageBacking != wantBacking {
+						t.Errorf("image backing %q, want %q", info.ImageBacking, wantBacking)
+					}
+					if info.Verity != VerityOff {
+						t.Errorf("verity %q on a host without fs-verity, want off", info.Verity)
+					}
+					mnt := attach(t, fd)
+					overlaytest.Compare(t, mnt, f.tx)
+					checkNoIntermediate(t, tmp)
+				})
+			}
+		}
+	}
+}
+
+// checkNoIntermediate fails if an EROFS mount or a temporary mount point
+// is left in this namespace once the overlay is built.
+func checkNoIntermediate(t *testing.T, tmp string) {
+	t.Helper()
+	mounts, err := mounttuck.ReadMountInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mounts {
+		if m.FSType == "erofs" {
+			t.Errorf("intermediate EROFS mount left in the mount table: %+v", m)
+		}
+	}
+	left, _ := os.ReadDir(tmp)
+	for _, e := range left {
+		t.Errorf("temporary mount point left: %s", e.Name())
+	}
+}
+
+func TestMountAllMethodsFallBack(t *testing.T) {
+	testenv.RequireMountNS(t)
+	f := newFixture(t, t.TempDir(), "A", mkfsBuild)
+	fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	// This kernel (6.15+) takes the detached EROFS mount as a layer.
+	if info.Method != MethodDetachedLayer {
+		t.Errorf("default method %s, want %s on this kernel", info.Method, MethodDetachedLayer)
+	}
+	mnt := attach(t, fd)
+	overlaytest.Compare(t, mnt, f.tx)
+	mounts, _ := mounttuck.MountsAt(mnt)
+	if len(mounts) != 1 || mounts[0].Source != DefaultSource || mounts[0].FSType != "overlay" {
+		t.Errorf("mount at %s: %+v, want one overlay with source %s", mnt, mounts, DefaultSource)
+	}
+	if !strings.Contains(mounts[0].SuperOptions, "ro") {
+		t.Errorf("overlay super options %q, want read-only", mounts[0].SuperOptions)
+	}
+}
+
+func TestMountVerityRequireIsEnforced(t *testing.T) {
+	testenv.RequireMountNS(t)
+	f := newFixture(t, t.TempDir(), "A", mkfsBuild)
+	fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects, Verity: VerityRequire})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if info.Verity != VerityRequire {
+		t.Fatalf("verity %q, want require", info.Verity)
+	}
+	mnt := attach(t, fd)
+	// The objects have no fs-verity here (nor has this kernel): overlayfs
+	// must refuse to serve their content, and still serve inline files.
+	_, err = os.ReadFile(filepath.Join(mnt, "bin/tool"))
+	if !errors.Is(err, unix.EIO) {
+		t.Errorf("read of an external file under verity=require: %v, want EIO", err)
+	}
+	if _, err := os.ReadFile(filepath.Join(mnt, "tx")); err != nil {
+		t.Errorf("inline file under verity=require: %v", err)
+	}
+}
+
+func TestMountLoopDeviceIsReleased(t *testing.T) {
+	testenv.RequireMountNS(t)
+	f := newFixture(t, onTmpfs(t), "A", mkfsBuild)
+	fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.LoopDevice == "" {
+		unix.Close(fd)
+		t.Fatalf("image on tmpfs mounted without a loop device: %+v", info)
+	}
+	backing := filepath.Join("/sys/block", filepath.Base(info.LoopDevice), "loop/backing_file")
+	if b, err := os.ReadFile(backing); err != nil || strings.TrimSpace(string(b)) != f.image {
+		t.Errorf("%s: %q, %v; want %s", backing, b, err, f.image)
+	}
+	unix.Close(fd) // never attached: unmounts overlay and EROFS
+	if _, err := os.Stat(backing); err == nil {
+		// autoclear runs when the superblock goes, which may lag a moment
+		// behind close(2) (deferred fput); it must not stay bound.
+		for range 200 {
+			if _, err := os.Stat(backing); err != nil {
+				return
+			}
+			unix.Nanosleep(&unix.Timespec{Nsec: 10e6}, nil)
+		}
+		t.Errorf("%s still bound after the mount was released", info.LoopDevice)
+	}
+}
+
+func TestMountErrors(t *testing.T) {
+	testenv.RequireMountNS(t)
+	dir := t.TempDir()
+	f := newFixture(t, dir, "A", mkfsBuild)
+	garbage := filepath.Join(dir, "garbage")
+	os.WriteFile(garbage, make([]byte, 8192), 0o644)
+	for name, opts := range map[string]Options{
+		"no image":       {Image: filepath.Join(dir, "missing"), ObjectsDir: f.objects},
+		"not an image":   {Image: garbage, ObjectsDir: f.objects},
+		"no objects":     {Image: f.image, ObjectsDir: filepath.Join(dir, "missing")},
+		"bad verity":     {Image: f.image, ObjectsDir: f.objects, Verity: "maybe"},
+		"objects a file": {Image: f.image, ObjectsDir: f.image},
+	} {
+		fd, _, err := Mount(opts)
+		if err == nil {
+			unix.Close(fd)
+			t.Errorf("%s: mounted", name)
+			continue
+		}
+		t.Logf("%s: %v", name, err)
+	}
+}
+
+func TestImageHasACL(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		magic, flags uint32
+		want         bool
+	}{{composefsMagic, 0, false}, {composefsMagic, 1, true}, {composefsMagic, 2, false}, {0, 0, true}} {
+		var b [4096]byte
+		binary.LittleEndian.PutUint32(b[0:], tc.magic)
+		binary.LittleEndian.PutUint32(b[8:], tc.flags)
+		p := filepath.Join(dir, "img")
+		os.WriteFile(p, b[:], 0o644)
+		got, err := imageHasACL(p)
+		if err != nil || got != tc.want {
+			t.Errorf("magic %x flags %x: %v, %v; want %v", tc.magic, tc.flags, got, err, tc.want)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "short"), []byte{1, 2}, 0o644)
+	if _, err := imageHasACL(filepath.Join(dir, "short")); err == nil {
+		t.Error("short image accepted")
+	}
+}
+
+func TestParseVerity(t *testing.T) {
+	for _, s := range []string{"require", "on", "off", "auto", ""} {
+		if _, err := ParseVerity(s); err != nil {
+			t.Errorf("%q: %v", s, err)
+		}
+	}
+	if _, err := ParseVerity("yes"); err == nil {
+		t.Error("yes accepted")
+	}
+}
+
+func TestEscapeLayer(t *testing.T) {
+	if got := escapeLayer(`/a:b,c\d`); got != `/a\:b\,c\\d` {
+		t.Errorf("escapeLayer = %q", got)
+	}
+}
+
+// recorder is a testing.TB that records failures instead of stopping.
+type recorder struct {
+	testing.TB
+	failed []string
+}
+
+func (r *recorder) Helper()                        {}
+func (r *recorder) Fatalf(format string, a ...any) { r.failed = append(r.failed, format) }
+
+func TestCompareDetectsDifferences(t *testing.T) {
+	testenv.RequireMountNS(t)
+	dir := t.TempDir()
+	f := newFixture(t, dir, "A", mkfsBuild)
+	other := overlaytest.Sample("B") // same shape, other content and xattrs
+	fd, _, err := Mount(Options{Image: f.image, ObjectsDir: f.objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	mnt := attach(t, fd)
+	r := &recorder{TB: t}
+	overlaytest.Compare(r, mnt, other)
+	if len(r.failed) == 0 {
+		t.Fatal("Compare found no difference between transactions A and B")
+	}
+	other.Objects = f.tx.Objects
+	r = &recorder{TB: t}
+	overlaytest.Compare(r, mnt, f.tx)
+	if len(r.failed) != 0 {
+		t.Fatal("Compare of A against itself failed")
+	}
+}
