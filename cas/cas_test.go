@@ -1,0 +1,615 @@
+package cas
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mossfs/mossfs/fsverity"
+)
+
+func randomBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, 7))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// toolDigest is the independent oracle: the Debian fsverity tool.
+func toolDigest(t *testing.T, path string) [32]byte {
+	t.Helper()
+	out, err := exec.Command("fsverity", "digest", "--hash-alg=sha256", "--block-size=4096", "--compact", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("fsverity digest %s: %v\n%s", path, err, out)
+	}
+	d, err := ParseDigest(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func newStore(t testing.TB) *Store {
+	t.Helper()
+	s, err := Create(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// checkObject asserts that object d holds want, mode 0644, and that the
+// store has no strays.
+func checkObject(t *testing.T, s *Store, d [32]byte, want []byte) {
+	t.Helper()
+	if !s.Has(d) {
+		t.Fatalf("Has(%s) = false after storing it", Payload(d))
+	}
+	got, err := os.ReadFile(s.ObjectPath(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("object %s: content differs (%d bytes, want %d)", Payload(d), len(got), len(want))
+	}
+	st, err := os.Stat(s.ObjectPath(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode() != 0o644 {
+		t.Errorf("object %s: mode %v, want 0644", Payload(d), st.Mode())
+	}
+	if err := s.Verify(d); err != nil {
+		t.Error(err)
+	}
+}
+
+func strays(t *testing.T, s *Store) []string {
+	t.Helper()
+	var out []string
+	if err := s.WalkStrays(func([32]byte, int64) error { return nil }, func(rel string) { out = append(out, rel) }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func countObjects(t *testing.T, s *Store) int {
+	t.Helper()
+	n := 0
+	if err := s.Walk(func([32]byte, int64) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestPayload(t *testing.T) {
+	d := fsverity.Sum([]byte("hello world\n"))
+	p := Payload(d)
+	if p != "37/061ef2ac4c21bec68489b56138c5780306a4ad7fe6676236ecdf2c9027cd92" {
+		t.Errorf("Payload = %s", p)
+	}
+	for _, in := range []string{p, "/" + p} {
+		if got, err := ParsePayload(in); err != nil || got != d {
+			t.Errorf("ParsePayload(%q) = %x, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "37", p[:64], p + "0", "3/7" + p[3:], "zz" + p[2:], strings.Replace(p, "/", "0", 1)} {
+		if _, err := ParsePayload(bad); err == nil {
+			t.Errorf("ParsePayload(%q) accepted", bad)
+		}
+	}
+	if _, err := ParseDigest(hex.EncodeToString(d[:]) + "0"); err == nil {
+		t.Error("ParseDigest accepted 65 digits")
+	}
+}
+
+func TestCreateOpen(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	s, err := Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ObjectsDir() != filepath.Join(dir, "objects") || s.Root() != dir {
+		t.Errorf("ObjectsDir %s Root %s", s.ObjectsDir(), s.Root())
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "meta.json"))
+	if !strings.Contains(string(b), `"version": 1`) || !strings.Contains(string(b), `"algorithm": "fsverity-sha256-12"`) {
+		t.Errorf("meta.json:\n%s", b)
+	}
+	d, err := s.PutBytes([]byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Create on an existing store opens it.
+	s2, err := Create(dir)
+	if err != nil || !s2.Has(d) {
+		t.Fatalf("Create on existing store: %v", err)
+	}
+	if _, err := Open(t.TempDir()); err == nil || !strings.Contains(err.Error(), "meta.json") {
+		t.Errorf("Open without meta.json: %v", err)
+	}
+	for _, tc := range []struct{ meta, want string }{
+		{`{"version":2,"algorithm":"fsverity-sha256-12"}`, "version 2"},
+		{`{"version":1,"algorithm":"fsverity-sha512-12"}`, `"fsverity-sha512-12" is not supported`},
+		{`{"version":1,"algorithm":"fsverity-sha256-12","features":{"incompatible":["zstd"]}}`, "zstd"},
+		{`{"version":`, "invalid JSON"},
+	} {
+		os.WriteFile(filepath.Join(dir, "meta.json"), []byte(tc.meta), 0o644)
+		_, err := Open(dir)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), dir) {
+			t.Errorf("meta %s: error %v, want one naming %s and %q", tc.meta, err, dir, tc.want)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "meta.json"), []byte(`{"version":1,"algorithm":"fsverity-sha256-12","features":{"read-only-compatible":["x"]}}`), 0o644)
+	ro, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ro.Has(d) {
+		t.Error("read-only store: Has false")
+	}
+	if _, err := ro.PutBytes([]byte("new")); err == nil {
+		t.Error("Put into a store with unknown read-only-compatible features succeeded")
+	}
+}
+
+var putSizes = []int{0, 1, 4095, 4096, 4097, 100000, smallMax, smallMax + 1, 5<<20 + 3}
+
+func TestPut(t *testing.T) {
+	s := newStore(t)
+	src := t.TempDir()
+	for i, size := range putSizes {
+		data := randomBytes(size, uint64(i))
+		path := filepath.Join(src, strconv.Itoa(size))
+		os.WriteFile(path, data, 0o600)
+		want := toolDigest(t, path)
+		for _, how := range []string{"Put", "PutBytes", "PutFile"} {
+			var d [32]byte
+			var err error
+			switch how {
+			case "Put":
+				d, err = s.Put(bytes.NewReader(data))
+			case "PutBytes":
+				d, err = s.PutBytes(data)
+			case "PutFile":
+				d, err = s.PutFile(path)
+			}
+			if err != nil {
+				t.Fatalf("%s(%d bytes): %v", how, size, err)
+			}
+			if d != want {
+				t.Fatalf("%s(%d bytes) = %x, fsverity tool says %x", how, size, d, want)
+			}
+			checkObject(t, s, d, data)
+			// A fresh store per method, so each one writes (not dedups).
+			s2 := newStore(t)
+			switch how {
+			case "Put":
+				d, err = s2.Put(io.MultiReader(bytes.NewReader(data[:size/3]), bytes.NewReader(data[size/3:])))
+			case "PutBytes":
+				d, err = s2.PutBytes(data)
+			case "PutFile":
+				d, err = s2.PutFile(path)
+			}
+			if err != nil || d != want {
+				t.Fatalf("%s(%d bytes) into a new store = %x, %v", how, size, d, err)
+			}
+			checkObject(t, s2, d, data)
+			if st := strays(t, s2); len(st) != 0 {
+				t.Errorf("strays after %s: %v", how, st)
+			}
+		}
+	}
+	if n := countObjects(t, s); n != len(putSizes) {
+		t.Errorf("%d objects, want %d", n, len(putSizes))
+	}
+	if st := strays(t, s); len(st) != 0 {
+		t.Errorf("strays: %v", st)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutFile(src); err == nil {
+		t.Error("PutFile of a directory succeeded")
+	}
+	if _, err := s.PutFile(filepath.Join(src, "missing")); err == nil {
+		t.Error("PutFile of a missing file succeeded")
+	}
+	if sup, known := s.VeritySupported(); known && sup {
+		// Only on a kernel with fs-verity (the VM): objects must carry it.
+		f, _ := s.Open(fsverity.Sum(nil))
+		defer f.Close()
+		if m, err := fsverity.Measure(int(f.Fd())); err != nil || m != fsverity.Sum(nil) {
+			t.Errorf("verity enabled but Measure = %x, %v", m, err)
+		}
+	}
+}
+
+// TestPutNamedTemp covers filesystems without O_TMPFILE.
+func TestPutNamedTemp(t *testing.T) {
+	s := newStore(t)
+	s.tmpfile.Store(no)
+	for i, size := range []int{10, smallMax + 10} {
+		data := randomBytes(size, uint64(100+i))
+		d, err := s.Put(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkObject(t, s, d, data)
+		d2, err := s.Put(bytes.NewReader(data))
+		if err != nil || d2 != d {
+			t.Fatal(d2, err)
+		}
+	}
+	if st := strays(t, s); len(st) != 0 {
+		t.Errorf("strays: %v", st)
+	}
+}
+
+// TestPutRepairsTorn: an object of the wrong size under its name (a crash
+// before Sync) is replaced on the next Put of that content.
+func TestPutRepairsTorn(t *testing.T) {
+	s := newStore(t)
+	for i, size := range []int{5000, smallMax + 5000} {
+		data := randomBytes(size, uint64(200+i))
+		d := fsverity.Sum(data)
+		os.MkdirAll(filepath.Dir(s.ObjectPath(d)), 0o755)
+		os.WriteFile(s.ObjectPath(d), data[:size/2], 0o644)
+		if err := s.Verify(d); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("Verify of torn object: %v", err)
+		}
+		got, err := s.Put(bytes.NewReader(data))
+		if err != nil || got != d {
+			t.Fatal(got, err)
+		}
+		checkObject(t, s, d, data)
+	}
+	if st := strays(t, s); len(st) != 0 {
+		t.Errorf("strays: %v", st)
+	}
+}
+
+func TestConcurrentGoroutines(t *testing.T) {
+	s := newStore(t)
+	contents := [][]byte{randomBytes(3000, 1), randomBytes(smallMax+1, 2), randomBytes(3*smallMax, 3)}
+	src := t.TempDir()
+	for i, c := range contents {
+		os.WriteFile(filepath.Join(src, strconv.Itoa(i)), c, 0o644)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for g := range 8 {
+		wg.Go(func() {
+			for i, c := range contents {
+				var d [32]byte
+				var err error
+				if g%2 == 0 {
+					d, err = s.Put(bytes.NewReader(c))
+				} else {
+					d, err = s.PutFile(filepath.Join(src, strconv.Itoa(i)))
+				}
+				if err == nil && d != fsverity.Sum(c) {
+					err = fmt.Errorf("wrong digest %x", d)
+				}
+				if err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, c := range contents {
+		checkObject(t, s, fsverity.Sum(c), c)
+	}
+	if n := countObjects(t, s); n != len(contents) {
+		t.Errorf("%d objects, want %d", n, len(contents))
+	}
+	if st := strays(t, s); len(st) != 0 {
+		t.Errorf("strays: %v", st)
+	}
+}
+
+const childEnv = "MOSSFS_CAS_TEST_CHILD"
+
+// TestHelperProcess is the child of the multi-process tests: it stores the
+// contents of TestConcurrentProcesses (and optionally syncs) into the store
+// named in the environment.
+func TestHelperProcess(t *testing.T) {
+	dir := os.Getenv(childEnv)
+	if dir == "" {
+		t.Skip("helper process for TestConcurrentProcesses and TestRecover")
+	}
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		for _, c := range processContents() {
+			if _, err := s.Put(bytes.NewReader(c)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = round
+	}
+	if os.Getenv("MOSSFS_CAS_TEST_SYNC") == "1" {
+		if err := s.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func processContents() [][]byte {
+	var out [][]byte
+	for i := range 40 {
+		out = append(out, randomBytes(i*997+1, uint64(1000+i)))
+	}
+	out = append(out, randomBytes(2*smallMax+5, 999))
+	return out
+}
+
+func startChild(t *testing.T, dir string, sync bool) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), childEnv+"="+dir)
+	if sync {
+		cmd.Env = append(cmd.Env, "MOSSFS_CAS_TEST_SYNC=1")
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("child output:\n%s", out.String())
+		}
+	})
+	return cmd
+}
+
+func TestConcurrentProcesses(t *testing.T) {
+	s := newStore(t)
+	a := startChild(t, s.Root(), true)
+	b := startChild(t, s.Root(), true)
+	if err := a.Wait(); err != nil {
+		t.Fatal("child a:", err)
+	}
+	if err := b.Wait(); err != nil {
+		t.Fatal("child b:", err)
+	}
+	contents := processContents()
+	for _, c := range contents {
+		checkObject(t, s, fsverity.Sum(c), c)
+	}
+	if n := countObjects(t, s); n != len(contents) {
+		t.Errorf("%d objects, want %d", n, len(contents))
+	}
+	if st := strays(t, s); len(st) != 0 {
+		t.Errorf("strays: %v", st)
+	}
+	if s.NeedsRecovery() {
+		t.Error("NeedsRecovery after children synced")
+	}
+}
+
+// TestRecover: a writer that dies without Sync leaves its batch marker;
+// Recover re-hashes exactly the objects written since and quarantines a
+// torn one.
+func TestRecover(t *testing.T) {
+	s := newStore(t)
+	old, err := s.PutBytes([]byte("written and synced before the crash"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Our own unsynced batch is live, not stale.
+	if _, err := s.PutBytes([]byte("ours, not yet synced")); err != nil {
+		t.Fatal(err)
+	}
+	if s.NeedsRecovery() {
+		t.Fatal("NeedsRecovery with only a live batch")
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	child := startChild(t, s.Root(), false) // exits without Sync: a "crash"
+	if err := child.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !s.NeedsRecovery() {
+		t.Fatal("no recovery needed after a writer died without Sync")
+	}
+	// Tear one object of the crashed batch the way ext4 can: right size, zeros.
+	torn := processContents()[5]
+	td := fsverity.Sum(torn)
+	os.Chmod(s.ObjectPath(td), 0o644)
+	if err := os.WriteFile(s.ObjectPath(td), make([]byte, len(torn)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var progress int
+	rep, err := s.Recover(context.Background(), VerifyOptions{Progress: func(VerifyProgress) { progress++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The crashed batch, plus what was written within the clock margin before it.
+	if rep.Checked < len(processContents()) || rep.Checked > len(processContents())+2 || progress != rep.Checked {
+		t.Errorf("Recover checked %d objects (progress %d), want the %d of the crashed batch", rep.Checked, progress, len(processContents()))
+	}
+	if len(rep.Bad) != 1 || rep.Bad[0].Payload != Payload(td) || rep.Quarantined != 1 {
+		t.Fatalf("Recover report: %+v", rep)
+	}
+	if s.Has(td) {
+		t.Error("torn object still present")
+	}
+	if _, err := os.Stat(rep.Bad[0].Quarantined); err != nil {
+		t.Error(err)
+	}
+	if !s.Has(old) || s.NeedsRecovery() {
+		t.Error("after Recover: old object lost or markers left")
+	}
+	// Storing the content again repairs the store.
+	if d, err := s.PutBytes(torn); err != nil || d != td {
+		t.Fatal(err)
+	}
+	checkObject(t, s, td, torn)
+}
+
+func TestVerifyAll(t *testing.T) {
+	s := newStore(t)
+	var ds [][32]byte
+	var total int64
+	for i := range 30 {
+		c := randomBytes(i*5000, uint64(300+i))
+		d, err := s.PutBytes(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+		total += int64(len(c))
+	}
+	// Damage two objects, add strays.
+	for _, i := range []int{3, 17} {
+		p := s.ObjectPath(ds[i])
+		b, _ := os.ReadFile(p)
+		b[len(b)/2] ^= 1
+		os.Chmod(p, 0o644)
+		os.WriteFile(p, b, 0o644)
+	}
+	os.WriteFile(filepath.Join(s.ObjectsDir(), "README"), nil, 0o644)
+	os.WriteFile(filepath.Join(filepath.Dir(s.ObjectPath(ds[1])), "short"), nil, 0o644)
+	var last VerifyProgress
+	rep, err := s.VerifyAll(context.Background(), VerifyOptions{Progress: func(p VerifyProgress) { last = p }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Checked != 30 || rep.Bytes != total || last.Objects != 30 || last.TotalBytes != total || last.Bytes != total {
+		t.Errorf("report %+v, last progress %+v", rep, last)
+	}
+	if len(rep.Bad) != 2 || rep.Quarantined != 2 || len(rep.Strays) != 2 {
+		t.Fatalf("report %+v", rep)
+	}
+	for _, b := range rep.Bad {
+		if !strings.Contains(b.Error, "does not match") {
+			t.Errorf("bad object error: %s", b.Error)
+		}
+	}
+	if s.Has(ds[3]) || s.Has(ds[17]) || !s.Has(ds[4]) {
+		t.Error("quarantine moved the wrong objects")
+	}
+	missing := [32]byte{1}
+	rep, err = s.VerifyAll(context.Background(), VerifyOptions{Digests: [][32]byte{ds[1], missing, ds[3]}})
+	if err != nil || rep.Checked != 1 || len(rep.Missing) != 2 || len(rep.Bad) != 0 {
+		t.Errorf("VerifyAll(subset) = %+v, %v", rep, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.VerifyAll(ctx, VerifyOptions{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled VerifyAll: %v", err)
+	}
+	if err := s.Remove(ds[4]); err != nil || s.Has(ds[4]) {
+		t.Errorf("Remove: %v", err)
+	}
+	if err := s.Remove(ds[4]); err != nil {
+		t.Errorf("Remove of a missing object: %v", err)
+	}
+}
+
+// TestObjectDir opens a bare digest store laid out as mkcomposefs
+// --digest-store does, named by the fsverity tool.
+func TestObjectDir(t *testing.T) {
+	dir := t.TempDir()
+	var want [][32]byte
+	for i := range 5 {
+		c := randomBytes(i*3000+1, uint64(400+i))
+		tmp := filepath.Join(t.TempDir(), "f")
+		os.WriteFile(tmp, c, 0o644)
+		d := toolDigest(t, tmp)
+		p := filepath.Join(dir, hex.EncodeToString(d[:1]), hex.EncodeToString(d[1:]))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, c, 0o644)
+		want = append(want, d)
+	}
+	s, err := OpenObjectDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ObjectsDir() != dir {
+		t.Error(s.ObjectsDir())
+	}
+	n := 0
+	err = s.Walk(func(d [32]byte, size int64) error {
+		n++
+		return s.Verify(d)
+	})
+	if err != nil || n != len(want) {
+		t.Fatalf("Walk: %d objects, %v", n, err)
+	}
+	for _, d := range want {
+		if !s.Has(d) {
+			t.Errorf("Has(%s) false", Payload(d))
+		}
+	}
+	d, err := s.PutBytes([]byte("new object in a bare store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkObject(t, s, d, []byte("new object in a bare store"))
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenObjectDir(filepath.Join(dir, "missing")); err == nil {
+		t.Error("OpenObjectDir of a missing directory succeeded")
+	}
+	if _, err := s.Lock(); err == nil {
+		t.Error("Lock on a bare store succeeded")
+	}
+}
+
+func TestLock(t *testing.T) {
+	s := newStore(t)
+	l, err := s.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockPath := filepath.Join(s.Root(), "lock")
+	if _, err := TryRLock(lockPath); !errors.Is(err, ErrLocked) {
+		t.Errorf("TryRLock while exclusively locked: %v", err)
+	}
+	l.Unlock()
+	r1, err := s.RLock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := TryRLock(lockPath)
+	if err != nil {
+		t.Errorf("second shared lock: %v", err)
+	}
+	if _, err := TryLock(lockPath); !errors.Is(err, ErrLocked) {
+		t.Errorf("TryLock while shared-locked: %v", err)
+	}
+	r1.Unlock()
+	r2.Unlock()
+	x, err := TryLock(lockPath)
+	if err != nil {
+		t.Errorf("TryLock after unlock: %v", err)
+	}
+	x.Unlock()
+}

@@ -1,0 +1,328 @@
+// Package cas is the content-addressed object store behind mossfs images.
+//
+// Each object is a regular file named by the fs-verity digest of its content
+// (SHA-256, 4096-byte blocks: see package fsverity), at objects/xx/<62 hex>,
+// where xx are the first two hex digits. This is exactly the layout of a
+// composefs / mkcomposefs --digest-store object directory, so the objects
+// directory can be used as the overlay data-only lower layer of any
+// composefs image whose redirects are "/" + [Payload], and a store written
+// by mkcomposefs can be opened with [OpenObjectDir].
+//
+// A store made by [Create] has this layout:
+//
+//	meta.json      {"version":1,"algorithm":"fsverity-sha256-12","features":{…}}
+//	objects/xx/…   the objects (mode 0644, fs-verity enabled where supported)
+//	quarantine/    objects that failed verification (VerifyAll)
+//	pending/       markers of ingest batches not yet synced (crash recovery)
+//	lock           flock: shared for importers, exclusive for gc
+//
+// Ingest is atomic: content is written to an unnamed O_TMPFILE in the
+// objects directory while it is hashed, then linked under its final name, so
+// a half-written object never appears under a name. Objects are not fsynced
+// one by one: [Store.Sync] makes everything durable with one syncfs(2), and
+// callers must call it before publishing anything (an image, a transaction)
+// that references new objects. Should the machine crash before that, the
+// marker of the unsynced batch is left in pending/ and [Store.Recover]
+// re-hashes exactly the objects written since.
+//
+// Concurrent writers (goroutines or processes) are safe: two writers of the
+// same content race to link the same name; the loser sees EEXIST and keeps
+// the winner's identical object.
+package cas
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Version and Algorithm are what this package writes to meta.json and the
+// only values it accepts there.
+const (
+	Version   = 1
+	Algorithm = "fsverity-sha256-12"
+)
+
+const metaName = "meta.json"
+
+// Meta is the content of a store's meta.json.
+type Meta struct {
+	Version   int      `json:"version"`
+	Algorithm string   `json:"algorithm"`
+	Features  Features `json:"features"`
+}
+
+// Features follow the ext4 model: an implementation ignores compatible
+// features it does not know, may only read a store with unknown
+// read-only-compatible features, and must refuse a store with unknown
+// incompatible ones. This version defines none.
+type Features struct {
+	Compatible         []string `json:"compatible"`
+	ReadOnlyCompatible []string `json:"read-only-compatible"`
+	Incompatible       []string `json:"incompatible"`
+}
+
+// ObjectSink is what importers need from a store. *Store implements it.
+type ObjectSink interface {
+	// Put stores everything read from r and returns its fs-verity digest.
+	Put(r io.Reader) ([32]byte, error)
+	// PutFile stores a copy of the regular file at path (reflinked where
+	// the filesystem allows) and returns its fs-verity digest.
+	PutFile(path string) ([32]byte, error)
+}
+
+var _ ObjectSink = (*Store)(nil)
+
+// ErrCorrupt is wrapped by Verify for an object whose content does not
+// match its name.
+var ErrCorrupt = errors.New("object content does not match its digest")
+
+// Store is an object store. Its methods are safe for concurrent use.
+type Store struct {
+	root     string // "" for a bare object directory
+	objects  string
+	readOnly bool // unknown read-only-compatible features
+
+	verity    atomic.Int32 // triState: does FS_IOC_ENABLE_VERITY work here?
+	tmpfile   atomic.Int32 // triState: does O_TMPFILE work here?
+	reflink   atomic.Int32 // triState: does FICLONE work here?
+	fanout    [256]atomic.Bool
+	pendingMu sync.Mutex
+	pending   *os.File // marker of the current unsynced batch, flocked
+}
+
+const (
+	unknown int32 = iota
+	yes
+	no
+)
+
+// Create makes a new store in dir (created if missing) and opens it. If dir
+// already holds a store, Create opens it as Open does.
+func Create(dir string) (*Store, error) {
+	if _, err := os.Stat(filepath.Join(dir, metaName)); err == nil {
+		return Open(dir)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "objects"), 0o755); err != nil {
+		return nil, fmt.Errorf("creating object store: %w", err)
+	}
+	m := Meta{Version: Version, Algorithm: Algorithm, Features: Features{
+		Compatible: []string{}, ReadOnlyCompatible: []string{}, Incompatible: []string{}}}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, metaName), append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("creating object store: %w", err)
+	}
+	return Open(dir)
+}
+
+// Open opens the store in dir, refusing one whose meta.json names a version,
+// algorithm or incompatible feature this package does not know.
+func Open(dir string) (*Store, error) {
+	path := filepath.Join(dir, metaName)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: not an object store (no %s; create one with cas.Create, or open a bare digest store with cas.OpenObjectDir)", dir, metaName)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening object store: %w", err)
+	}
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: invalid JSON: %w", path, err)
+	}
+	if m.Version != Version {
+		return nil, fmt.Errorf("%s: store version %d is not supported (this mossfs knows version %d)", path, m.Version, Version)
+	}
+	if m.Algorithm != Algorithm {
+		return nil, fmt.Errorf("%s: store algorithm %q is not supported (this mossfs knows %q)", path, m.Algorithm, Algorithm)
+	}
+	if len(m.Features.Incompatible) > 0 {
+		return nil, fmt.Errorf("%s: store needs features this mossfs does not know: %s", path, strings.Join(m.Features.Incompatible, ", "))
+	}
+	s := &Store{root: dir, objects: filepath.Join(dir, "objects"), readOnly: len(m.Features.ReadOnlyCompatible) > 0}
+	if st, err := os.Stat(s.objects); err != nil {
+		return nil, fmt.Errorf("opening object store: %w", err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("opening object store: %s is not a directory", s.objects)
+	}
+	return s, nil
+}
+
+// OpenObjectDir opens a bare composefs digest store: objects directly at
+// dir/xx/<62 hex>, no meta.json (what mkcomposefs --digest-store writes).
+// Such a store has no quarantine, pending markers or lock file.
+func OpenObjectDir(dir string) (*Store, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening object directory: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("opening object directory: %s is not a directory", dir)
+	}
+	return &Store{objects: dir}, nil
+}
+
+// Root returns the store directory ("" for a bare object directory).
+func (s *Store) Root() string { return s.root }
+
+// ObjectsDir returns the directory holding the xx/ fan-out directories: the
+// overlay data-only lower layer.
+func (s *Store) ObjectsDir() string { return s.objects }
+
+// Payload returns the object path relative to the objects directory,
+// "xx/<62 hex>"; an image's redirect xattr is "/" + Payload(d).
+func Payload(d [32]byte) string {
+	var b [65]byte
+	hex.Encode(b[1:], d[:])
+	b[0], b[1], b[2] = b[1], b[2], '/'
+	return string(b[:])
+}
+
+// ParseDigest parses 64 lowercase or uppercase hex digits.
+func ParseDigest(s string) ([32]byte, error) {
+	var d [32]byte
+	if len(s) != 64 {
+		return d, fmt.Errorf("digest %q: want 64 hex digits, have %d characters", s, len(s))
+	}
+	if _, err := hex.Decode(d[:], []byte(s)); err != nil {
+		return d, fmt.Errorf("digest %q: %w", s, err)
+	}
+	return d, nil
+}
+
+// ParsePayload parses an object path "xx/<62 hex>", with or without the
+// leading "/" of a redirect.
+func ParsePayload(p string) ([32]byte, error) {
+	q := strings.TrimPrefix(p, "/")
+	if len(q) != 65 || q[2] != '/' {
+		return [32]byte{}, fmt.Errorf("payload %q: want xx/<62 hex digits>", p)
+	}
+	d, err := ParseDigest(q[:2] + q[3:])
+	if err != nil {
+		return d, fmt.Errorf("payload %q: %w", p, err)
+	}
+	return d, nil
+}
+
+// ObjectPath returns the path of the object d (whether or not it exists).
+func (s *Store) ObjectPath(d [32]byte) string {
+	return filepath.Join(s.objects, Payload(d))
+}
+
+// Has reports whether the object d exists.
+func (s *Store) Has(d [32]byte) bool {
+	_, ok := s.objectSize(d)
+	return ok
+}
+
+// objectSize returns the size of object d if it exists as a regular file.
+func (s *Store) objectSize(d [32]byte) (int64, bool) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(unix.AT_FDCWD, s.ObjectPath(d), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return 0, false
+	}
+	return st.Size, st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+
+// Open opens the object d for reading.
+func (s *Store) Open(d [32]byte) (*os.File, error) {
+	return os.Open(s.ObjectPath(d))
+}
+
+// Remove deletes the object d. A missing object is not an error.
+func (s *Store) Remove(d [32]byte) error {
+	if err := os.Remove(s.ObjectPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing object: %w", err)
+	}
+	return nil
+}
+
+// Sync makes every object written so far durable with one syncfs(2) on the
+// store's filesystem, then retires the batch's pending marker. Call it
+// before publishing anything that references new objects.
+func (s *Store) Sync() error {
+	f, err := os.Open(s.objects)
+	if err != nil {
+		return fmt.Errorf("syncing object store: %w", err)
+	}
+	defer f.Close()
+	s.pendingMu.Lock()
+	defer s.pendingMu.Unlock()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncing object store %s: %w", s.objects, err)
+	}
+	if s.pending != nil {
+		// Objects written after this point start a new marker.
+		os.Remove(s.pending.Name())
+		s.pending.Close()
+		s.pending = nil
+	}
+	return nil
+}
+
+// VeritySupported reports whether fs-verity could be enabled on objects of
+// this store, as learned from the objects written so far; known is false
+// before the first attempt.
+func (s *Store) VeritySupported() (supported, known bool) {
+	v := s.verity.Load()
+	return v == yes, v != unknown
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// hexDigit reports whether c is a lowercase hex digit (object names are
+// lowercase, as composefs writes them).
+func hexDigit(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
+
+func isHex(s string) bool {
+	return !slices.ContainsFunc([]byte(s), func(c byte) bool { return !hexDigit(c) })
+}
