@@ -1,0 +1,218 @@
+package erofs
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+
+	"github.com/mossfs/mossfs/internal/tree"
+)
+
+// BuildImage returns the composefs EROFS image of the tree rooted at root,
+// byte-for-byte what mkcomposefs 1.0.8 writes for the equivalent dump.
+// root is the source tree (what a dump describes: user whiteouts as char
+// 0:0, no whiteout stubs, unescaped overlay xattrs, Payload and Digest on
+// external files). BuildImage does not modify it.
+func BuildImage(root *tree.Node, opts WriteOptions) ([]byte, error) {
+	l, err := computeLayout(root, opts)
+	if err != nil {
+		return nil, fmt.Errorf("composefs image: %w", err)
+	}
+	buf := make([]byte, l.size)
+	l.write(buf)
+	return buf, nil
+}
+
+// WriteImage writes the image of root (see BuildImage) to w.
+func WriteImage(w io.Writer, root *tree.Node, opts WriteOptions) error {
+	img, err := BuildImage(root, opts)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(img); err != nil {
+		return fmt.Errorf("write composefs image: %w", err)
+	}
+	return nil
+}
+
+var wle = binary.LittleEndian
+
+// write puts the image into buf, which is zeroed and l.size bytes long.
+func (l *layout) write(buf []byte) {
+	// Composefs header (§4).
+	wle.PutUint32(buf[0:], ComposefsMagic)
+	wle.PutUint32(buf[4:], ComposefsHeaderVersion)
+	if l.hasACL {
+		wle.PutUint32(buf[8:], ComposefsFlagHasACL)
+	}
+	wle.PutUint32(buf[12:], uint32(l.version))
+
+	// Superblock.
+	sb := buf[SuperblockOffset:]
+	wle.PutUint32(sb[0:], SuperMagic)
+	wle.PutUint32(sb[8:], FeatureCompatMtime|FeatureCompatXattrFilter)
+	sb[12] = BlockBits
+	wle.PutUint16(sb[14:], uint16(l.inodes[0].pos/SlotSize))
+	wle.PutUint64(sb[16:], uint64(len(l.inodes)))
+	wle.PutUint64(sb[24:], uint64(l.buildTime.Sec))
+	wle.PutUint32(sb[32:], l.buildTime.Nsec)
+	wle.PutUint32(sb[36:], uint32(l.size/BlockSize))
+	wle.PutUint32(sb[44:], uint32(l.inodesEnd/BlockSize))
+
+	for i := range l.inodes {
+		l.writeInode(buf, i)
+	}
+
+	// Shared xattr table, right after the inodes (§7.4).
+	off := l.inodesEnd
+	for _, xi := range l.shared {
+		off += l.putXattr(buf[off:], &l.xattrs[xi])
+	}
+
+	// Data blocks (§12).
+	for i := range l.inodes {
+		in := &l.inodes[i]
+		if in.nBlocks == 0 {
+			continue
+		}
+		data := buf[uint64(in.blkaddr)*BlockSize : (uint64(in.blkaddr)+uint64(in.nBlocks))*BlockSize]
+		switch {
+		case in.typ() == tree.TypeDir:
+			l.putDirents(data, in, true)
+		case in.flags&inodeChunkBlock != 0:
+			for j := range data {
+				data[j] = 0xff
+			}
+		case in.flags&inodeSymlinkBlock != 0:
+			copy(data, in.src.Target)
+		default:
+			// Inline content: its full blocks (the last one zero-padded).
+			copy(data, in.src.Content)
+		}
+	}
+}
+
+func (l *layout) writeInode(buf []byte, i int) {
+	in := &l.inodes[i]
+	b := buf[in.pos:]
+	if in.flags&inodeCompact != 0 {
+		wle.PutUint16(b[0:], in.format)
+		wle.PutUint16(b[2:], in.icount)
+		wle.PutUint16(b[4:], in.mode)
+		wle.PutUint16(b[6:], uint16(in.nlink))
+		wle.PutUint32(b[8:], uint32(in.size))
+		wle.PutUint32(b[16:], in.u)
+		wle.PutUint32(b[20:], uint32(i))
+		wle.PutUint16(b[24:], uint16(in.uid))
+		wle.PutUint16(b[26:], uint16(in.gid))
+		b = b[InodeCompactSize:]
+	} else {
+		wle.PutUint16(b[0:], in.format)
+		wle.PutUint16(b[2:], in.icount)
+		wle.PutUint16(b[4:], in.mode)
+		wle.PutUint64(b[8:], in.size)
+		wle.PutUint32(b[16:], in.u)
+		wle.PutUint32(b[20:], uint32(i))
+		wle.PutUint32(b[24:], in.uid)
+		wle.PutUint32(b[28:], in.gid)
+		wle.PutUint64(b[32:], uint64(in.mtime.Sec))
+		wle.PutUint32(b[40:], in.mtime.Nsec)
+		wle.PutUint32(b[44:], in.nlink)
+		b = b[InodeExtendedSize:]
+	}
+	if in.xattrSize > 0 {
+		xs := l.xattrs[in.xattrStart:in.xattrEnd]
+		var filter uint32
+		for j := range xs {
+			idx, suffix := SplitXattrName(xs[j].name)
+			filter |= 1 << XattrFilterBit(idx, suffix)
+		}
+		wle.PutUint32(b[0:], ^filter)
+		b[4] = uint8(in.nShared)
+		p := uint64(XattrHeaderSize)
+		base := l.inodesEnd % BlockSize
+		for j := range xs {
+			if xs[j].shared >= 0 {
+				wle.PutUint32(b[p:], uint32((base+uint64(xs[j].shared))/4))
+				p += 4
+			}
+		}
+		for j := range xs {
+			if xs[j].shared < 0 {
+				p += l.putXattr(b[p:], &xs[j])
+			}
+		}
+		b = b[in.xattrSize:]
+	}
+	if in.tail == 0 {
+		return
+	}
+	switch in.typ() {
+	case tree.TypeDir:
+		l.putDirents(b[:in.tail], in, false)
+	case tree.TypeLink:
+		copy(b, in.src.Target)
+	case tree.TypeReg:
+		if c := in.src.Content; c != nil {
+			copy(b, c[uint64(in.nBlocks)*BlockSize:])
+		} else {
+			for j := uint32(0); j < in.tail; j++ {
+				b[j] = 0xff
+			}
+		}
+	}
+}
+
+// putXattr writes one xattr entry and returns its padded size.
+func (l *layout) putXattr(b []byte, x *storedXattr) uint64 {
+	idx, suffix := SplitXattrName(x.name)
+	b[0] = uint8(len(suffix))
+	b[1] = idx
+	wle.PutUint16(b[2:], uint16(len(x.value)))
+	n := copy(b[XattrEntrySize:], suffix)
+	copy(b[XattrEntrySize+n:], x.value)
+	return uint64(XattrEntrySize+len(suffix)+len(x.value)+3) &^ 3
+}
+
+// putDirents writes a directory's entries: its full blocks into data
+// (blocks true), or its inline tail into data (blocks false) (§11).
+func (l *layout) putDirents(data []byte, in *inode, blocks bool) {
+	ds := l.dirents[in.direntStart:in.direntEnd]
+	first, used := 0, 0
+	blockNo := uint32(0)
+	flush := func(end int) {
+		var dst []byte
+		if blockNo < in.nBlocks {
+			if blocks {
+				dst = data[uint64(blockNo)*BlockSize:]
+			}
+		} else if !blocks {
+			dst = data
+		}
+		if dst != nil {
+			nameoff := (end - first) * DirentSize
+			for k, d := range ds[first:end] {
+				e := dst[k*DirentSize:]
+				t := &l.inodes[d.inode]
+				wle.PutUint64(e[0:], t.pos/SlotSize)
+				wle.PutUint16(e[8:], uint16(nameoff))
+				e[10] = t.ftype
+				nameoff += len(d.name)
+			}
+			p := (end - first) * DirentSize
+			for _, d := range ds[first:end] {
+				p += copy(dst[p:], d.name)
+			}
+		}
+		blockNo++
+	}
+	for k, d := range ds {
+		n := DirentSize + len(d.name)
+		if used+n > BlockSize {
+			flush(k)
+			first, used = k, 0
+		}
+		used += n
+	}
+	flush(len(ds))
+}
