@@ -35,15 +35,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/tree"
 )
 
-// ObjectSink stores file contents by fs-verity digest (cas.ObjectSink).
-type ObjectSink interface {
-	Put(r io.Reader) ([32]byte, error)
-	PutFile(path string) ([32]byte, error)
-}
+// ObjectSink stores file contents by fs-verity digest.
+type ObjectSink = cas.ObjectSink
 
 // InlineMax is the largest regular file stored inline in the image
 // (libcomposefs's LCFS_RECOMMENDED_INLINE_CONTENT_MAX: the length of the
@@ -450,19 +448,6 @@ func (im *importer) content(j *job) error {
 		return im.errorf(j.rel, errors.New("file changed while being imported"))
 	}
 	n.Digest = d[:]
-	n.Payload = payload(d)
+	n.Payload = cas.Payload(d)
 	return nil
-}
-
-// payload is the object path of a digest relative to the object directory.
-func payload(d [32]byte) string {
-	const hexdig = "0123456789abcdef"
-	b := make([]byte, 0, 65)
-	for i, c := range d {
-		if i == 1 {
-			b = append(b, '/')
-		}
-		b = append(b, hexdig[c>>4], hexdig[c&15])
-	}
-	return string(b)
 }

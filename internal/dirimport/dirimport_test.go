@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/tree"
 )
@@ -448,11 +449,36 @@ func TestErrors(t *testing.T) {
 	}
 }
 
-func TestPayload(t *testing.T) {
-	var d [32]byte
-	d[0], d[1], d[31] = 0x0a, 0xbc, 0xff
-	want := "0a/bc" + strings.Repeat("00", 29) + "ff"
-	if got := payload(d); got != want {
-		t.Errorf("payload = %s, want %s", got, want)
+// TestImportIntoStore imports into a real cas.Store and checks every
+// external file's object against the fsverity CLI and the source bytes.
+func TestImportIntoStore(t *testing.T) {
+	fx := makeFixture(t)
+	store, err := cas.Create(t.TempDir())
+	must(t, err)
+	got, err := Import(context.Background(), fx.dir, Options{Sink: store, Threads: 2})
+	must(t, err)
+	must(t, store.Sync())
+	n := 0
+	_ = got.Walk(func(node *tree.Node) error {
+		if node.LinkTo != nil || node.Payload == "" {
+			return nil
+		}
+		n++
+		d := [32]byte(node.Digest)
+		if node.Payload != cas.Payload(d) {
+			t.Errorf("%s: payload %s for digest %x", node.Path(), node.Payload, d)
+		}
+		obj := filepath.Join(store.ObjectsDir(), node.Payload)
+		data, err := os.ReadFile(obj)
+		if err != nil || !bytes.Equal(data, fx.files[strings.TrimPrefix(node.Path(), "/")]) {
+			t.Errorf("%s: object %s: %v or content differs", node.Path(), obj, err)
+		}
+		if cli := fsverityCLI(t, obj); !bytes.Equal(cli, node.Digest) {
+			t.Errorf("%s: digest %x, fsverity CLI on the object %x", node.Path(), node.Digest, cli)
+		}
+		return nil
+	})
+	if n != 4 {
+		t.Errorf("%d external files, want 4", n)
 	}
 }
