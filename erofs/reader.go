@@ -699,9 +699,10 @@ func isWhiteoutStub(ino *Inode) bool {
 	return ino.Mode&tree.TypeMask == tree.TypeChar && ino.Rdev == 0
 }
 
-// ReadDir lists a directory in the overlay view: no ".", "..", nor whiteout
-// stubs; entries in byte order of their names.
-func (img *Image) ReadDir(nid uint64) ([]DirEntry, error) {
+// ReadDirNid lists a directory in the overlay view: no ".", "..", nor
+// whiteout stubs; entries in byte order of their names. (The agreed name was
+// ReadDir(nid), which fs.ReadDirFS's ReadDir(name) already takes.)
+func (img *Image) ReadDirNid(nid uint64) ([]DirEntry, error) {
 	ino, err := img.base(nid)
 	if err != nil {
 		return nil, err

@@ -183,7 +183,7 @@ func TestTreeOtherGoldens(t *testing.T) {
 // xattrs shown as the kernel's overlayfs shows them.
 func TestInodeOverlayView(t *testing.T) {
 	img := openBytes(t, goldenImages(t)["special_v1.dump"])
-	ents, err := img.ReadDir(img.RootNid())
+	ents, err := img.ReadDirNid(img.RootNid())
 	if err != nil {
 		t.Fatal(err)
 	}
