@@ -32,7 +32,7 @@ func writeTransactions(t testing.TB, dir, objects string, markers ...string) []t
 		tx := overlaytest.Sample(m)
 		tx.WriteObjects(t, objects)
 		img := filepath.Join(dir, "image-"+m)
-		if err := os.WriteFile(img, overlaytest.MkfsImage(t, tx.Root), 0o644); err != nil {
+		if err := os.WriteFile(img, overlaytest.Image(t, tx.Root), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, transaction{tx, img})

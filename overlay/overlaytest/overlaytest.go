@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/tree"
 	"golang.org/x/sys/unix"
@@ -177,6 +178,16 @@ func (tx *Tx) WriteObjects(t testing.TB, dir string) {
 
 // ImageBuilder turns a source tree into EROFS image bytes.
 type ImageBuilder func(root *tree.Node) ([]byte, error)
+
+// Image builds the composefs image of root with mossfs's writer.
+func Image(t testing.TB, root *tree.Node) []byte {
+	t.Helper()
+	b, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
+	if err != nil {
+		t.Fatalf("erofs.BuildImage: %v", err)
+	}
+	return b
+}
 
 // MkfsImage builds an image with the system's mkfs.erofs (an independent
 // producer): the tree is written out with the metacopy and redirect xattrs
