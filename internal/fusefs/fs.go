@@ -1,0 +1,628 @@
+package fusefs
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/mossfs/mossfs/internal/tree"
+)
+
+// cacheTimeout is how long the kernel may cache entries and attributes. An
+// image never changes, so answers stay true for the life of the mount; a
+// switch invalidates what it replaces explicitly.
+const cacheTimeout = 365 * 24 * time.Hour
+
+// Node IDs: the root of the current generation is fuse.FUSE_ROOT_ID (1);
+// every other inode is genShift bits of generation over nid+2, so a switch
+// gives every inode of the new tree new node IDs and the kernel never mixes
+// inodes of two trees.
+const (
+	genShift = 40
+	nidMask  = 1<<genShift - 1
+	maxNid   = nidMask - 2
+)
+
+// generation is one tree served by the file system: the first image, or one
+// that a rootless switch put in its place.
+type generation struct {
+	id      uint64
+	src     Source
+	closer  io.Closer // closes src; nil if nothing to close
+	image   string    // image path, for status and errors
+	objects string    // object directory
+	blocks  uint64    // statfs: image size in 4 KiB blocks
+
+	dirs sync.Map // nid → []Dirent, hidden entries removed
+
+	// refs counts what the kernel still holds of this generation: lookups
+	// not yet forgotten and open files. An old generation is closed when it
+	// drops to zero.
+	refs atomic.Int64
+}
+
+// table is an immutable snapshot of the generations being served.
+type table struct {
+	cur  *generation
+	byID map[uint64]*generation
+}
+
+// fileSystem implements fuse.RawFileSystem over Sources. It is read-only:
+// every modifying operation is answered by the embedded default with ENOSYS
+// (the mount is read-only, so the kernel answers EROFS before asking).
+type fileSystem struct {
+	fuse.RawFileSystem
+
+	opts   Options
+	logger *log.Logger
+	server *fuse.Server
+
+	tab     atomic.Pointer[table]
+	switchM sync.Mutex // serializes switches and releases
+	nextGen uint64
+
+	verified sync.Map // verifyKey → *verifyEntry
+
+	handlesM sync.Mutex
+	handles  map[uint64]*handle
+	nextFh   uint64
+
+	// passthrough is set while FUSE passthrough is in use; it is cleared
+	// for good when the kernel refuses to register a backing file.
+	passthrough atomic.Bool
+	backingM    sync.Mutex
+	backing     map[uint64]*backingFile // node ID → registered backing file
+}
+
+// handle is one open regular file.
+type handle struct {
+	gen    *generation
+	nid    uint64
+	nodeID uint64
+	file   *os.File // external content; nil for inline or empty files
+	inline bool
+	// backed is set when the open registered (or shared) a backing file.
+	backed bool
+}
+
+type backingFile struct {
+	id   int32
+	refs int
+}
+
+func newFileSystem(opts Options, g *generation) *fileSystem {
+	f := &fileSystem{
+		RawFileSystem: fuse.NewDefaultRawFileSystem(),
+		opts:          opts,
+		logger:        opts.Logger,
+		handles:       map[uint64]*handle{},
+		backing:       map[uint64]*backingFile{},
+	}
+	if f.logger == nil {
+		f.logger = log.New(os.Stderr, "mossfs: ", 0)
+	}
+	g.id = 0
+	f.nextGen = 1
+	f.tab.Store(&table{cur: g, byID: map[uint64]*generation{0: g}})
+	return f
+}
+
+func (f *fileSystem) String() string { return "mossfs" }
+
+func (f *fileSystem) Init(s *fuse.Server) {
+	f.server = s
+	if !f.opts.NoPassthrough && os.Geteuid() == 0 && s.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 {
+		f.passthrough.Store(true)
+	}
+}
+
+// guard turns a panic in a request (a reader bug on a hostile image, or a
+// fault on a memory-mapped image that was truncated) into EIO, so that one
+// bad request never takes the daemon and its mount down.
+func (f *fileSystem) guard(st *fuse.Status) {
+	if r := recover(); r != nil {
+		f.logger.Printf("internal error (answering EIO): %v\n%s", r, debug.Stack())
+		*st = fuse.EIO
+	}
+}
+
+// node resolves a node ID to its generation and nid.
+func (f *fileSystem) node(id uint64) (*generation, uint64, fuse.Status) {
+	// Images are memory-mapped: a fault (the file was truncated under us)
+	// must become a panic that guard answers with EIO, not a crash.
+	debug.SetPanicOnFault(true)
+	t := f.tab.Load()
+	if id == fuse.FUSE_ROOT_ID {
+		return t.cur, t.cur.src.RootNid(), fuse.OK
+	}
+	g := t.byID[id>>genShift]
+	low := id & nidMask
+	if g == nil || low < 2 {
+		return nil, 0, fuse.Status(syscall.ESTALE)
+	}
+	return g, low - 2, fuse.OK
+}
+
+func nodeID(g *generation, nid uint64) uint64 { return g.id<<genShift | (nid + 2) }
+
+// inode loads an inode, logging what is wrong with the image.
+func (g *generation) inode(f *fileSystem, nid uint64) (*Inode, fuse.Status) {
+	if nid > maxNid {
+		f.logger.Printf("%s: nid %d out of range", g.image, nid)
+		return nil, fuse.EIO
+	}
+	in, err := g.src.Inode(nid)
+	if err != nil {
+		f.logger.Printf("%s: inode %d: %v", g.image, nid, err)
+		return nil, fuse.EIO
+	}
+	return in, fuse.OK
+}
+
+// readDir returns a directory's entries as the overlay shows them, cached.
+func (g *generation) readDir(f *fileSystem, nid uint64) ([]Dirent, fuse.Status) {
+	if v, ok := g.dirs.Load(nid); ok {
+		return v.([]Dirent), fuse.OK
+	}
+	ents, err := g.src.ReadDir(nid)
+	if err != nil {
+		f.logger.Printf("%s: directory %d: %v", g.image, nid, err)
+		return nil, fuse.EIO
+	}
+	out := make([]Dirent, 0, len(ents))
+	for _, e := range ents {
+		if e.Name == "" || e.Name == "." || e.Name == ".." || strings.ContainsRune(e.Name, '/') {
+			continue
+		}
+		if e.Type == tree.TypeChar {
+			// A char device 0:0 is an overlay whiteout (the root stubs among
+			// them): the overlay hides it.
+			in, err := g.src.Inode(e.Nid)
+			if err == nil && in.Rdev == 0 && in.Mode&tree.TypeMask == tree.TypeChar {
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	// Lookups search by name: keep byte order even if the source did not.
+	if !slices.IsSortedFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) }) {
+		slices.SortFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
+	}
+	v, _ := g.dirs.LoadOrStore(nid, out)
+	return v.([]Dirent), fuse.OK
+}
+
+func fillAttr(in *Inode, a *fuse.Attr) {
+	a.Ino = in.Nid
+	a.Size = in.Size
+	if in.Mode&tree.TypeMask == tree.TypeDir || in.Mode&tree.TypeMask == tree.TypeReg || in.Mode&tree.TypeMask == tree.TypeLink {
+		a.Blocks = (in.Size + 4095) / 4096 * 8
+	}
+	sec := uint64(in.Mtime.Sec)
+	a.Atime, a.Mtime, a.Ctime = sec, sec, sec
+	a.Atimensec, a.Mtimensec, a.Ctimensec = in.Mtime.Nsec, in.Mtime.Nsec, in.Mtime.Nsec
+	a.Mode = in.Mode
+	a.Nlink = in.Nlink
+	a.Uid, a.Gid = in.UID, in.GID
+	a.Rdev = in.Rdev
+	a.Blksize = 4096
+}
+
+func (f *fileSystem) fillEntry(g *generation, in *Inode, out *fuse.EntryOut) {
+	out.NodeId = nodeID(g, in.Nid)
+	out.Generation = 0
+	out.SetEntryTimeout(cacheTimeout)
+	out.SetAttrTimeout(cacheTimeout)
+	fillAttr(in, &out.Attr)
+	g.refs.Add(1)
+}
+
+func findDirent(ents []Dirent, name string) (Dirent, bool) {
+	i, ok := slices.BinarySearchFunc(ents, name, func(e Dirent, s string) int { return strings.Compare(e.Name, s) })
+	if !ok {
+		return Dirent{}, false
+	}
+	return ents[i], true
+}
+
+func (f *fileSystem) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) (st fuse.Status) {
+	defer f.guard(&st)
+	g, nid, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	ents, st := g.readDir(f, nid)
+	if !st.Ok() {
+		return st
+	}
+	e, ok := findDirent(ents, name)
+	if !ok {
+		if h.NodeId == fuse.FUSE_ROOT_ID {
+			// Not cached: a switch changes the root's names, and the kernel
+			// offers no way to drop negative entries we do not know of.
+			return fuse.ENOENT
+		}
+		out.NodeId = 0
+		out.SetEntryTimeout(cacheTimeout)
+		return fuse.OK
+	}
+	in, st := g.inode(f, e.Nid)
+	if !st.Ok() {
+		return st
+	}
+	if in.Nid != e.Nid {
+		f.logger.Printf("%s: inode %d says it is %d", g.image, e.Nid, in.Nid)
+		return fuse.EIO
+	}
+	f.fillEntry(g, in, out)
+	return fuse.OK
+}
+
+func (f *fileSystem) Forget(id, nlookup uint64) {
+	if id == fuse.FUSE_ROOT_ID {
+		return
+	}
+	g := f.tab.Load().byID[id>>genShift]
+	if g == nil {
+		return
+	}
+	if g.refs.Add(-int64(nlookup)) <= 0 {
+		f.maybeRelease(g)
+	}
+}
+
+func (f *fileSystem) GetAttr(cancel <-chan struct{}, input *fuse.GetAttrIn, out *fuse.AttrOut) (st fuse.Status) {
+	defer f.guard(&st)
+	g, nid, st := f.node(input.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	in, st := g.inode(f, nid)
+	if !st.Ok() {
+		return st
+	}
+	fillAttr(in, &out.Attr)
+	out.SetTimeout(cacheTimeout)
+	return fuse.OK
+}
+
+func (f *fileSystem) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (b []byte, st fuse.Status) {
+	defer f.guard(&st)
+	g, nid, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	in, st := g.inode(f, nid)
+	if !st.Ok() {
+		return nil, st
+	}
+	if in.Mode&tree.TypeMask != tree.TypeLink {
+		return nil, fuse.EINVAL
+	}
+	return []byte(in.Target), fuse.OK
+}
+
+func (f *fileSystem) xattrs(h *fuse.InHeader) ([]tree.Xattr, fuse.Status) {
+	g, nid, st := f.node(h.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	in, st := g.inode(f, nid)
+	if !st.Ok() {
+		return nil, st
+	}
+	return in.Xattrs, fuse.OK
+}
+
+func (f *fileSystem) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (sz uint32, st fuse.Status) {
+	defer f.guard(&st)
+	xs, st := f.xattrs(h)
+	if !st.Ok() {
+		return 0, st
+	}
+	i, ok := slices.BinarySearchFunc(xs, attr, func(x tree.Xattr, s string) int { return strings.Compare(x.Name, s) })
+	if !ok {
+		// Also accept an unsorted list from a lenient source.
+		i = slices.IndexFunc(xs, func(x tree.Xattr) bool { return x.Name == attr })
+		if i < 0 {
+			return 0, fuse.ENOATTR
+		}
+	}
+	v := xs[i].Value
+	if len(dest) < len(v) {
+		return uint32(len(v)), fuse.ERANGE
+	}
+	return uint32(copy(dest, v)), fuse.OK
+}
+
+func (f *fileSystem) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (sz uint32, st fuse.Status) {
+	defer f.guard(&st)
+	xs, st := f.xattrs(h)
+	if !st.Ok() {
+		return 0, st
+	}
+	var b []byte
+	for _, x := range xs {
+		// The overlay lists trusted.* only to CAP_SYS_ADMIN; FUSE cannot see
+		// capabilities, so root stands in for it.
+		if strings.HasPrefix(x.Name, "trusted.") && h.Caller.Uid != 0 {
+			continue
+		}
+		b = append(b, x.Name...)
+		b = append(b, 0)
+	}
+	if len(dest) < len(b) {
+		return uint32(len(b)), fuse.ERANGE
+	}
+	return uint32(copy(dest, b)), fuse.OK
+}
+
+func (f *fileSystem) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	g := f.tab.Load().cur
+	out.Blocks = g.blocks
+	out.Bsize = 4096
+	out.Frsize = 4096
+	out.NameLen = 255
+	return fuse.OK
+}
+
+func (f *fileSystem) OpenDir(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.OpenOut) (st fuse.Status) {
+	defer f.guard(&st)
+	g, nid, st := f.node(input.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	if _, st := g.readDir(f, nid); !st.Ok() {
+		return st
+	}
+	// Directory contents never change under a node ID; the root's cache is
+	// dropped by a switch (inode invalidation).
+	out.OpenFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	return fuse.OK
+}
+
+func (f *fileSystem) ReleaseDir(input *fuse.ReleaseIn) {}
+
+func (f *fileSystem) ReadDir(cancel <-chan struct{}, input *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return f.readDir(input, out, false)
+}
+
+func (f *fileSystem) ReadDirPlus(cancel <-chan struct{}, input *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return f.readDir(input, out, true)
+}
+
+// readDir lists "." and ".." at offsets 0 and 1, then the entries; an
+// entry's Off is the offset of the one after it.
+func (f *fileSystem) readDir(input *fuse.ReadIn, out *fuse.DirEntryList, plus bool) (st fuse.Status) {
+	defer f.guard(&st)
+	g, nid, st := f.node(input.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	ents, st := g.readDir(f, nid)
+	if !st.Ok() {
+		return st
+	}
+	for off := input.Offset; off < uint64(len(ents))+2; off++ {
+		de := fuse.DirEntry{Off: off + 1, Mode: tree.TypeDir}
+		var e Dirent
+		switch off {
+		case 0:
+			de.Name, de.Ino = ".", nid
+		case 1:
+			de.Name = ".."
+		default:
+			e = ents[off-2]
+			de.Name, de.Ino, de.Mode = e.Name, e.Nid, e.Type
+		}
+		if !plus {
+			if !out.AddDirEntry(de) {
+				break
+			}
+			continue
+		}
+		eo := out.AddDirLookupEntry(de)
+		if eo == nil {
+			break
+		}
+		if off < 2 {
+			continue // the kernel never instantiates . and ..
+		}
+		in, st := g.inode(f, e.Nid)
+		if !st.Ok() || in.Nid != e.Nid || in.Mode&tree.TypeMask != e.Type {
+			// Leave NodeId 0: the kernel looks the name up itself, and
+			// the lookup reports the error.
+			continue
+		}
+		f.fillEntry(g, in, eo)
+	}
+	return fuse.OK
+}
+
+func (f *fileSystem) Open(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.OpenOut) (st fuse.Status) {
+	defer f.guard(&st)
+	if input.Flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return fuse.Status(syscall.EROFS)
+	}
+	g, nid, st := f.node(input.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	in, st := g.inode(f, nid)
+	if !st.Ok() {
+		return st
+	}
+	if in.Mode&tree.TypeMask != tree.TypeReg {
+		return fuse.EINVAL
+	}
+	h := &handle{gen: g, nid: nid, nodeID: input.NodeId}
+	switch {
+	case in.HasInline:
+		h.inline = true
+	case in.Size == 0:
+	case in.Payload == "":
+		// A metacopy file without a redirect: the overlay finds no data.
+		f.logger.Printf("%s: inode %d has %d bytes of content but no object path", g.image, nid, in.Size)
+		return fuse.EIO
+	default:
+		file, err := f.openObject(g, in)
+		if err != nil {
+			f.logger.Printf("%v", err)
+			return fuse.EIO
+		}
+		h.file = file
+	}
+	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+	if h.file != nil && f.passthrough.Load() {
+		if id, ok := f.addBacking(h); ok {
+			out.BackingID = id
+			out.OpenFlags = fuse.FOPEN_PASSTHROUGH
+		}
+	}
+	g.refs.Add(1)
+	f.handlesM.Lock()
+	f.nextFh++
+	out.Fh = f.nextFh
+	f.handles[out.Fh] = h
+	f.handlesM.Unlock()
+	return fuse.OK
+}
+
+// openObject opens the object behind an external file and checks it
+// against the image's digest before its first use.
+func (f *fileSystem) openObject(g *generation, in *Inode) (*os.File, error) {
+	p := in.Payload
+	if !filepath.IsLocal(p) {
+		return nil, fmt.Errorf("%s: inode %d: object path %q leaves the object directory", g.image, in.Nid, p)
+	}
+	path := filepath.Join(g.objects, p)
+	file, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: inode %d: %w", g.image, in.Nid, err)
+	}
+	if !f.opts.NoVerify && in.Digest != nil {
+		if err := f.verify(file, path, in); err != nil {
+			file.Close()
+			return nil, err
+		}
+	}
+	return file, nil
+}
+
+// addBacking registers the handle's file with the kernel for passthrough,
+// or shares the backing file already registered for the node: the kernel
+// allows one backing file per inode.
+func (f *fileSystem) addBacking(h *handle) (int32, bool) {
+	f.backingM.Lock()
+	defer f.backingM.Unlock()
+	if b := f.backing[h.nodeID]; b != nil {
+		b.refs++
+		h.backed = true
+		return b.id, true
+	}
+	id, errno := f.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(h.file.Fd())})
+	if errno != 0 {
+		if f.passthrough.Swap(false) {
+			f.logger.Printf("FUSE passthrough unavailable (%v): serving reads through the daemon", errno)
+		}
+		return 0, false
+	}
+	f.backing[h.nodeID] = &backingFile{id: id, refs: 1}
+	h.backed = true
+	return id, true
+}
+
+func (f *fileSystem) releaseBacking(h *handle) {
+	f.backingM.Lock()
+	defer f.backingM.Unlock()
+	b := f.backing[h.nodeID]
+	if b == nil {
+		return
+	}
+	b.refs--
+	if b.refs == 0 {
+		delete(f.backing, h.nodeID)
+		if errno := f.server.UnregisterBackingFd(b.id); errno != 0 {
+			f.logger.Printf("releasing backing file %d: %v", b.id, errno)
+		}
+	}
+}
+
+func (f *fileSystem) Read(cancel <-chan struct{}, input *fuse.ReadIn, buf []byte) (r fuse.ReadResult, st fuse.Status) {
+	defer f.guard(&st)
+	f.handlesM.Lock()
+	h := f.handles[input.Fh]
+	f.handlesM.Unlock()
+	if h == nil {
+		return nil, fuse.EBADF
+	}
+	switch {
+	case h.file != nil:
+		return fuse.ReadResultFd(h.file.Fd(), int64(input.Offset), int(input.Size)), fuse.OK
+	case h.inline:
+		n, err := h.gen.src.ReadAt(h.nid, buf[:min(len(buf), int(input.Size))], int64(input.Offset))
+		if err != nil && err != io.EOF {
+			f.logger.Printf("%s: inode %d: %v", h.gen.image, h.nid, err)
+			return nil, fuse.EIO
+		}
+		return fuse.ReadResultData(buf[:n]), fuse.OK
+	}
+	return fuse.ReadResultData(nil), fuse.OK
+}
+
+func (f *fileSystem) Release(cancel <-chan struct{}, input *fuse.ReleaseIn) {
+	f.handlesM.Lock()
+	h := f.handles[input.Fh]
+	delete(f.handles, input.Fh)
+	f.handlesM.Unlock()
+	if h == nil {
+		return
+	}
+	if h.backed {
+		f.releaseBacking(h)
+	}
+	if h.file != nil {
+		h.file.Close()
+	}
+	if h.gen.refs.Add(-1) <= 0 {
+		f.maybeRelease(h.gen)
+	}
+}
+
+func (f *fileSystem) Flush(cancel <-chan struct{}, input *fuse.FlushIn) fuse.Status { return fuse.OK }
+
+func (f *fileSystem) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
+	return fuse.ENOSYS
+}
+
+// maybeRelease closes an old generation once the kernel holds nothing of it.
+func (f *fileSystem) maybeRelease(g *generation) {
+	f.switchM.Lock()
+	defer f.switchM.Unlock()
+	t := f.tab.Load()
+	if t.cur == g || t.byID[g.id] != g || g.refs.Load() > 0 {
+		return
+	}
+	nt := &table{cur: t.cur, byID: make(map[uint64]*generation, len(t.byID))}
+	for id, og := range t.byID {
+		if og != g {
+			nt.byID[id] = og
+		}
+	}
+	f.tab.Store(nt)
+	if g.closer != nil {
+		g.closer.Close()
+	}
+}
+
+func (f *fileSystem) current() *generation { return f.tab.Load().cur }

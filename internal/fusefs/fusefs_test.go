@@ -1,0 +1,212 @@
+package fusefs
+
+import (
+	"bytes"
+	"errors"
+	"log"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/mossfs/mossfs/internal/testenv"
+	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/overlay/overlaytest"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) { testenv.MainInMountNS(m) }
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func testLogger(t testing.TB) *log.Logger { return log.New(testWriter{t}, "fusefs: ", 0) }
+
+// mountOpts mounts with opts at a new directory and unmounts at cleanup.
+func mountOpts(t testing.TB, opts Options) *Server {
+	t.Helper()
+	if opts.Target == "" {
+		opts.Target = t.TempDir()
+	}
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	s, err := Mount(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+		s.Wait()
+	})
+	return s
+}
+
+func sampleSource(t testing.TB, marker string) (*overlaytest.Tx, *TreeSource, string) {
+	t.Helper()
+	tx := overlaytest.Sample(marker)
+	objects := t.TempDir()
+	tx.WriteObjects(t, objects)
+	src, err := NewTreeSource(tx.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tx, src, objects
+}
+
+func TestTreeSourceMatchesSample(t *testing.T) {
+	testenv.RequireMountNS(t)
+	tx, src, objects := sampleSource(t, "a")
+	s := mountOpts(t, Options{Source: src, Objects: objects})
+	overlaytest.Compare(t, s.Target(), tx)
+	t.Logf("passthrough: %v", s.Passthrough())
+}
+
+func TestCorruptObjectGivesEIO(t *testing.T) {
+	testenv.RequireMountNS(t)
+	tx, src, objects := sampleSource(t, "a")
+	tool := tx.Root.Lookup("bin/tool")
+	obj := filepath.Join(objects, tool.Payload)
+	b, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[100] ^= 1
+	if err := os.WriteFile(obj, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := mountOpts(t, Options{Source: src, Objects: objects})
+	for _, p := range []string{"bin/tool", "etc/tool-hard"} {
+		_, err := os.ReadFile(filepath.Join(s.Target(), p))
+		if !errors.Is(err, syscall.EIO) {
+			t.Errorf("%s: read of a corrupted object: %v, want EIO", p, err)
+		}
+	}
+	// Other objects are served.
+	if _, err := os.ReadFile(filepath.Join(s.Target(), "bin/suid")); err != nil {
+		t.Errorf("bin/suid: %v", err)
+	}
+	// Repairing the object serves it again: failures are not cached.
+	b[100] ^= 1
+	if err := os.WriteFile(obj, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(s.Target(), "bin/tool"))
+	if err != nil || !bytes.Equal(got, b) {
+		t.Errorf("bin/tool after repair: %v", err)
+	}
+
+	// With checks off the corrupted content is served (the check is what
+	// made the difference above).
+	b[100] ^= 1
+	if err := os.WriteFile(obj, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s2 := mountOpts(t, Options{Source: src, Objects: objects, NoVerify: true})
+	if _, err := os.ReadFile(filepath.Join(s2.Target(), "bin/tool")); err != nil {
+		t.Errorf("NoVerify: %v", err)
+	}
+}
+
+func TestMissingObjectGivesEIO(t *testing.T) {
+	testenv.RequireMountNS(t)
+	tx, src, objects := sampleSource(t, "a")
+	if err := os.Remove(filepath.Join(objects, tx.Root.Lookup("bin/tool").Payload)); err != nil {
+		t.Fatal(err)
+	}
+	s := mountOpts(t, Options{Source: src, Objects: objects})
+	if _, err := os.ReadFile(filepath.Join(s.Target(), "bin/tool")); !errors.Is(err, syscall.EIO) {
+		t.Errorf("missing object: %v, want EIO", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(s.Target(), "bin/tool"), &st); err != nil {
+		t.Errorf("lstat of a file with a missing object: %v", err)
+	}
+}
+
+func TestStatfs(t *testing.T) {
+	testenv.RequireMountNS(t)
+	_, src, objects := sampleSource(t, "a")
+	s := mountOpts(t, Options{Source: src, Objects: objects})
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.Target(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Bsize != 4096 || st.Namelen != 255 || st.Flags&unix.ST_RDONLY == 0 {
+		t.Errorf("statfs: bsize %d namelen %d flags %#x", st.Bsize, st.Namelen, st.Flags)
+	}
+	if err := os.WriteFile(filepath.Join(s.Target(), "new"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("create: %v, want EROFS", err)
+	}
+}
+
+func TestSwitchInPlace(t *testing.T) {
+	testenv.RequireMountNS(t)
+	txA, srcA, objects := sampleSource(t, "a")
+	txB := overlaytest.Sample("b")
+	txB.WriteObjects(t, objects)
+	// Give b a root entry a lacks and drop one a has.
+	extra := &tree.Node{Name: "only-b", Mode: tree.TypeReg | 0o644, Nlink: 1, Content: []byte("b\n"), Size: 2}
+	txB.Root.AddChild(extra)
+	txB.Root.Children = deleteChild(txB.Root.Children, "tmp")
+	txB.Root.Sort()
+	srcB, err := NewTreeSource(txB.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := mountOpts(t, Options{Source: srcA, Objects: objects})
+	mnt := s.Target()
+	overlaytest.Compare(t, mnt, txA)
+
+	// Hold a file and a directory of the old tree.
+	held, err := os.Open(filepath.Join(mnt, "usr/share/doc/pkg/big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	heldDir, err := os.Open(filepath.Join(mnt, "etc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer heldDir.Close()
+	if _, err := os.Stat(filepath.Join(mnt, "only-b")); !os.IsNotExist(err) {
+		t.Fatalf("only-b before the switch: %v", err)
+	}
+
+	if err := s.SwitchSource(srcB, objects); err != nil {
+		t.Fatal(err)
+	}
+	overlaytest.Compare(t, mnt, txB)
+
+	// The held file still reads the old transaction's content; the held
+	// directory still resolves names in the old tree.
+	got := make([]byte, 40)
+	if _, err := held.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(got, []byte("tx=a ")) {
+		t.Errorf("held file after the switch reads %q, want the old content", got)
+	}
+	conf, err := os.ReadFile(filepath.Join("/proc/self/fd", strconv.Itoa(int(heldDir.Fd())), "conf"))
+	if err != nil || !bytes.Contains(conf, []byte("tx=a ")) {
+		t.Errorf("held directory after the switch: %q %v, want the old content", conf, err)
+	}
+}
+
+func deleteChild(cs []*tree.Node, name string) []*tree.Node {
+	out := cs[:0]
+	for _, c := range cs {
+		if c.Name != name {
+			out = append(out, c)
+		}
+	}
+	return out
+}
