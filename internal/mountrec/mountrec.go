@@ -1,0 +1,175 @@
+// Package mountrec keeps the records of mossfs mounts in a state root:
+// <root>/mounts/<name>.json, one per mount target, written atomically when
+// mossfs mounts or switches a target and removed when it unmounts it. The
+// state package reads them (State.Mounts) to refuse removing a mounted
+// transaction; `mossfs status` joins them with the kernel's mount table.
+//
+// Records are only a hint about the past: a reboot leaves them behind, so
+// Live checks each against /proc/self/mountinfo.
+package mountrec
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Record describes one mount. The JSON field names are those the state
+// package reads (tx, image, target, driver).
+type Record struct {
+	Target string `json:"target"`
+	// Tx is the mounted transaction (0: an image mounted directly).
+	Tx uint64 `json:"tx"`
+	// Image is the hex fs-verity digest of the image ("" when unknown).
+	Image     string `json:"image,omitempty"`
+	ImagePath string `json:"image_path,omitempty"`
+	Objects   string `json:"objects,omitempty"`
+	// Driver is "overlay" or "fuse".
+	Driver string `json:"driver"`
+	// Verity is the effective policy: off, on or require.
+	Verity string `json:"verity,omitempty"`
+	// Method is how the overlay was built (overlay.Method).
+	Method string    `json:"method,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+// Dir returns the records directory of a state root.
+func Dir(root string) string { return filepath.Join(root, "mounts") }
+
+// Name returns the record file name for a target: the path without its
+// outer slashes, inner slashes as '-' ("/usr" → "usr.json", "/" → "root.json"),
+// as the state package names them.
+func Name(target string) string {
+	t := strings.Trim(filepath.Clean(target), "/")
+	if t == "" {
+		t = "root"
+	}
+	return strings.ReplaceAll(t, "/", "-") + ".json"
+}
+
+// Write stores r atomically and durably (temporary file, fsync, rename,
+// fsync of the directory).
+func Write(root string, r Record) error {
+	if r.Time.IsZero() {
+		r.Time = time.Now().UTC()
+	}
+	dir := Dir(root)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("mount record: %w", err)
+	}
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, Name(r.Target))
+	f, err := os.CreateTemp(dir, ".tmp-")
+	if err != nil {
+		return fmt.Errorf("mount record %s: %w", path, err)
+	}
+	_, err = f.Write(append(data, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("mount record %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// Remove deletes the record of target (no error if there is none).
+func Remove(root, target string) error {
+	err := os.Remove(filepath.Join(Dir(root), Name(target)))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("mount record: %w", err)
+	}
+	return nil
+}
+
+// Get returns the record of target, if any.
+func Get(root, target string) (Record, bool, error) {
+	path := filepath.Join(Dir(root), Name(target))
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Record{}, false, nil
+	}
+	if err != nil {
+		return Record{}, false, fmt.Errorf("mount record: %w", err)
+	}
+	var r Record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return Record{}, false, fmt.Errorf("mount record %s: %w", path, err)
+	}
+	return r, true, nil
+}
+
+// List returns every record of the state root, sorted by target. Files
+// whose names start with "." (temporary files, the lock) are skipped.
+func List(root string) ([]Record, error) {
+	ents, err := os.ReadDir(Dir(root))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mount records: %w", err)
+	}
+	var out []Record
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		path := filepath.Join(Dir(root), e.Name())
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("mount records: %w", err)
+		}
+		var r Record
+		if err := json.Unmarshal(data, &r); err != nil {
+			return nil, fmt.Errorf("mount record %s: %w", path, err)
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Target < out[j].Target })
+	return out, nil
+}
+
+// Lock serialises mount changes of a state root (flock on mounts/.lock).
+// It blocks until the lock is free; call the returned function to release.
+func Lock(root string) (func(), error) {
+	if err := os.MkdirAll(Dir(root), 0o755); err != nil {
+		return nil, fmt.Errorf("mount lock: %w", err)
+	}
+	path := filepath.Join(Dir(root), ".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("mount lock: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("mount lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
