@@ -258,6 +258,8 @@ func (s *Store) commit(t *temp, d [32]byte, size int64) error {
 	if err := s.ensureFanout(d); err != nil {
 		return err
 	}
+	s.batchMu.RLock()
+	defer s.batchMu.RUnlock()
 	if err := s.markPending(); err != nil {
 		return err
 	}
@@ -325,7 +327,15 @@ func (s *Store) enableVerity(t *temp) error {
 	}
 	t.f.Close()
 	t.f = ro
-	err = fsverity.Enable(int(ro.Fd()))
+	for try := 0; ; try++ {
+		err = fsverity.Enable(int(ro.Fd()))
+		// ETXTBSY: a child forked meanwhile may hold a copy of the
+		// writable fd until it execs (O_CLOEXEC): wait it out.
+		if !errors.Is(err, unix.ETXTBSY) || try == 50 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	switch {
 	case err == nil:
 		s.verity.Store(yes)

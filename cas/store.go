@@ -98,6 +98,7 @@ type Store struct {
 	tmpfile   atomic.Int32 // triState: does O_TMPFILE work here?
 	reflink   atomic.Int32 // triState: does FICLONE work here?
 	fanout    [256]atomic.Bool
+	batchMu   sync.RWMutex // commits hold it shared from marking to linking; Sync exclusively
 	pendingMu sync.Mutex
 	pending   *os.File // marker of the current unsynced batch, flocked
 }
@@ -260,16 +261,24 @@ func (s *Store) Sync() error {
 		return fmt.Errorf("syncing object store: %w", err)
 	}
 	defer f.Close()
+	// Wait for commits in flight (they link under batchMu.RLock), and make
+	// later ones start a new marker: objects linked from here on are not
+	// covered by this syncfs.
+	s.batchMu.Lock()
 	s.pendingMu.Lock()
-	defer s.pendingMu.Unlock()
+	marker := s.pending
+	s.pending = nil
+	s.pendingMu.Unlock()
+	s.batchMu.Unlock()
 	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		if marker != nil {
+			marker.Close() // unlocks it: Recover will check the batch
+		}
 		return fmt.Errorf("syncing object store %s: %w", s.objects, err)
 	}
-	if s.pending != nil {
-		// Objects written after this point start a new marker.
-		os.Remove(s.pending.Name())
-		s.pending.Close()
-		s.pending = nil
+	if marker != nil {
+		os.Remove(marker.Name())
+		marker.Close()
 	}
 	return nil
 }

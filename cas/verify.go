@@ -313,13 +313,16 @@ func (s *Store) staleMarkers() ([]*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", dir, err)
 	}
+	s.pendingMu.Lock()
+	own := s.pending
+	s.pendingMu.Unlock()
 	var out []*os.File
 	for _, e := range names {
 		f, err := os.Open(filepath.Join(dir, e.Name()))
 		if err != nil {
 			continue
 		}
-		if s.pending != nil && sameFile(f, s.pending) {
+		if own != nil && sameFile(f, own) {
 			f.Close()
 			continue
 		}

@@ -254,3 +254,18 @@ func BenchmarkDigest(b *testing.B) {
 		report(b)
 	})
 }
+
+func TestHasherNoAllocs(t *testing.T) {
+	h := New()
+	data := randomBytes(3*chunkSize+100, 9)
+	h.Write(data) // grows the level buffers once
+	h.Reset()
+	if n := testing.AllocsPerRun(5, func() {
+		h.Reset()
+		h.Write(data[:7])
+		h.Write(data[7:])
+		h.Sum()
+	}); n != 0 {
+		t.Errorf("%v allocations per digest, want 0", n)
+	}
+}
