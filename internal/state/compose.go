@@ -1,0 +1,334 @@
+package state
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/mossfs/mossfs/erofs"
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/tree"
+)
+
+// ComposeOptions describe a new transaction.
+type ComposeOptions struct {
+	// From is the transaction whose inputs are the base (0: start empty).
+	From uint64
+	// Remove names base inputs to leave out: a package name, a tree's
+	// directory, or an input's label or key.
+	Remove []string
+	// Add are new inputs whose contents are already in the store. An added
+	// input with the same key as a base input replaces it (a package upgrade
+	// or a re-imported tree). Fragment and Digest are filled in here.
+	Add []Fragment
+	// Time of the transaction (zero: now).
+	Time time.Time
+}
+
+// ComposeResult describes what Compose did.
+type ComposeResult struct {
+	Tx *Transaction `json:"transaction"`
+	// Replaced base inputs (upgrades) and Removed ones.
+	Replaced []Input `json:"replaced,omitempty"`
+	Removed  []Input `json:"removed,omitempty"`
+}
+
+// matchesInput reports whether a --remove argument names the input.
+func matchesInput(arg string, in Input) bool {
+	if arg == in.Name || arg == in.Label() || arg == in.Key() {
+		return true
+	}
+	return in.Kind == KindTree && filepath.Clean(arg) == filepath.Clean(in.Name)
+}
+
+type pendingFragment struct {
+	data     []byte // encoded dump, nil if linked from the base
+	linkFrom string // path of the base transaction's fragment
+}
+
+// Compose builds a new transaction from a base transaction's inputs and new
+// inputs, and publishes it. Conflicts are detected before anything is
+// written. The caller should hold Lock (shared) from the moment it started
+// putting the new inputs' objects into the store; Compose takes it too.
+func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
+	lk, err := s.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Unlock()
+
+	res := &ComposeResult{}
+	var base *Transaction
+	var baseFrags []Fragment
+	var baseData [][]byte
+	if opts.From != 0 {
+		if base, err = s.Get(opts.From); err != nil {
+			return nil, fmt.Errorf("compose --from: %w", err)
+		}
+		for _, in := range base.Inputs {
+			data, err := s.readFragment(base, in)
+			if err != nil {
+				return nil, fmt.Errorf("compose --from: %w", err)
+			}
+			baseData = append(baseData, data)
+			baseFrags = append(baseFrags, Fragment{Input: in})
+		}
+	}
+
+	// Which base inputs stay.
+	newKeys := map[string]bool{}
+	for _, f := range opts.Add {
+		if newKeys[f.Input.Key()] {
+			return nil, fmt.Errorf("compose: input %s given twice", f.Input.Label())
+		}
+		newKeys[f.Input.Key()] = true
+	}
+	used := make([]bool, len(opts.Remove))
+	var frags []Fragment
+	var pending []pendingFragment
+	for i, f := range baseFrags {
+		removed := false
+		for j, arg := range opts.Remove {
+			if matchesInput(arg, f.Input) {
+				used[j], removed = true, true
+			}
+		}
+		switch {
+		case removed:
+			res.Removed = append(res.Removed, f.Input)
+			continue
+		case newKeys[f.Input.Key()]:
+			res.Replaced = append(res.Replaced, f.Input)
+			continue
+		}
+		root, err := DecodeFragment(baseData[i], s.FragmentPath(base, f.Input))
+		if err != nil {
+			return nil, err
+		}
+		f.Root = root
+		frags = append(frags, f)
+		pending = append(pending, pendingFragment{data: baseData[i], linkFrom: s.FragmentPath(base, f.Input)})
+	}
+	for j, ok := range used {
+		if !ok {
+			return nil, fmt.Errorf("compose --remove %s: no such input in transaction %d", opts.Remove[j], opts.From)
+		}
+	}
+	// New inputs: encode before merging (Merge moves their nodes).
+	for _, f := range opts.Add {
+		if f.Root == nil {
+			return nil, fmt.Errorf("compose: input %s has no tree", f.Input.Label())
+		}
+		f.Root.Sort()
+		data, err := EncodeFragment(f.Root)
+		if err != nil {
+			return nil, fmt.Errorf("compose: input %s: %w", f.Input.Label(), err)
+		}
+		f.Input.Fragment, f.Input.Digest = fragmentName(data)
+		c := CountTree(f.Root)
+		f.Input.Entries, f.Input.Bytes = c.Entries-1, c.Bytes
+		frags = append(frags, f)
+		pending = append(pending, pendingFragment{data: data})
+	}
+	inputs := make([]Input, len(frags))
+	for i, f := range frags {
+		inputs[i] = f.Input
+	}
+
+	root, err := Merge(frags)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkObjects(root); err != nil {
+		return nil, err
+	}
+
+	// Nothing is written before this point.
+	txl, err := s.txLock()
+	if err != nil {
+		return nil, err
+	}
+	id, err := s.allocateID()
+	txl.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	crash(CPComposeAlloc)
+
+	when := opts.Time
+	if when.IsZero() {
+		when = time.Now()
+	}
+	when = when.UTC().Truncate(time.Second)
+	idText := []byte(strconv.FormatUint(id, 10))
+	root.AddChild(&tree.Node{Name: StateIDName, Mode: tree.TypeReg | 0o644, Nlink: 1,
+		Size: uint64(len(idText)), Content: idText, Mtime: tree.Timespec{Sec: when.Unix()}})
+	root.SortChildren()
+
+	if err := s.writeInputs(id, inputs, pending); err != nil {
+		return nil, err
+	}
+	crash(CPComposeInputs)
+
+	img, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
+	if err != nil {
+		return nil, fmt.Errorf("compose: building image: %w", err)
+	}
+	digest := fsverity.Sum(img)
+	imageHex := hex.EncodeToString(digest[:])
+	imgPath := filepath.Join(s.ImagesDir(), imageHex)
+	if err := writeFileAtomic(imgPath, img, false); err != nil {
+		return nil, fmt.Errorf("compose: %w", err)
+	}
+	crash(CPComposeImage)
+
+	tx := &Transaction{ID: id, Time: when, Image: imageHex, Inputs: inputs, Counts: CountTree(root)}
+	if base != nil {
+		tx.Parent = base.ID
+	}
+	tx.Counts.Image = int64(len(img))
+	// One syncfs makes the objects, the image, the fragments and the counter
+	// durable before the metadata that refers to them appears.
+	if err := s.Sync(); err != nil {
+		return nil, fmt.Errorf("compose: %w", err)
+	}
+	crash(CPComposeSynced)
+	if err := s.publish(tx); err != nil {
+		return nil, err
+	}
+	res.Tx = tx
+	return res, nil
+}
+
+// checkObjects makes sure every external file's object is in the store.
+func (s *State) checkObjects(root *tree.Node) error {
+	var missing []string
+	n := 0
+	_ = root.Walk(func(x *tree.Node) error {
+		if x.LinkTo == nil && x.Payload != "" {
+			if _, err := os.Lstat(filepath.Join(s.store.ObjectsDir(), x.Payload)); err != nil {
+				n++
+				if len(missing) < 5 {
+					missing = append(missing, x.Path()+" ("+x.Payload+")")
+				}
+			}
+		}
+		return nil
+	})
+	if n > 0 {
+		return fmt.Errorf("compose: %d object(s) missing from the store, e.g. %v", n, missing)
+	}
+	return nil
+}
+
+// writeInputs writes the fragments of transaction id into a temporary
+// directory and renames it to <id>.inputs. Fragments carried over from the
+// base are hardlinked (they are immutable and named by their digest).
+func (s *State) writeInputs(id uint64, inputs []Input, pending []pendingFragment) error {
+	tmp, err := os.MkdirTemp(s.txDir(), ".tmp-inputs-")
+	if err != nil {
+		return fmt.Errorf("compose: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+	for i, in := range inputs {
+		dst := filepath.Join(tmp, in.Fragment)
+		if _, err := os.Lstat(dst); err == nil {
+			continue // two inputs with the same fragment
+		}
+		p := pending[i]
+		if p.linkFrom != "" && os.Link(p.linkFrom, dst) == nil {
+			continue
+		}
+		if err := os.WriteFile(dst, p.data, 0o444); err != nil {
+			return fmt.Errorf("compose: writing fragment: %w", err)
+		}
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("compose: %w", err)
+	}
+	if err := os.Rename(tmp, s.inputsDir(id)); err != nil {
+		return fmt.Errorf("compose: %w", err)
+	}
+	ok = true
+	return nil
+}
+
+// publish renames the metadata into place: from now on the transaction exists.
+func (s *State) publish(tx *Transaction) error {
+	data, err := json.MarshalIndent(tx, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	l, err := s.txLock()
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	dst := s.metaPath(tx.ID)
+	if _, err := os.Lstat(dst); err == nil {
+		return fmt.Errorf("compose: %s already exists", dst)
+	}
+	f, err := os.CreateTemp(s.txDir(), ".tmp-meta-")
+	if err != nil {
+		return fmt.Errorf("compose: %w", err)
+	}
+	_, werr := f.Write(data)
+	if err := errors.Join(werr, f.Chmod(0o644), f.Sync(), f.Close()); err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("compose: writing metadata: %w", err)
+	}
+	if err := os.Rename(f.Name(), dst); err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("compose: publishing %s: %w", dst, err)
+	}
+	crash(CPComposePublish)
+	return fsyncDir(s.txDir())
+}
+
+// Tree returns the image tree of a transaction, read back from its image.
+func (s *State) Tree(tx *Transaction) (*tree.Node, error) {
+	root, err := readImageTree(s.ImagePath(tx))
+	if err != nil {
+		return nil, fmt.Errorf("transaction %d: %w", tx.ID, err)
+	}
+	root.Sort()
+	return root, nil
+}
+
+// DiffTx compares two transactions: inputs and image trees.
+func (s *State) DiffTx(a, b uint64) (*Diff, error) {
+	ta, err := s.Get(a)
+	if err != nil {
+		return nil, err
+	}
+	tb, err := s.Get(b)
+	if err != nil {
+		return nil, err
+	}
+	d := &Diff{A: a, B: b}
+	DiffInputs(ta.Inputs, tb.Inputs, d)
+	ra, err := s.Tree(ta)
+	if err != nil {
+		return nil, err
+	}
+	rb, err := s.Tree(tb)
+	if err != nil {
+		return nil, err
+	}
+	DiffTrees(ra, rb, d)
+	slices.Sort(d.Added)
+	slices.Sort(d.Removed)
+	return d, nil
+}

@@ -1,0 +1,347 @@
+// Package state keeps mossfs transactions: a content store (cas), one EROFS
+// metadata image per transaction and a small metadata record per transaction,
+// all under one state root (default /.moss, beside moss's own assets/, db/,
+// root/ and cache/, none of whose names it uses):
+//
+//	state.json                  format marker {"format":"mossfs-state","version":1}
+//	lock                        flock: shared for import/compose, exclusive for gc
+//	txlock                      flock: exclusive for the short metadata updates
+//	cas/                        the content store (objects/xx/<62 hex>)
+//	images/<64 hex>             one image per transaction, named by its fs-verity digest
+//	transactions/next           the id counter (decimal; ids are never reused)
+//	transactions/<id>.json      metadata: id, parent, time, image, inputs, counts
+//	transactions/<id>.inputs/   one fragment (composefs dump) per input
+//	active                      the active transaction id (decimal)
+//	mounts/<name>.json          mount records, written by the mount helper
+//	pins/<name>                 gc roots: a transaction id or sha256:<image hex>
+//	quarantine/                 images that failed verification (bad objects go
+//	                            to the store's own cas/quarantine/)
+//
+// A transaction's image is a /usr tree: its root is mounted at /usr, so a
+// stone's paths (relative to /usr) sit at the image root. Every image holds a
+// file .stateID with the decimal transaction id, as moss's /usr/.stateID.
+//
+// Atomicity: a transaction exists exactly when transactions/<id>.json exists.
+// Compose writes objects, the image, the fragments and the counter under
+// temporary or not-yet-referenced names, makes them durable with one syncfs,
+// and only then renames the metadata into place. A crash at any point leaves
+// either the old state or the complete new transaction, plus garbage that gc
+// removes (it holds the exclusive lock, so no compose is in flight then).
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/mossfs/mossfs/cas"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultRoot is the state root used when no --root is given.
+const DefaultRoot = "/.moss"
+
+// FormatVersion is the version of the state layout written to state.json.
+const FormatVersion = 1
+
+const formatName = "mossfs-state"
+
+// ErrNotFound is returned (wrapped) for a transaction id that does not exist.
+var ErrNotFound = errors.New("no such transaction")
+
+// State is an opened state root.
+type State struct {
+	root  string
+	store *cas.Store
+}
+
+type formatFile struct {
+	Format  string `json:"format"`
+	Version int    `json:"version"`
+}
+
+// Open opens an existing state root.
+func Open(root string) (*State, error) {
+	data, err := os.ReadFile(filepath.Join(root, "state.json"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("open state %s: not a mossfs state root (no state.json; create one with import or compose)", root)
+		}
+		return nil, fmt.Errorf("open state: %w", err)
+	}
+	var f formatFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("open state: %s: %w", filepath.Join(root, "state.json"), err)
+	}
+	if f.Format != formatName || f.Version != FormatVersion {
+		return nil, fmt.Errorf("open state: %s: format %q version %d, want %q version %d",
+			filepath.Join(root, "state.json"), f.Format, f.Version, formatName, FormatVersion)
+	}
+	s := &State{root: root}
+	for _, d := range []string{"images", "transactions", "mounts", "pins", "quarantine"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("open state: %w", err)
+		}
+	}
+	st, err := cas.Open(filepath.Join(root, "cas"))
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w", root, err)
+	}
+	s.store = st
+	return s, nil
+}
+
+// Create opens the state root, creating it (and its content store) if it
+// does not exist yet.
+func Create(root string) (*State, error) {
+	if _, err := os.Stat(filepath.Join(root, "state.json")); err == nil {
+		return Open(root)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("create state: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "cas", "meta.json")); errors.Is(err, os.ErrNotExist) {
+		if _, err := cas.Create(filepath.Join(root, "cas")); err != nil {
+			return nil, fmt.Errorf("create state %s: %w", root, err)
+		}
+	}
+	for _, d := range []string{"images", "transactions", "mounts", "pins", "quarantine"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("create state: %w", err)
+		}
+	}
+	data, _ := json.Marshal(formatFile{Format: formatName, Version: FormatVersion})
+	if err := writeFileAtomic(filepath.Join(root, "state.json"), append(data, '\n'), true); err != nil {
+		return nil, fmt.Errorf("create state: %w", err)
+	}
+	return Open(root)
+}
+
+// Root returns the state root directory.
+func (s *State) Root() string { return s.root }
+
+// Store returns the content store.
+func (s *State) Store() *cas.Store { return s.store }
+
+// ImagesDir returns the directory holding the images.
+func (s *State) ImagesDir() string { return filepath.Join(s.root, "images") }
+
+// ImagePath returns the path of a transaction's image.
+func (s *State) ImagePath(tx *Transaction) string {
+	return filepath.Join(s.root, "images", tx.Image)
+}
+
+// KnownContentPath is where importers keep their index of content already in
+// the store (for stones: XXH3-128 → fs-verity digest).
+func (s *State) KnownContentPath() string { return filepath.Join(s.root, "known-content") }
+
+func (s *State) txDir() string { return filepath.Join(s.root, "transactions") }
+
+func (s *State) metaPath(id uint64) string {
+	return filepath.Join(s.txDir(), strconv.FormatUint(id, 10)+".json")
+}
+
+func (s *State) inputsDir(id uint64) string {
+	return filepath.Join(s.txDir(), strconv.FormatUint(id, 10)+".inputs")
+}
+
+// Lock is a held lock; Unlock releases it.
+type Lock struct {
+	f     *os.File
+	store *cas.FileLock
+}
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	err := l.store.Unlock()
+	if cerr := l.f.Close(); err == nil { // closing the last fd drops the flock
+		err = cerr
+	}
+	l.f = nil
+	return err
+}
+
+func flock(path string, how int) (*Lock, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return &Lock{f: f}, nil
+}
+
+// lockBoth takes the state root's lock, then the content store's own lock
+// the same way (so that tools writing to the store directly are excluded
+// from gc too). The order is always state, then store.
+func (s *State) lockBoth(exclusive, wait bool) (*Lock, error) {
+	how := unix.LOCK_SH
+	if exclusive {
+		how = unix.LOCK_EX
+	}
+	if !wait {
+		how |= unix.LOCK_NB
+	}
+	l, err := flock(filepath.Join(s.root, "lock"), how)
+	if err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w (%v)", ErrBusy, err)
+		}
+		return nil, err
+	}
+	storeLock := filepath.Join(s.store.Root(), "lock")
+	var sl *cas.FileLock
+	switch {
+	case exclusive && wait:
+		sl, err = cas.Lock(storeLock)
+	case exclusive:
+		sl, err = cas.TryLock(storeLock)
+	case wait:
+		sl, err = cas.RLock(storeLock)
+	default:
+		sl, err = cas.TryRLock(storeLock)
+	}
+	if err != nil {
+		l.Unlock()
+		if errors.Is(err, cas.ErrLocked) {
+			return nil, fmt.Errorf("%w (%v)", ErrBusy, err)
+		}
+		return nil, err
+	}
+	l.store = sl
+	return l, nil
+}
+
+// ErrBusy is returned (wrapped) when a lock taken without waiting is held
+// by another process (gc while an import or compose runs).
+var ErrBusy = errors.New("the store is in use by another process")
+
+// Lock takes the store lock shared: held by import and compose for their
+// whole run, so that gc (exclusive) never sees objects, images or fragments
+// of a compose that is still in flight.
+func (s *State) Lock() (*Lock, error) { return s.lockBoth(false, true) }
+
+// LockExclusive takes the store lock exclusive (gc), waiting for imports
+// and composes to finish.
+func (s *State) LockExclusive() (*Lock, error) { return s.lockBoth(true, true) }
+
+// TryLockExclusive takes the store lock exclusive without waiting; it
+// fails with an error wrapping ErrBusy when an import or compose runs.
+func (s *State) TryLockExclusive() (*Lock, error) { return s.lockBoth(true, false) }
+
+// txLock serialises the short metadata updates (id counter, publish, remove,
+// active).
+func (s *State) txLock() (*Lock, error) {
+	return flock(filepath.Join(s.root, "txlock"), unix.LOCK_EX)
+}
+
+// Sync makes everything written under the state root durable with one
+// syncfs (the content store lives on the same file system unless cas/ is a
+// mount point, in which case that is synced too).
+func (s *State) Sync() error {
+	if err := syncfs(s.root); err != nil {
+		return err
+	}
+	var a, b unix.Stat_t
+	if unix.Stat(s.root, &a) == nil && unix.Stat(filepath.Join(s.root, "cas"), &b) == nil && a.Dev != b.Dev {
+		return s.store.Sync()
+	}
+	return nil
+}
+
+func syncfs(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
+	}
+	return nil
+}
+
+func fsyncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// writeFileAtomic writes data under a temporary name in the same directory
+// and renames it into place. With durable, the file is fsynced before the
+// rename and the directory after it; without, the caller's later syncfs
+// makes it durable before anything depends on it.
+func writeFileAtomic(path string, data []byte, durable bool) error {
+	dir, base := filepath.Split(path)
+	f, err := os.CreateTemp(dir, ".tmp-"+base+"-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if durable {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("write %s: %w", tmp, err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	ok = true
+	if durable {
+		return fsyncDir(dir)
+	}
+	return nil
+}
+
+func readUint(path string) (uint64, bool, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("%s: not a decimal number: %q", path, strings.TrimSpace(string(data)))
+	}
+	return v, true, nil
+}

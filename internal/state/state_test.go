@@ -1,0 +1,477 @@
+package state
+
+import (
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/tree"
+)
+
+// file is a hand-written entry of a test fragment.
+type file struct {
+	path    string
+	mode    uint32 // with type bits; 0 = regular 0644
+	content string // regular files
+	target  string // symlinks
+}
+
+func newState(t *testing.T) *State {
+	t.Helper()
+	s, err := Create(filepath.Join(t.TempDir(), "moss"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// frag builds a fragment with the given files, storing contents longer than
+// 64 bytes in the store (shorter ones are inline), parents implicit.
+func frag(t *testing.T, s *State, in Input, files ...file) Fragment {
+	t.Helper()
+	root := tree.NewDir("", 0o755)
+	dirs := map[string]*tree.Node{"": root}
+	var mkdir func(p string) *tree.Node
+	mkdir = func(p string) *tree.Node {
+		if d, ok := dirs[p]; ok {
+			return d
+		}
+		parent, name := filepath.Split(p)
+		d := tree.NewDir(name, 0o755)
+		mkdir(strings.TrimSuffix(parent, "/")).AddChild(d)
+		dirs[p] = d
+		return d
+	}
+	for _, f := range files {
+		parent, name := filepath.Split(f.path)
+		n := &tree.Node{Name: name, Mode: f.mode, Nlink: 1}
+		switch {
+		case f.mode&tree.TypeMask == tree.TypeDir:
+			n = mkdir(f.path)
+			n.Mode = f.mode
+			continue
+		case f.target != "":
+			n.Mode = tree.TypeLink | 0o777
+			n.Target, n.Size = f.target, uint64(len(f.target))
+		default:
+			if n.Mode == 0 {
+				n.Mode = tree.TypeReg | 0o644
+			}
+			n.Size = uint64(len(f.content))
+			if len(f.content) > 64 {
+				d, err := s.Store().PutBytes([]byte(f.content))
+				if err != nil {
+					t.Fatal(err)
+				}
+				n.Digest, n.Payload = d[:], cas.Payload(d)
+			} else if len(f.content) > 0 {
+				n.Content = []byte(f.content)
+			}
+		}
+		mkdir(strings.TrimSuffix(parent, "/")).AddChild(n)
+	}
+	root.Sort()
+	return Fragment{Input: in, Root: root}
+}
+
+func pkg(name, version string, conflicts ...string) Input {
+	return Input{Kind: KindStone, Name: name, Version: version, Conflicts: conflicts}
+}
+
+func big(s string) string { return strings.Repeat(s, 100) }
+
+func compose(t *testing.T, s *State, opts ComposeOptions) *Transaction {
+	t.Helper()
+	res, err := s.Compose(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Tx
+}
+
+func TestComposeGetList(t *testing.T) {
+	s := newState(t)
+	tx := compose(t, s, ComposeOptions{Add: []Fragment{
+		frag(t, s, pkg("bash", "5.2-1-1"), file{path: "bin/bash", mode: tree.TypeReg | 0o755, content: big("bash")},
+			file{path: "share/doc/bash/README", content: "hello"}, file{path: "bin/sh", target: "bash"}),
+		frag(t, s, pkg("coreutils", "9.4-1-1"), file{path: "bin/ls", mode: tree.TypeReg | 0o755, content: big("ls")}),
+	}})
+	if tx.ID != 1 || tx.Parent != 0 || len(tx.Inputs) != 2 {
+		t.Fatalf("tx = %+v", tx)
+	}
+	got, err := s.Get(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Image != tx.Image || got.Counts != tx.Counts {
+		t.Fatalf("Get = %+v, want %+v", got, tx)
+	}
+	// The image is named by its fs-verity digest.
+	data, err := os.ReadFile(s.ImagePath(tx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := fsverity.Sum(data); hex.EncodeToString(d[:]) != tx.Image {
+		t.Fatalf("image %s has digest %x", tx.Image, d)
+	}
+	// The image root holds .stateID and the stones' paths.
+	root, err := s.Tree(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid := root.Lookup(StateIDName)
+	if sid == nil || string(sid.Content) != "1" {
+		t.Fatalf(".stateID = %+v", sid)
+	}
+	for _, p := range []string{"bin/bash", "bin/ls", "bin/sh", "share/doc/bash/README"} {
+		if root.Lookup(p) == nil {
+			t.Errorf("%s missing from the image", p)
+		}
+	}
+	if n := root.Lookup("bin/bash"); n == nil || n.Mode != tree.TypeReg|0o755 || n.Payload == "" {
+		t.Errorf("bin/bash = %+v", n)
+	}
+	want := Counts{Entries: 10, Dirs: 5, Files: 4, Symlinks: 1, Objects: 2, Bytes: 400 + 200 + 5 + 1, Image: tx.Counts.Image}
+	if tx.Counts != want {
+		t.Errorf("counts %+v, want %+v", tx.Counts, want)
+	}
+	tx2 := compose(t, s, ComposeOptions{From: 1})
+	if tx2.ID != 2 || tx2.Parent != 1 || tx2.Image == tx.Image {
+		t.Fatalf("tx2 = %+v", tx2)
+	}
+	txs, err := s.List()
+	if err != nil || len(txs) != 2 || txs[0].ID != 1 || txs[1].ID != 2 {
+		t.Fatalf("List = %v, %v", txs, err)
+	}
+	// Fragments are shared (hardlinked) between a transaction and its child.
+	a, _ := os.Stat(s.FragmentPath(tx, tx.Inputs[0]))
+	b, _ := os.Stat(s.FragmentPath(tx2, tx2.Inputs[0]))
+	if !os.SameFile(a, b) {
+		t.Errorf("fragment of tx 2 is not a hardlink of tx 1's")
+	}
+	owners, err := s.Owners(tx2, "/usr/bin/bash")
+	if err != nil || len(owners) != 1 || owners[0].Name != "bash" {
+		t.Errorf("Owners(bin/bash) = %v, %v", owners, err)
+	}
+	// Reopen.
+	s2, err := Open(s.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Get(2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Get(3); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get(3) = %v", err)
+	}
+	if _, err := Open(t.TempDir()); err == nil {
+		t.Fatal("Open of an empty dir succeeded")
+	}
+}
+
+func TestUpgradeRemoveAndDiff(t *testing.T) {
+	s := newState(t)
+	compose(t, s, ComposeOptions{Add: []Fragment{
+		frag(t, s, pkg("nano", "7.2-1-1"), file{path: "bin/nano", content: big("nano7")}, file{path: "share/nano/old.nanorc", content: "x"}),
+		frag(t, s, pkg("vim", "9.0-1-1"), file{path: "bin/vim", content: big("vim")}),
+	}})
+	tx2 := compose(t, s, ComposeOptions{From: 1, Add: []Fragment{
+		frag(t, s, pkg("nano", "8.0-1-1"), file{path: "bin/nano", content: big("nano8")}, file{path: "share/nano/new.nanorc", content: "y"}),
+	}, Remove: []string{"vim"}})
+	if len(tx2.Inputs) != 1 || tx2.Inputs[0].Version != "8.0-1-1" {
+		t.Fatalf("inputs %+v", tx2.Inputs)
+	}
+	d, err := s.DiffTx(1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.InputsChanged) != 1 || d.InputsChanged[0].Name != "nano" || d.InputsChanged[0].OldVersion != "7.2-1-1" {
+		t.Errorf("changed inputs %+v", d.InputsChanged)
+	}
+	if len(d.InputsRemoved) != 1 || d.InputsRemoved[0].Name != "vim" || len(d.InputsAdded) != 0 {
+		t.Errorf("removed %+v added %+v", d.InputsRemoved, d.InputsAdded)
+	}
+	if !slices.Equal(d.Added, []string{"/share/nano/new.nanorc"}) {
+		t.Errorf("added %v", d.Added)
+	}
+	if !slices.Equal(d.Removed, []string{"/bin/vim", "/share/nano/old.nanorc"}) {
+		t.Errorf("removed %v", d.Removed)
+	}
+	if len(d.Changed) != 1 || d.Changed[0].Path != "/bin/nano" || d.Changed[0].What != "content" {
+		t.Errorf("changed %v", d.Changed)
+	}
+	if _, err := s.Compose(ComposeOptions{From: 2, Remove: []string{"emacs"}}); err == nil || !strings.Contains(err.Error(), "emacs") {
+		t.Errorf("removing an unknown input: %v", err)
+	}
+}
+
+func TestConflicts(t *testing.T) {
+	s := newState(t)
+	compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, pkg("a", "1"), file{path: "share/x", content: big("a")})}})
+	imagesBefore, _ := os.ReadDir(s.ImagesDir())
+
+	// Same path, different content.
+	_, err := s.Compose(ComposeOptions{From: 1, Add: []Fragment{frag(t, s, pkg("b", "1"), file{path: "share/x", content: big("b")})}})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || len(ce.Conflicts) != 1 || ce.Conflicts[0].Path != "/share/x" || ce.Conflicts[0].Reason != "content" {
+		t.Fatalf("conflict error = %v", err)
+	}
+	// File vs directory.
+	_, err = s.Compose(ComposeOptions{From: 1, Add: []Fragment{frag(t, s, pkg("c", "1"), file{path: "share/x/y", content: "z"})}})
+	if !errors.As(err, &ce) || !strings.Contains(ce.Conflicts[0].Reason, "directory") {
+		t.Fatalf("conflict error = %v", err)
+	}
+	// Declared package conflict (italian-pizza / pineapple).
+	_, err = s.Compose(ComposeOptions{Add: []Fragment{
+		frag(t, s, pkg("italian-pizza", "1-1-1", "pineapple"), file{path: "share/defaults/italian-pizza"}),
+		frag(t, s, pkg("pineapple", "1-1-1"), file{path: "share/defaults/pienapple"}),
+	}})
+	if !errors.As(err, &ce) || ce.Conflicts[0].Path != "" || !strings.Contains(err.Error(), "italian-pizza") {
+		t.Fatalf("package conflict = %v", err)
+	}
+	// Nothing was written: no transaction, no image, no fragments.
+	ids, _ := s.IDs()
+	imagesAfter, _ := os.ReadDir(s.ImagesDir())
+	if len(ids) != 1 || len(imagesAfter) != len(imagesBefore) {
+		t.Fatalf("after conflicts: ids %v, %d images (was %d)", ids, len(imagesAfter), len(imagesBefore))
+	}
+	ents, _ := os.ReadDir(s.txDir())
+	for _, e := range ents {
+		if e.Name() != "1.json" && e.Name() != "1.inputs" && e.Name() != "next" {
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
+	// The same file from two packages is fine (kept once).
+	tx := compose(t, s, ComposeOptions{From: 1, Add: []Fragment{frag(t, s, pkg("d", "1"), file{path: "share/x", content: big("a")}, file{path: "share/y", content: "d"})}})
+	if tx.ID != 2 || tx.Counts.Files != 3 {
+		t.Fatalf("tx %+v", tx)
+	}
+	owners, _ := s.Owners(tx, "share/x")
+	if len(owners) != 2 {
+		t.Errorf("owners of share/x: %v", owners)
+	}
+}
+
+func TestTreeAtPrefix(t *testing.T) {
+	s := newState(t)
+	f := frag(t, s, Input{Kind: KindTree, Name: "/srv/extra"}, file{path: "hello", content: "hi"})
+	f.Root.Mode = tree.TypeDir | 0o750
+	placed, err := PlaceAt(f.Root, "/lib/extra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Root, f.Input.Prefix = placed, "/lib/extra"
+	tx := compose(t, s, ComposeOptions{Add: []Fragment{f, frag(t, s, pkg("p", "1"), file{path: "lib/libp.so", content: "p"})}})
+	root, err := s.Tree(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := root.Lookup("lib/extra/hello"); n == nil || string(n.Content) != "hi" {
+		t.Fatalf("lib/extra/hello = %+v", n)
+	}
+	if n := root.Lookup("lib/extra"); n.Mode != tree.TypeDir|0o750 {
+		t.Errorf("prefix dir mode %o", n.Mode)
+	}
+	if root.Lookup("lib/libp.so") == nil {
+		t.Error("lib/libp.so missing")
+	}
+}
+
+func TestRemovePruneProtect(t *testing.T) {
+	s := newState(t)
+	for i := range 5 {
+		opts := ComposeOptions{Add: []Fragment{frag(t, s, pkg("p", string(rune('a'+i))), file{path: "f", content: big(string(rune('a' + i)))})}}
+		if i > 0 {
+			opts.From = uint64(i)
+		}
+		compose(t, s, opts)
+	}
+	if err := s.SetActive(5); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteMount(MountRecord{Tx: 2, Target: "/mnt/two"}); err != nil {
+		t.Fatal(err)
+	}
+	var pe *ProtectedError
+	if err := s.Remove([]uint64{1, 2}, false); !errors.As(err, &pe) || pe.Why[2] == "" {
+		t.Fatalf("removing a mounted transaction: %v", err)
+	}
+	if ids, _ := s.IDs(); len(ids) != 5 {
+		t.Fatalf("a refused removal removed something: %v", ids)
+	}
+	if err := s.Remove([]uint64{9}, false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removing 9: %v", err)
+	}
+	c, err := s.PruneCandidates(2)
+	if err != nil || !slices.Equal(c, []uint64{1, 3}) {
+		t.Fatalf("prune candidates %v, %v", c, err)
+	}
+	if err := s.Remove(c, false); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := s.IDs(); !slices.Equal(ids, []uint64{2, 4, 5}) {
+		t.Fatalf("ids %v", ids)
+	}
+	if _, err := os.Stat(s.inputsDir(1)); !os.IsNotExist(err) {
+		t.Errorf("inputs of 1 still there: %v", err)
+	}
+	// gc keeps the images of 2 (mounted), 4 and 5 and their objects.
+	res, err := s.GC(GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.ImagesRemoved) != 2 || res.ObjectsRemoved != 2 || res.ObjectsLive != 3 {
+		t.Errorf("gc %+v", res)
+	}
+	v, err := s.Verify(VerifyOptions{})
+	if err != nil || !v.OK() || v.Objects != 3 {
+		t.Fatalf("verify after gc: %+v, %v", v, err)
+	}
+	// Ids are never reused.
+	tx := compose(t, s, ComposeOptions{From: 5})
+	if tx.ID != 6 {
+		t.Fatalf("next id %d", tx.ID)
+	}
+	if err := s.Remove([]uint64{6}, false); err != nil {
+		t.Fatal(err)
+	}
+	tx = compose(t, s, ComposeOptions{From: 5})
+	if tx.ID != 7 {
+		t.Fatalf("id after removing the newest: %d", tx.ID)
+	}
+	// Force removes the active and the mounted one; gc still keeps the
+	// mounted image only if the record names it.
+	if err := s.Remove([]uint64{2, 5}, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(GCOptions{}); err == nil {
+		t.Fatal("gc with a mount record naming a removed transaction and no image succeeded")
+	}
+	s.RemoveMount("/mnt/two")
+	if _, err := s.GC(GCOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGCDryRunAndPins(t *testing.T) {
+	s := newState(t)
+	tx1 := compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, pkg("a", "1"), file{path: "a", content: big("a")})}})
+	compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, pkg("b", "1"), file{path: "b", content: big("b")})}})
+	// An object no transaction uses (an import without compose).
+	if _, err := s.Store().PutBytes([]byte(big("orphan"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Pin("boot", "sha256:"+tx1.Image); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove([]uint64{1}, false); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.GC(GCOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ObjectsRemoved != 1 || len(res.ImagesRemoved) != 0 || !slices.Contains(res.InputsRemoved, 1) == true && len(res.InputsRemoved) != 0 {
+		t.Errorf("dry run %+v", res)
+	}
+	var n int
+	s.Store().Walk(func([32]byte, int64) error { n++; return nil })
+	if n != 3 {
+		t.Fatalf("dry run removed objects: %d left", n)
+	}
+	if res, err = s.GC(GCOptions{}); err != nil || res.ObjectsRemoved != 1 || res.ObjectsLive != 2 {
+		t.Fatalf("gc %+v %v", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(s.ImagesDir(), tx1.Image)); err != nil {
+		t.Errorf("pinned image removed: %v", err)
+	}
+	s.Unpin("boot")
+	if res, err = s.GC(GCOptions{}); err != nil || res.ObjectsRemoved != 1 || len(res.ImagesRemoved) != 1 {
+		t.Fatalf("gc after unpin %+v %v", res, err)
+	}
+}
+
+func TestGCBusy(t *testing.T) {
+	s := newState(t)
+	l, err := s.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(GCOptions{}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("gc under a shared lock: %v", err)
+	}
+	l.Unlock()
+	if _, err := s.GC(GCOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVerifyCorruptAndMissing(t *testing.T) {
+	s := newState(t)
+	tx := compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, pkg("a", "1"), file{path: "a", content: big("a")}, file{path: "b", content: big("b")})}})
+	root, _ := s.Tree(tx)
+	pa, pb := root.Lookup("a").Payload, root.Lookup("b").Payload
+	// Corrupt a, delete b.
+	objA := filepath.Join(s.Store().ObjectsDir(), pa)
+	os.Chmod(objA, 0o644)
+	if err := os.WriteFile(objA, []byte(big("A")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(s.Store().ObjectsDir(), pb))
+	v, err := s.Verify(VerifyOptions{Tx: tx.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Corrupt) != 1 || v.Corrupt[0].Payload != pa || v.Corrupt[0].Quarantined == "" {
+		t.Errorf("corrupt %+v", v.Corrupt)
+	}
+	if len(v.Missing) != 1 || v.Missing[0].Object != pb || v.Missing[0].Path != "/b" {
+		t.Errorf("missing %+v", v.Missing)
+	}
+	if _, err := os.Stat(objA); !os.IsNotExist(err) {
+		t.Errorf("corrupt object not quarantined")
+	}
+	// A tampered image.
+	os.WriteFile(s.ImagePath(tx), []byte("junk"), 0o644)
+	v, err = s.Verify(VerifyOptions{})
+	if err != nil || len(v.BadImages) != 1 {
+		t.Fatalf("bad images %+v, %v", v, err)
+	}
+}
+
+func TestParseIDs(t *testing.T) {
+	got, err := ParseIDs([]string{"2", "5-8", "17,3", "6"})
+	if err != nil || !slices.Equal(got, []uint64{2, 3, 5, 6, 7, 8, 17}) {
+		t.Fatalf("ParseIDs = %v, %v", got, err)
+	}
+	for _, bad := range []string{"0", "x", "5-3", "-4", "3-", "1-9999999999"} {
+		if _, err := ParseIDs([]string{bad}); err == nil {
+			t.Errorf("ParseIDs(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestMountRecords(t *testing.T) {
+	s := newState(t)
+	os.WriteFile(filepath.Join(s.Root(), "mounts", "plain"), []byte("7\n"), 0o644)
+	os.WriteFile(filepath.Join(s.Root(), "mounts", "other.json"), []byte(`{"transaction": 8, "target": "/usr"}`), 0o644)
+	recs, err := s.Mounts()
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("mounts %v %v", recs, err)
+	}
+	ids := []uint64{recs[0].Tx, recs[1].Tx}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []uint64{7, 8}) {
+		t.Errorf("ids %v", ids)
+	}
+	os.WriteFile(filepath.Join(s.Root(), "mounts", "bad"), []byte(`{}`), 0o644)
+	if _, err := s.Mounts(); err == nil || !strings.Contains(err.Error(), "bad") {
+		t.Errorf("bad record: %v", err)
+	}
+}
