@@ -8,12 +8,12 @@ import (
 // structurally: header, superblock, or the inode / region holding it.
 func diffImages(got, want []byte) string {
 	if len(got) != len(want) {
-		return fmt.Sprintf("size %d, want %d; %s", len(got), len(want), firstDiff(got, want))
+		return fmt.Sprintf("size %d, want %d; %s", len(got), len(want), diffImagesAt(got, want))
 	}
-	return firstDiff(got, want)
+	return diffImagesAt(got, want)
 }
 
-func firstDiff(got, want []byte) string {
+func diffImagesAt(got, want []byte) string {
 	n := min(len(got), len(want))
 	for i := 0; i < n; i++ {
 		if got[i] != want[i] {
