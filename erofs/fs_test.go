@@ -18,10 +18,10 @@ func TestFSGolden(t *testing.T) {
 		"no-newline.dump":                     {"a", "b"},
 		"honggfuzz-chardev-nonzero-size.dump": {"chardev"},
 	}
-	g := goldenImages(t)
+	g := rdGoldens(t)
 	for name, files := range expect {
 		t.Run(name, func(t *testing.T) {
-			img := openBytes(t, g[name])
+			img := rdOpen(t, g[name])
 			if err := fstest.TestFS(img, files...); err != nil {
 				t.Fatal(err)
 			}
@@ -30,7 +30,7 @@ func TestFSGolden(t *testing.T) {
 }
 
 func TestFSView(t *testing.T) {
-	img := openBytes(t, goldenImages(t)["special_v1.dump"])
+	img := rdOpen(t, rdGoldens(t)["special_v1.dump"])
 	if _, err := fs.Stat(img, "00"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("stub 00: %v", err)
 	}
@@ -61,7 +61,7 @@ func TestFSView(t *testing.T) {
 }
 
 func TestFSSymlinks(t *testing.T) {
-	img := openBytes(t, goldenImages(t)["longlink.dump"])
+	img := rdOpen(t, rdGoldens(t)["longlink.dump"])
 	if _, err := fs.Stat(img, "max-link"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("dangling link: %v", err)
 	}
@@ -78,7 +78,7 @@ func TestFSSymlinks(t *testing.T) {
 // TestFSExternal checks reading external files: a clear error without an
 // object directory, the object's bytes with one.
 func TestFSExternal(t *testing.T) {
-	img := openBytes(t, goldenImages(t)["bigfile.dump"])
+	img := rdOpen(t, rdGoldens(t)["bigfile.dump"])
 	f, err := img.Open("bigfile")
 	if err != nil {
 		t.Fatal(err)

@@ -13,11 +13,11 @@ import (
 	"github.com/mossfs/mossfs/internal/tree"
 )
 
-// compareWithGoErofs walks the image's raw EROFS structure (stubs included,
+// rdCompareGoErofs walks the image's raw EROFS structure (stubs included,
 // xattrs as stored) and checks every entry against github.com/erofs/go-erofs,
 // an independent reader: names, mode and type, uid, gid, size, mtime, nlink,
 // rdev, symlink target, raw xattrs and inline content.
-func compareWithGoErofs(t *testing.T, name string, image []byte) int {
+func rdCompareGoErofs(t *testing.T, name string, image []byte) int {
 	t.Helper()
 	img, err := Open(bytes.NewReader(image))
 	if err != nil {
@@ -144,8 +144,8 @@ func compareWithGoErofs(t *testing.T, name string, image []byte) int {
 }
 
 func TestGoErofsOracleGolden(t *testing.T) {
-	for name, b := range goldenImages(t) {
-		n := compareWithGoErofs(t, name, b)
+	for name, b := range rdGoldens(t) {
+		n := rdCompareGoErofs(t, name, b)
 		// Every golden image has the root and its 256 stubs.
 		if n < 257 {
 			t.Errorf("%s: only %d inodes walked", name, n)

@@ -13,9 +13,9 @@ import (
 	"github.com/mossfs/mossfs/internal/tree"
 )
 
-// goldenImages returns the golden composefs images (made by mkcomposefs
+// rdGoldens returns the golden composefs images (made by mkcomposefs
 // 1.0.8) by asset name ("special.dump").
-func goldenImages(t testing.TB) map[string][]byte {
+func rdGoldens(t testing.TB) map[string][]byte {
 	t.Helper()
 	dir := testenv.SharedPath(t, "testdata", "composefs", "golden-images")
 	paths, err := filepath.Glob(filepath.Join(dir, "*.cfs"))
@@ -33,7 +33,7 @@ func goldenImages(t testing.TB) map[string][]byte {
 	return out
 }
 
-func openBytes(t testing.TB, b []byte) *Image {
+func rdOpen(t testing.TB, b []byte) *Image {
 	t.Helper()
 	img, err := Open(bytes.NewReader(b))
 	if err != nil {
@@ -42,7 +42,7 @@ func openBytes(t testing.TB, b []byte) *Image {
 	return img
 }
 
-func mustTree(t testing.TB, img *Image) *tree.Node {
+func rdTree(t testing.TB, img *Image) *tree.Node {
 	t.Helper()
 	root, err := img.Tree()
 	if err != nil {
@@ -63,8 +63,8 @@ func TestOpenGoldenHeader(t *testing.T) {
 		"honggfuzz-chardev-nonzero-size.dump": {1, false}, // a user whiteout selects v1
 		"bigfile.dump":                        {0, false},
 	}
-	for name, b := range goldenImages(t) {
-		img := openBytes(t, b)
+	for name, b := range rdGoldens(t) {
+		img := rdOpen(t, b)
 		if img.RootNid() != RootNid {
 			t.Errorf("%s: root nid %d", name, img.RootNid())
 		}
@@ -85,8 +85,8 @@ func TestOpenGoldenHeader(t *testing.T) {
 func TestTreeSpecial(t *testing.T) {
 	for _, asset := range []string{"special.dump", "special_v1.dump"} {
 		t.Run(asset, func(t *testing.T) {
-			img := openBytes(t, goldenImages(t)[asset])
-			root := mustTree(t, img)
+			img := rdOpen(t, rdGoldens(t)[asset])
+			root := rdTree(t, img)
 			var names []string
 			for _, c := range root.Children {
 				names = append(names, c.Name)
@@ -103,7 +103,7 @@ func TestTreeSpecial(t *testing.T) {
 				// libcomposefs gives the v1 opaque markers back, unescaped.
 				wantRootX = []string{"trusted.foo1", "trusted.overlay.opaque", "user.foo2", "user.overlay.opaque"}
 			}
-			if got := xattrNames(root.Xattrs); !slices.Equal(got, wantRootX) {
+			if got := rdXattrNames(root.Xattrs); !slices.Equal(got, wantRootX) {
 				t.Errorf("root xattrs %q, want %q", got, wantRootX)
 			}
 			check := func(path string, mode uint32, size uint64, rdev uint32) *tree.Node {
@@ -120,7 +120,7 @@ func TestTreeSpecial(t *testing.T) {
 			check("chardev", 0o20777, 0, 10769)
 			check("fifo", 0o10777, 0, 0)
 			w := check("whiteout", 0o20777, 0, 0)
-			if got := xattrNames(w.Xattrs); !slices.Equal(got, []string{"trusted.foo"}) {
+			if got := rdXattrNames(w.Xattrs); !slices.Equal(got, []string{"trusted.foo"}) {
 				t.Errorf("whiteout xattrs %q", got)
 			}
 			in := check("inline", 0o100777, 15, 0)
@@ -147,7 +147,7 @@ func TestTreeSpecial(t *testing.T) {
 	}
 }
 
-func xattrNames(xs []tree.Xattr) []string {
+func rdXattrNames(xs []tree.Xattr) []string {
 	var out []string
 	for _, x := range xs {
 		out = append(out, x.Name)
@@ -156,23 +156,23 @@ func xattrNames(xs []tree.Xattr) []string {
 }
 
 func TestTreeOtherGoldens(t *testing.T) {
-	g := goldenImages(t)
-	root := mustTree(t, openBytes(t, g["bigfile.dump"]))
+	g := rdGoldens(t)
+	root := rdTree(t, rdOpen(t, g["bigfile.dump"]))
 	if n := root.Lookup("bigfile"); n == nil || n.Size != 9000000000000000 || n.Content != nil || n.Payload != "" {
 		t.Errorf("bigfile: %+v", n)
 	}
-	root = mustTree(t, openBytes(t, g["longlink.dump"]))
+	root = rdTree(t, rdOpen(t, g["longlink.dump"]))
 	for name, l := range map[string]int{"big-but-not-max-link": 4070, "max-link": 4095} {
 		n := root.Lookup(name)
 		if n == nil || len(n.Target) != l || strings.Trim(n.Target, "a") != "" {
 			t.Errorf("%s: %+v", name, n)
 		}
 	}
-	root = mustTree(t, openBytes(t, g["honggfuzz-chardev-nonzero-size.dump"]))
+	root = rdTree(t, rdOpen(t, g["honggfuzz-chardev-nonzero-size.dump"]))
 	if n := root.Lookup("chardev"); n == nil || n.Mode != 0o20777 || n.Size != 0 || n.Rdev != 0 {
 		t.Errorf("chardev (user whiteout): %+v", n)
 	}
-	root = mustTree(t, openBytes(t, g["honggfuzz-bigfile-with-acl.dump"]))
+	root = rdTree(t, rdOpen(t, g["honggfuzz-bigfile-with-acl.dump"]))
 	n := root.Lookup("something-with-acls-and-overlay")
 	if v, _ := n.Xattr("system.posix_acl_default"); string(v) != "x" {
 		t.Errorf("acl xattr %q", v)
@@ -182,7 +182,7 @@ func TestTreeOtherGoldens(t *testing.T) {
 // TestInodeOverlayView checks the nid-level API: stubs hidden, overlay
 // xattrs shown as the kernel's overlayfs shows them.
 func TestInodeOverlayView(t *testing.T) {
-	img := openBytes(t, goldenImages(t)["special_v1.dump"])
+	img := rdOpen(t, rdGoldens(t)["special_v1.dump"])
 	ents, err := img.ReadDirNid(img.RootNid())
 	if err != nil {
 		t.Fatal(err)
@@ -203,7 +203,7 @@ func TestInodeOverlayView(t *testing.T) {
 	if w.Mode&tree.TypeMask != tree.TypeReg || byName["whiteout"].Type != tree.TypeReg {
 		t.Errorf("whiteout mode %o", w.Mode)
 	}
-	if got := xattrNames(w.Xattrs); !slices.Equal(got, []string{"trusted.foo", "trusted.overlay.whiteout", "user.overlay.whiteout"}) {
+	if got := rdXattrNames(w.Xattrs); !slices.Equal(got, []string{"trusted.foo", "trusted.overlay.whiteout", "user.overlay.whiteout"}) {
 		t.Errorf("whiteout xattrs %q", got)
 	}
 	r, err := img.Inode(img.RootNid())
@@ -242,7 +242,7 @@ func TestInodeOverlayView(t *testing.T) {
 
 // TestOpenRejects checks that broken headers give errors naming the problem.
 func TestOpenRejects(t *testing.T) {
-	good := goldenImages(t)["special.dump"]
+	good := rdGoldens(t)["special.dump"]
 	mut := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
 	cases := map[string][]byte{
 		"short":           good[:100],
