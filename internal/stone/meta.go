@@ -161,12 +161,12 @@ func (r *MetaRecord) Value() any {
 // Meta is the decoded metadata of one package.
 type Meta struct {
 	Name, Version, Architecture, Summary, Description, Homepage, SourceID string
-	Release, BuildRelease                                                uint64
-	Licenses                                                             []string
-	Depends, Provides, Conflicts, BuildDepends                           []Dependency
-	PackageURI, PackageHash                                              string
-	PackageSize                                                          uint64
-	SourceURI, SourcePath, SourceRef                                     string
+	Release, BuildRelease                                                 uint64
+	Licenses                                                              []string
+	Depends, Provides, Conflicts, BuildDepends                            []Dependency
+	PackageURI, PackageHash                                               string
+	PackageSize                                                           uint64
+	SourceURI, SourcePath, SourceRef                                      string
 	// Records are all records in file order, including unknown ones.
 	Records []MetaRecord
 }
