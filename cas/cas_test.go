@@ -613,3 +613,38 @@ func TestLock(t *testing.T) {
 	}
 	x.Unlock()
 }
+
+// TestTmpfs: a store on tmpfs (no fs-verity, no reflink) works the same.
+func TestTmpfs(t *testing.T) {
+	if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
+		t.Skip("no /dev/shm")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "mossfs-cas-test-")
+	if err != nil {
+		t.Skip(err)
+	}
+	defer os.RemoveAll(dir)
+	s, err := Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(dir, "src")
+	for i, size := range []int{1, 5000, 3 * smallMax} {
+		data := randomBytes(size, uint64(500+i))
+		os.WriteFile(src, data, 0o644)
+		d, err := s.PutFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkObject(t, s, d, data)
+	}
+	if sup, known := s.VeritySupported(); sup || !known {
+		t.Errorf("VeritySupported on tmpfs = %v, %v; want false, true", sup, known)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if st := strays(t, s); len(st) != 0 {
+		t.Errorf("strays: %v", st)
+	}
+}
