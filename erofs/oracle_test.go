@@ -42,10 +42,12 @@ func rdCompareGoErofs(t *testing.T, name string, image []byte) int {
 			return
 		}
 		st := fi.Sys().(*goerofs.Stat)
-		// (go-erofs's FileInfo.Mode keeps the raw S_IFMT bits in the low
-		// word; its Stat.Mode is the clean conversion.)
-		if st.Mode != tree.ModeToFileMode(ino.Mode) || fi.Mode()&^0o170000 != st.Mode {
-			t.Errorf("%s: %s: mode %v, go-erofs %v", name, p, tree.ModeToFileMode(ino.Mode), st.Mode)
+		// go-erofs's FileInfo.Mode keeps the raw st_mode in its low 16 bits
+		// (and drops setuid/setgid/sticky from the io/fs flags): compare
+		// the raw mode there, type and permissions through Stat.Mode.
+		mode := tree.ModeToFileMode(ino.Mode)
+		if uint32(fi.Mode())&0xffff != ino.Mode || st.Mode.Type() != mode.Type() || st.Mode.Perm() != mode.Perm() {
+			t.Errorf("%s: %s: mode %#o, go-erofs %#o (%v)", name, p, ino.Mode, uint32(fi.Mode())&0xffff, st.Mode)
 		}
 		if st.UID != ino.UID || st.GID != ino.GID {
 			t.Errorf("%s: %s: owner %d:%d, go-erofs %d:%d", name, p, ino.UID, ino.GID, st.UID, st.GID)
