@@ -20,6 +20,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/mossfs/mossfs/fsverity"
 )
 
 // ErrBadSignature is wrapped when a signature does not verify.
@@ -203,4 +205,33 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 		d.Close()
 	}
 	return nil
+}
+
+// ImageDigest returns the fs-verity digest of the file at path: measured by
+// the kernel when the file has fs-verity (cheap, and what the kernel will
+// enforce), otherwise computed from its content. measured says which.
+func ImageDigest(path string) (d [32]byte, measured bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return d, false, err
+	}
+	defer f.Close()
+	if d, err := fsverity.Measure(int(f.Fd())); err == nil {
+		return d, true, nil
+	}
+	d, err = fsverity.DigestReader(f)
+	if err != nil {
+		return d, false, fmt.Errorf("digest of %s: %w", path, err)
+	}
+	return d, false, nil
+}
+
+// VerifyImageFile checks transaction id's signature against the image file
+// actually at imagePath (for mossfs switch --pubkey and mossfs boot --pubkey).
+func VerifyImageFile(stateRoot string, pub ed25519.PublicKey, id uint64, imagePath string) error {
+	d, _, err := ImageDigest(imagePath)
+	if err != nil {
+		return fmt.Errorf("transaction %d: %w", id, err)
+	}
+	return VerifyTransaction(stateRoot, pub, id, d)
 }

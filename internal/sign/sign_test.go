@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mossfs/mossfs/fsverity"
 )
 
 func TestSignVerify(t *testing.T) {
@@ -106,4 +108,26 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("accepted %d-byte signature", len(sig))
 		}
 	})
+}
+
+func TestVerifyImageFile(t *testing.T) {
+	dir := t.TempDir()
+	keyPath := filepath.Join(dir, "key")
+	pub, _ := GenerateKey(keyPath)
+	priv, _ := LoadPrivateKey(keyPath)
+	os.MkdirAll(filepath.Join(dir, "transactions"), 0o755)
+	img := filepath.Join(dir, "img")
+	os.WriteFile(img, []byte("image bytes"), 0o644)
+	d, measured, err := ImageDigest(img)
+	if err != nil || measured || d != fsverity.Sum([]byte("image bytes")) {
+		t.Fatalf("ImageDigest: %x %v %v", d, measured, err)
+	}
+	WriteSignature(dir, priv, 3, d)
+	if err := VerifyImageFile(dir, pub, 3, img); err != nil {
+		t.Error(err)
+	}
+	os.WriteFile(img, []byte("image bytez"), 0o644)
+	if err := VerifyImageFile(dir, pub, 3, img); !errors.Is(err, ErrBadSignature) {
+		t.Errorf("changed image: %v", err)
+	}
 }

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/mossfs/mossfs/internal/bootcmd"
+	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/sign"
+	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/mounttuck"
+	"github.com/mossfs/mossfs/overlay"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+var bootFlags struct {
+	sysroot string
+	root    string
+	target  string
+	cmdline string
+	pubkey  string
+	verity  string
+	dryRun  bool
+	json    bool
+}
+
+var bootCmd = &cobra.Command{
+	Use:   "boot",
+	Short: "From an initramfs: mount the transaction the kernel command line names at /sysroot/usr, with fallbacks",
+	Long: `Run inside an initramfs before switch_root, with the root filesystem mounted at
+--sysroot. Reads the kernel command line (--cmdline FILE for tests):
+
+  moss.tx=<id>               transaction to boot (moss.fstx=<id> is accepted too;
+                             without either, the state's active transaction)
+  moss.digest=sha256:<hex>   pins the fs-verity digest of that transaction's image
+  moss.fallback=<id>[,<id>…] transactions to try, in order, when it cannot be used
+
+A transaction is used only if its metadata exists, its image is present and
+hashes to the digest that names it (and to the pinned one), its signature
+verifies (with --pubkey) and its overlay mounts; otherwise the next one is
+tried and the reason is printed on the console. Objects are checked with
+overlayfs verity=require whenever they carry fs-verity and the kernel can
+check it (so a tampered object reads as EIO; that is not a reason to fall
+back). /etc and /var stay on the root filesystem: only /usr is mounted.`,
+	Args: cobra.NoArgs,
+	RunE: runBoot,
+}
+
+func init() {
+	f := bootCmd.Flags()
+	f.StringVar(&bootFlags.sysroot, "sysroot", "/sysroot", "where the root filesystem is mounted")
+	f.StringVar(&bootFlags.root, "root", "", "state root (default <sysroot>/.moss)")
+	f.StringVar(&bootFlags.target, "target", "", "where to mount the transaction (default <sysroot>/usr)")
+	f.StringVar(&bootFlags.cmdline, "cmdline", "/proc/cmdline", "file holding the kernel command line")
+	f.StringVar(&bootFlags.pubkey, "pubkey", "", "Ed25519 public key (PEM): boot only transactions signed with it")
+	f.StringVar(&bootFlags.verity, "verity", "auto", "object verification: auto (require when possible), require, on or off")
+	f.BoolVar(&bootFlags.dryRun, "dry-run", false, "check and choose, but do not mount")
+	f.BoolVar(&bootFlags.json, "json", false, "print the outcome as JSON on stdout")
+	rootCmd.AddCommand(bootCmd)
+}
+
+// bootOutcome is what mossfs boot reports (--json).
+type bootOutcome struct {
+	TX        uint64          `json:"tx"`
+	Role      string          `json:"role"`
+	Image     string          `json:"image"`
+	Target    string          `json:"target"`
+	Mount     *overlay.Info   `json:"mount,omitempty"`
+	Verified  bool            `json:"signature_verified"`
+	Pinned    bool            `json:"digest_pinned"`
+	Rejected  []bootRejection `json:"rejected"`
+	Problems  []string        `json:"cmdline_problems,omitempty"`
+	DryRun    bool            `json:"dry_run,omitempty"`
+	Measured  bool            `json:"image_digest_measured"`
+	Fallbacks []uint64        `json:"fallbacks"`
+}
+
+type bootRejection struct {
+	TX     uint64 `json:"tx"`
+	Role   string `json:"role"`
+	Reason string `json:"reason"`
+}
+
+func bootLog(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "mossfs boot: "+format+"\n", a...)
+}
+
+func runBoot(cmd *cobra.Command, args []string) error {
+	fl := bootFlags
+	if fl.root == "" {
+		fl.root = filepath.Join(fl.sysroot, strings.TrimPrefix(state.DefaultRoot, "/"))
+	}
+	if fl.target == "" {
+		fl.target = filepath.Join(fl.sysroot, "usr")
+	}
+	verity, err := overlay.ParseVerity(fl.verity)
+	if err != nil {
+		return fmt.Errorf("boot: --verity: %w", err)
+	}
+	raw, err := os.ReadFile(fl.cmdline)
+	if err != nil {
+		return fmt.Errorf("boot: kernel command line: %w", err)
+	}
+	params := bootcmd.Parse(string(raw))
+	for _, p := range params.Problems {
+		bootLog("ignoring malformed parameter %s", p)
+	}
+	var pub ed25519.PublicKey
+	if fl.pubkey != "" {
+		if pub, err = sign.LoadPublicKey(fl.pubkey); err != nil {
+			return fmt.Errorf("boot: %w", err)
+		}
+	}
+	st, err := state.Open(fl.root)
+	if err != nil {
+		return fmt.Errorf("boot: %w", err)
+	}
+	active, err := st.Active()
+	if err != nil {
+		bootLog("%v", err)
+	}
+	cands := params.Candidates(active)
+	if params.TX == 0 && active != 0 {
+		bootLog("no moss.tx= on the command line: booting the active transaction %d", active)
+	}
+	out := bootOutcome{Target: fl.target, Problems: params.Problems, DryRun: fl.dryRun, Fallbacks: params.Fallback, Rejected: []bootRejection{}}
+	try := func(c bootcmd.Candidate) error {
+		tx, err := st.Get(c.ID)
+		if errors.Is(err, state.ErrNotFound) {
+			return fmt.Errorf("transaction %d does not exist in %s", c.ID, fl.root)
+		}
+		if err != nil {
+			return err
+		}
+		named, err := tx.ImageDigest()
+		if err != nil {
+			return err
+		}
+		img := st.ImagePath(tx)
+		got, measured, err := sign.ImageDigest(img)
+		if err != nil {
+			return fmt.Errorf("image: %w", err)
+		}
+		if got != named {
+			return fmt.Errorf("image %s is corrupt: its fs-verity digest is %s", img, hex.EncodeToString(got[:]))
+		}
+		if c.HasDigest && got != c.Digest {
+			return fmt.Errorf("image sha256:%s does not match the pinned moss.digest=sha256:%s", tx.Image, hex.EncodeToString(c.Digest[:]))
+		}
+		if pub != nil {
+			if err := sign.VerifyTransaction(st.Root(), pub, c.ID, got); err != nil {
+				return err
+			}
+		}
+		out.TX, out.Role, out.Image, out.Measured = c.ID, c.Role, "sha256:"+tx.Image, measured
+		out.Pinned, out.Verified = c.HasDigest, pub != nil
+		if fl.dryRun {
+			return nil
+		}
+		tmp := "/run" // exists in every initramfs; /tmp may not
+		if _, err := os.Stat(tmp); err != nil {
+			tmp = ""
+		}
+		fd, info, err := overlay.Mount(overlay.Options{Image: img, ObjectsDir: st.Store().ObjectsDir(), Verity: verity, TempDir: tmp})
+		if err != nil {
+			return fmt.Errorf("mount: %w", err)
+		}
+		defer unix.Close(fd)
+		if err := os.MkdirAll(fl.target, 0o755); err != nil {
+			return fmt.Errorf("mount: %w", err)
+		}
+		if _, err := mounttuck.Switch(fd, fl.target); err != nil {
+			return fmt.Errorf("mount: %w", err)
+		}
+		out.Mount = &info
+		return nil
+	}
+	chosen, failed, err := bootcmd.Select(cands, try, func(s string) { bootLog("%s", s) })
+	for _, a := range failed {
+		out.Rejected = append(out.Rejected, bootRejection{TX: a.Candidate.ID, Role: a.Candidate.Role, Reason: a.Err.Error()})
+	}
+	if err != nil {
+		return fmt.Errorf("boot: %w", err)
+	}
+	how := "mounted"
+	if fl.dryRun {
+		how = "would mount"
+	}
+	detail := ""
+	if out.Mount != nil {
+		detail = fmt.Sprintf(" (%s, image %s-backed, verity=%s)", out.Mount.Method, out.Mount.ImageBacking, out.Mount.Verity)
+		if (out.Pinned || out.Verified) && out.Mount.Verity != overlay.VerityRequire {
+			bootLog("warning: the image is pinned/signed but object content is not verified (objects without fs-verity, or a kernel that cannot check it)")
+		}
+	}
+	bootLog("%s transaction %d (%s) image %s at %s%s", how, chosen.ID, chosen.Role, out.Image, fl.target, detail)
+	if fl.json {
+		return cli.PrintJSON(os.Stdout, out)
+	}
+	return nil
+}
