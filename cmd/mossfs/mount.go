@@ -1,0 +1,356 @@
+package main
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/mossfs/mossfs/internal/mountrec"
+	"github.com/mossfs/mossfs/mounttuck"
+	"github.com/mossfs/mossfs/overlay"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+var mountFlags struct {
+	root, driver, verity, objects string
+	foreground                    bool
+}
+
+var mountCmd = &cobra.Command{
+	Use:   "mount [flags] TX|sha256:DIGEST|IMAGE TARGET",
+	Short: "Mount a transaction (or an image) read-only at a directory",
+	Long: `Mount a transaction read-only at TARGET.
+
+The first argument is a transaction id (all digits), an image in the state
+root's store (sha256:<hex>), or the path of an image file, whose objects come
+from --objects (default <root>/cas/objects).
+
+The overlay driver mounts the EROFS image under overlayfs with the object
+store as a data-only lower layer; the FUSE driver serves the image from a
+daemon. auto takes the overlay where the kernel can, FUSE otherwise. If a
+mossfs mount is already at TARGET it is replaced atomically, as by switch.`,
+	Args: cobra.ExactArgs(2),
+	RunE: func(cmd *cobra.Command, args []string) error {
+		f := mountFlags
+		src, err := resolveSource(f.root, args[0], f.objects)
+		if err != nil {
+			return err
+		}
+		target, err := absTarget(args[1])
+		if err != nil {
+			return err
+		}
+		unlock, err := mountrec.Lock(f.root)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		rec, err := mountAt(f.root, src, target, f.driver, f.verity, f.foreground)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "mounted %s at %s (%s, verity %s)\n", src.label(), target, rec.Driver, orDash(rec.Verity))
+		return nil
+	},
+}
+
+func init() {
+	fl := mountCmd.Flags()
+	fl.StringVar(&mountFlags.root, "root", defaultRoot, "state root")
+	fl.StringVar(&mountFlags.driver, "driver", "auto", "auto, overlay or fuse")
+	fl.StringVar(&mountFlags.verity, "verity", "auto", "object fs-verity checks: require, on, off or auto (require when the objects have fs-verity)")
+	fl.StringVar(&mountFlags.objects, "objects", "", "object directory for an image file (default <root>/cas/objects)")
+	fl.BoolVar(&mountFlags.foreground, "foreground", false, "FUSE driver: serve in the foreground")
+	rootCmd.AddCommand(mountCmd)
+}
+
+// defaultRoot is the state root used without --root.
+const defaultRoot = "/.moss"
+
+// mountSource is what to mount: an image and its objects, and the
+// transaction it belongs to (0 when an image was named directly).
+type mountSource struct {
+	tx      uint64
+	image   string // path
+	digest  string // hex fs-verity digest of the image ("" if unknown)
+	objects string
+}
+
+func (s mountSource) label() string {
+	if s.tx != 0 {
+		return fmt.Sprintf("transaction %d", s.tx)
+	}
+	if s.digest != "" {
+		return "image sha256:" + s.digest
+	}
+	return "image " + s.image
+}
+
+// resolveSource turns a TX|sha256:DIGEST|IMAGE argument into paths.
+func resolveSource(root, arg, objects string) (mountSource, error) {
+	switch {
+	case isDigits(arg):
+		id, err := strconv.ParseUint(arg, 10, 64)
+		if err != nil {
+			return mountSource{}, fmt.Errorf("transaction id %q: %w", arg, err)
+		}
+		return transactionSource(root, id)
+	case strings.HasPrefix(arg, "sha256:"):
+		hexd := strings.TrimPrefix(arg, "sha256:")
+		if b, err := hex.DecodeString(hexd); err != nil || len(b) != 32 {
+			return mountSource{}, fmt.Errorf("image %q: want sha256: and 64 lowercase hex digits", arg)
+		}
+		hexd = strings.ToLower(hexd)
+		src := mountSource{image: filepath.Join(root, "images", hexd), digest: hexd, objects: objects}
+		if src.objects == "" {
+			src.objects = storeObjectsDir(root)
+		}
+		if _, err := os.Stat(src.image); err != nil {
+			return mountSource{}, fmt.Errorf("image %s: %w", arg, err)
+		}
+		return src, nil
+	default:
+		img, err := filepath.Abs(arg)
+		if err != nil {
+			return mountSource{}, err
+		}
+		if st, err := os.Stat(img); err != nil {
+			return mountSource{}, fmt.Errorf("image: %w", err)
+		} else if !st.Mode().IsRegular() {
+			return mountSource{}, fmt.Errorf("image %s: not a regular file", img)
+		}
+		if objects == "" {
+			objects = storeObjectsDir(root)
+		}
+		return mountSource{image: img, objects: objects}, nil
+	}
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func absTarget(p string) (string, error) {
+	t, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	st, err := os.Stat(t)
+	if err != nil {
+		return "", fmt.Errorf("mount target: %w", err)
+	}
+	if !st.IsDir() {
+		return "", fmt.Errorf("mount target %s: not a directory", t)
+	}
+	return t, nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// isMossfsMount reports whether a mountinfo entry is one mossfs made: an
+// overlay with source "mossfs", or a FUSE mount whose source names mossfs.
+func isMossfsMount(m mounttuck.MountEntry) bool {
+	if m.FSType == "overlay" {
+		return m.Source == overlay.DefaultSource
+	}
+	return strings.HasPrefix(m.FSType, "fuse") && strings.HasPrefix(m.Source, "mossfs")
+}
+
+// currentMount returns the top mount at target and whether there is one.
+func currentMount(target string) (mounttuck.MountEntry, bool, error) {
+	mounts, err := mounttuck.MountsAt(target)
+	if err != nil {
+		return mounttuck.MountEntry{}, false, err
+	}
+	if len(mounts) == 0 {
+		return mounttuck.MountEntry{}, false, nil
+	}
+	// The top is the one no other mount at target sits on.
+	top := mounts[len(mounts)-1]
+	for _, m := range mounts {
+		covered := false
+		for _, o := range mounts {
+			if o.Parent == m.ID {
+				covered = true
+			}
+		}
+		if !covered {
+			top = m
+		}
+	}
+	return top, true, nil
+}
+
+// mountAt mounts src at target with the driver, replacing a mossfs mount
+// already there, and records the mount. The caller holds the mount lock.
+func mountAt(root string, src mountSource, target, driver, verity string, foreground bool) (mountrec.Record, error) {
+	rec := mountrec.Record{Target: target, Tx: src.tx, Image: src.digest, ImagePath: src.image, Objects: src.objects}
+	v, err := overlay.ParseVerity(verity)
+	if err != nil {
+		return rec, err
+	}
+	cur, mounted, err := currentMount(target)
+	if err != nil {
+		return rec, err
+	}
+	if mounted && !isMossfsMount(cur) {
+		return rec, fmt.Errorf("%s: a %s mount (%s) is there that mossfs did not make; refusing to replace it", target, cur.FSType, cur.Source)
+	}
+	switch driver {
+	case "overlay", "auto":
+		info, err := mountOverlayAt(src, target, v)
+		if err == nil {
+			rec.Driver, rec.Verity, rec.Method = "overlay", string(info.Verity), string(info.Method)
+			break
+		}
+		if driver == "overlay" {
+			return rec, err
+		}
+		fmt.Fprintf(os.Stderr, "mossfs: the kernel overlay cannot mount this here (%v); using FUSE\n", err)
+		fallthrough
+	case "fuse":
+		if v == overlay.VerityRequire || v == overlay.VerityOn {
+			// The FUSE server checks every object's digest as it opens it.
+			rec.Verity = "digest-check"
+		}
+		if mounted {
+			err = switchFUSE(src.image, src.objects, target)
+		} else {
+			err = mountFUSE(src.image, src.objects, target, foreground)
+		}
+		if err != nil {
+			return rec, fmt.Errorf("FUSE mount of %s at %s: %w", src.image, target, err)
+		}
+		rec.Driver = "fuse"
+	default:
+		return rec, fmt.Errorf("driver %q: want auto, overlay or fuse", driver)
+	}
+	if src.tx == 0 {
+		// Records name transactions (the state helper's gc and remove read
+		// them); a bare image mount replaces any record with nothing.
+		return rec, mountrec.Remove(root, target)
+	}
+	return rec, mountrec.Write(root, rec)
+}
+
+// mountOverlayAt builds the overlay detached and puts it at target
+// (beneath a mossfs mount already there, which is then detached).
+func mountOverlayAt(src mountSource, target string, v overlay.Verity) (overlay.Info, error) {
+	fd, info, err := overlay.Mount(overlay.Options{Image: src.image, ObjectsDir: src.objects, Verity: v})
+	if err != nil {
+		return info, err
+	}
+	defer unix.Close(fd)
+	if _, err := mounttuck.Switch(fd, target); err != nil {
+		return info, err
+	}
+	return info, nil
+}
+
+// The state root layout (internal/state): transactions/<id>.json with the
+// image's hex digest and the parent id, images/<hex>, cas/objects, active.
+// Read here directly until the state package is in the tree.
+
+type txMeta struct {
+	ID     uint64 `json:"id"`
+	Parent uint64 `json:"parent"`
+	Image  string `json:"image"`
+}
+
+func readTx(root string, id uint64) (txMeta, error) {
+	path := filepath.Join(root, "transactions", strconv.FormatUint(id, 10)+".json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return txMeta{}, fmt.Errorf("transaction %d: no such transaction in %s", id, root)
+		}
+		return txMeta{}, fmt.Errorf("transaction %d: %w", id, err)
+	}
+	var tx txMeta
+	if err := json.Unmarshal(data, &tx); err != nil {
+		return txMeta{}, fmt.Errorf("transaction %d: %s: %w", id, path, err)
+	}
+	if b, err := hex.DecodeString(tx.Image); err != nil || len(b) != 32 || tx.ID != id {
+		return txMeta{}, fmt.Errorf("transaction %d: %s: bad id or image digest", id, path)
+	}
+	return tx, nil
+}
+
+func transactionSource(root string, id uint64) (mountSource, error) {
+	tx, err := readTx(root, id)
+	if err != nil {
+		return mountSource{}, err
+	}
+	src := mountSource{tx: id, image: filepath.Join(root, "images", tx.Image), digest: tx.Image, objects: storeObjectsDir(root)}
+	if _, err := os.Stat(src.image); err != nil {
+		return mountSource{}, fmt.Errorf("transaction %d: image: %w", id, err)
+	}
+	return src, nil
+}
+
+func storeObjectsDir(root string) string { return filepath.Join(root, "cas", "objects") }
+
+func readActive(root string) (uint64, error) {
+	return readID(filepath.Join(root, "active"))
+}
+
+func readID(path string) (uint64, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	id, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return id, nil
+}
+
+func setActive(root string, id uint64) error {
+	return writeIDAtomic(filepath.Join(root, "active"), id)
+}
+
+func writeIDAtomic(path string, id uint64) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%d\n", id)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/mountrec"
+	"github.com/mossfs/mossfs/internal/sign"
+	"github.com/mossfs/mossfs/internal/testenv"
+	"github.com/mossfs/mossfs/mounttuck"
+	"github.com/mossfs/mossfs/overlay/overlaytest"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+)
+
+// run executes mossfs with args in-process, every flag reset to its
+// default first, and returns stdout and stderr.
+func run(args ...string) (string, string, error) {
+	var reset func(c *cobra.Command)
+	reset = func(c *cobra.Command) {
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			f.Value.Set(f.DefValue)
+			f.Changed = false
+		})
+		for _, s := range c.Commands() {
+			reset(s)
+		}
+	}
+	reset(rootCmd)
+	var out, errb bytes.Buffer
+	rootCmd.SetOut(&out)
+	rootCmd.SetErr(&errb)
+	rootCmd.SetArgs(args)
+	err := rootCmd.Execute()
+	return out.String(), errb.String(), err
+}
+
+func mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errs, err := run(args...)
+	if err != nil {
+		t.Fatalf("mossfs %s: %v\n%s", strings.Join(args, " "), err, errs)
+	}
+	return out
+}
+
+// stateRoot is a state root with transactions 1 (A), 2 (B, parent 1) and
+// 3 (C, no parent), laid out as internal/state does.
+type stateRoot struct {
+	root   string
+	txs    map[uint64]*overlaytest.Tx
+	digest map[uint64]string
+}
+
+func newStateRoot(t *testing.T) *stateRoot {
+	t.Helper()
+	s := &stateRoot{root: t.TempDir(), txs: map[uint64]*overlaytest.Tx{}, digest: map[uint64]string{}}
+	for _, dir := range []string{"images", "transactions", "cas/objects"} {
+		if err := os.MkdirAll(filepath.Join(s.root, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, spec := range map[uint64]struct {
+		marker string
+		parent uint64
+	}{1: {"A", 0}, 2: {"B", 1}, 3: {"C", 0}} {
+		tx := overlaytest.Sample(spec.marker)
+		tx.WriteObjects(t, filepath.Join(s.root, "cas/objects"))
+		img := overlaytest.Image(t, tx.Root)
+		d := fsverity.Sum(img)
+		hexd := hex.EncodeToString(d[:])
+		if err := os.WriteFile(filepath.Join(s.root, "images", hexd), img, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		meta, _ := json.Marshal(map[string]any{"id": id, "parent": spec.parent, "image": hexd, "time": "2026-01-01T00:00:00Z"})
+		if err := os.WriteFile(filepath.Join(s.root, "transactions", fmt.Sprintf("%d.json", id)), meta, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s.txs[id], s.digest[id] = tx, hexd
+	}
+	return s
+}
+
+// scratchTarget returns an empty directory on a fresh tmpfs.
+func scratchTarget(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("scratch", dir, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	target := filepath.Join(dir, "usr")
+	os.Mkdir(target, 0o755)
+	return target
+}
+
+func mountCount(t *testing.T, target string) int {
+	t.Helper()
+	m, err := mounttuck.MountsAt(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}
+
+func status(t *testing.T, root string) statusReport {
+	t.Helper()
+	var rep statusReport
+	out := mustRun(t, "status", "--root", root, "--json")
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return rep
+}
+
+func TestMountCommandMountsSwitchesAndUnmounts(t *testing.T) {
+	testenv.RequireMountNS(t)
+	s := newStateRoot(t)
+	target := scratchTarget(t)
+
+	mustRun(t, "mount", "--root", s.root, "--driver", "overlay", "1", target)
+	overlaytest.Compare(t, target, s.txs[1])
+	rec, ok, err := mountrec.Get(s.root, target)
+	if err != nil || !ok || rec.Tx != 1 || rec.Image != s.digest[1] || rec.Driver != "overlay" || rec.Verity != "off" {
+		t.Fatalf("mount record %+v %v %v", rec, ok, err)
+	}
+
+	// Mounting over a mossfs mount replaces it; nothing piles up.
+	mustRun(t, "mount", "--root", s.root, "--driver", "overlay", "2", target)
+	overlaytest.Compare(t, target, s.txs[2])
+	if n := mountCount(t, target); n != 1 {
+		t.Fatalf("%d mounts at target", n)
+	}
+	rep := status(t, s.root)
+	if len(rep.Mounts) != 1 || rep.Mounts[0].Tx != 2 || !rep.Mounts[0].Mounted || !rep.Mounts[0].Recorded || rep.Mounts[0].Stacked != 1 {
+		t.Fatalf("status: %+v", rep)
+	}
+	if out := mustRun(t, "status", "--root", s.root); !strings.Contains(out, target) {
+		t.Errorf("status text does not name %s:\n%s", target, out)
+	}
+
+	mustRun(t, "umount", "--root", s.root, target)
+	if n := mountCount(t, target); n != 0 {
+		t.Fatalf("%d mounts left after umount", n)
+	}
+	if _, ok, _ := mountrec.Get(s.root, target); ok {
+		t.Fatal("record left after umount")
+	}
+	if _, _, err := run("umount", "--root", s.root, target); err == nil {
+		t.Fatal("umount of an empty target succeeded")
+	}
+}
+
+func TestMountCommandImageArguments(t *testing.T) {
+	testenv.RequireMountNS(t)
+	s := newStateRoot(t)
+	target := scratchTarget(t)
+	mustRun(t, "mount", "--root", s.root, "--driver", "overlay", "sha256:"+s.digest[2], target)
+	overlaytest.Compare(t, target, s.txs[2])
+	// An image file with an explicit object directory; no record for bare images.
+	img := filepath.Join(s.root, "images", s.digest[3])
+	mustRun(t, "mount", "--root", t.TempDir(), "--driver", "overlay", "--objects", filepath.Join(s.root, "cas/objects"), img, target)
+	overlaytest.Compare(t, target, s.txs[3])
+	if n := mountCount(t, target); n != 1 {
+		t.Fatalf("%d mounts at target", n)
+	}
+	for _, bad := range [][]string{
+		{"mount", "--root", s.root, "99", target},
+		{"mount", "--root", s.root, "sha256:abc", target},
+		{"mount", "--root", s.root, "sha256:" + strings.Repeat("0", 64), target},
+		{"mount", "--root", s.root, filepath.Join(s.root, "missing"), target},
+		{"mount", "--root", s.root, "--verity", "maybe", "1", target},
+		{"mount", "--root", s.root, "--driver", "nfs", "1", target},
+		{"mount", "--root", s.root, "1", filepath.Join(target, "missing")},
+	} {
+		if _, _, err := run(bad...); err == nil {
+			t.Errorf("mossfs %s succeeded", strings.Join(bad, " "))
+		} else {
+			t.Logf("%s: %v", bad[3], err)
+		}
+	}
+	overlaytest.Compare(t, target, s.txs[3])
+}
+
+func TestMountCommandRefusesForeignMount(t *testing.T) {
+	testenv.RequireMountNS(t)
+	s := newStateRoot(t)
+	target := scratchTarget(t)
+	if err := unix.Mount("someone-else", target, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(target, "theirs"), []byte("x"), 0o644)
+	_, _, err := run("mount", "--root", s.root, "--driver", "overlay", "1", target)
+	if err == nil || !strings.Contains(err.Error(), "refusing") {
+		t.Fatalf("mount over a foreign tmpfs: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(target, "theirs")); err != nil {
+		t.Fatalf("foreign mount disturbed: %v", err)
+	}
+	if _, _, err := run("umount", "--root", s.root, target); err == nil {
+		t.Fatal("umount of a foreign mount succeeded")
+	}
+}
+
+func TestSwitchAndRollback(t *testing.T) {
+	testenv.RequireMountNS(t)
+	s := newStateRoot(t)
+	target := scratchTarget(t)
+	sw := func(args ...string) {
+		t.Helper()
+		mustRun(t, append([]string{"--root", s.root, "--target", target, "--driver", "overlay"}, args...)...)
+	}
+	active := func() uint64 {
+		t.Helper()
+		id, err := readActive(s.root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	sw("switch", "1")
+	overlaytest.Compare(t, target, s.txs[1])
+	sw("switch", "2")
+	overlaytest.Compare(t, target, s.txs[2])
+	if a := active(); a != 2 {
+		t.Fatalf("active %d, want 2", a)
+	}
+	// 2's parent is 1.
+	sw("rollback")
+	overlaytest.Compare(t, target, s.txs[1])
+	if a := active(); a != 1 {
+		t.Fatalf("after rollback active %d, want 1", a)
+	}
+	// 3 has no parent: rollback goes to the previously active one.
+	sw("switch", "3")
+	sw("rollback")
+	overlaytest.Compare(t, target, s.txs[1])
+	if n := mountCount(t, target); n != 1 {
+		t.Fatalf("%d mounts at target after switches", n)
+	}
+	rec, _, _ := mountrec.Get(s.root, target)
+	if rec.Tx != 1 {
+		t.Fatalf("record tx %d, want 1", rec.Tx)
+	}
+	// 1 has neither parent nor (now) a different previous one... it has 3.
+	if _, _, err := run("switch", "--root", s.root, "--target", target, "7"); err == nil {
+		t.Fatal("switch to a missing transaction succeeded")
+	}
+	overlaytest.Compare(t, target, s.txs[1])
+}
+
+func TestRollbackWithoutHistory(t *testing.T) {
+	s := newStateRoot(t)
+	if _, _, err := run("rollback", "--root", s.root); err == nil {
+		t.Fatal("rollback without an active transaction succeeded")
+	}
+	setActive(s.root, 1)
+	if _, _, err := run("rollback", "--root", s.root); err == nil || !strings.Contains(err.Error(), "no parent") {
+		t.Fatalf("rollback from a transaction without parent or history: %v", err)
+	}
+}
+
+func TestSwitchVerifiesSignature(t *testing.T) {
+	testenv.RequireMountNS(t)
+	s := newStateRoot(t)
+	target := scratchTarget(t)
+	keys := t.TempDir()
+	if _, err := sign.GenerateKey(filepath.Join(keys, "good")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sign.GenerateKey(filepath.Join(keys, "other")); err != nil {
+		t.Fatal(err)
+	}
+	priv, err := sign.LoadPrivateKey(filepath.Join(keys, "good"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := hex.DecodeString(s.digest[1])
+	if _, err := sign.WriteSignature(s.root, priv, 1, [32]byte(d)); err != nil {
+		t.Fatal(err)
+	}
+	args := func(tx, key string) []string {
+		return []string{"switch", "--root", s.root, "--target", target, "--driver", "overlay", "--pubkey", filepath.Join(keys, key+".pub"), tx}
+	}
+	if _, _, err := run(args("2", "good")...); err == nil {
+		t.Fatal("switch to an unsigned transaction succeeded")
+	}
+	if _, _, err := run(args("1", "other")...); err == nil {
+		t.Fatal("switch with the wrong key succeeded")
+	}
+	if n := mountCount(t, target); n != 0 {
+		t.Fatalf("refused switches mounted something (%d mounts)", n)
+	}
+	mustRun(t, args("1", "good")...)
+	overlaytest.Compare(t, target, s.txs[1])
+}

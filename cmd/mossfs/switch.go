@@ -1,0 +1,107 @@
+package main
+
+import (
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"strconv"
+
+	"github.com/mossfs/mossfs/internal/mountrec"
+	"github.com/mossfs/mossfs/internal/sign"
+	"github.com/spf13/cobra"
+)
+
+var switchFlags struct {
+	root, target, pubkey, driver, verity string
+}
+
+var switchCmd = &cobra.Command{
+	Use:   "switch [flags] TX",
+	Short: "Switch the live system (/usr) to a transaction atomically",
+	Long: `Switch TARGET (default /usr) to transaction TX and make it the active one.
+
+The new tree is mounted detached and slid beneath the current mount, which is
+then detached: programs that open files afterwards see the new transaction,
+programs holding files open keep the old one until they let go. With
+--pubkey the transaction's signature must verify first.`,
+	Args: cobra.ExactArgs(1),
+	RunE: func(cmd *cobra.Command, args []string) error {
+		f := switchFlags
+		if !isDigits(args[0]) {
+			return fmt.Errorf("switch: %q is not a transaction id", args[0])
+		}
+		id, err := strconv.ParseUint(args[0], 10, 64)
+		if err != nil {
+			return fmt.Errorf("switch: transaction id %q: %w", args[0], err)
+		}
+		return switchTo(cmd, f.root, id, f.target, f.pubkey, f.driver, f.verity)
+	},
+}
+
+func init() {
+	fl := switchCmd.Flags()
+	fl.StringVar(&switchFlags.root, "root", defaultRoot, "state root")
+	fl.StringVar(&switchFlags.target, "target", "/usr", "mount point to switch")
+	fl.StringVar(&switchFlags.pubkey, "pubkey", "", "require a valid signature by this Ed25519 public key (PEM)")
+	fl.StringVar(&switchFlags.driver, "driver", "auto", "auto, overlay or fuse")
+	fl.StringVar(&switchFlags.verity, "verity", "auto", "require, on, off or auto")
+	rootCmd.AddCommand(switchCmd)
+}
+
+// previousActivePath holds the transaction that was active before the last
+// switch, for rollback when the active one records no parent.
+func previousActivePath(root string) string {
+	return filepath.Join(mountrec.Dir(root), ".previous-active")
+}
+
+// switchTo mounts transaction id at target (replacing what mossfs mounted
+// there), records the mount and makes id the active transaction; the
+// previously active one is remembered for rollback.
+func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver, verity string) error {
+	unlock, err := mountrec.Lock(root)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	src, err := transactionSource(root, id)
+	if err != nil {
+		return fmt.Errorf("switch: %w", err)
+	}
+	if pubkey != "" {
+		pub, err := sign.LoadPublicKey(pubkey)
+		if err != nil {
+			return fmt.Errorf("switch: %w", err)
+		}
+		var d [32]byte
+		if b, err := hex.DecodeString(src.digest); err != nil || len(b) != 32 {
+			return fmt.Errorf("switch: transaction %d: bad image digest %q", id, src.digest)
+		} else {
+			copy(d[:], b)
+		}
+		if err := sign.VerifyTransaction(root, pub, id, d); err != nil {
+			return fmt.Errorf("switch: transaction %d: %w", id, err)
+		}
+	}
+	t, err := absTarget(target)
+	if err != nil {
+		return fmt.Errorf("switch: %w", err)
+	}
+	prev, err := readActive(root)
+	if err != nil {
+		return fmt.Errorf("switch: %w", err)
+	}
+	rec, err := mountAt(root, src, t, driver, verity, false)
+	if err != nil {
+		return fmt.Errorf("switch: %w", err)
+	}
+	if prev != 0 && prev != id {
+		if err := writeIDAtomic(previousActivePath(root), prev); err != nil {
+			return fmt.Errorf("switch: %w", err)
+		}
+	}
+	if err := setActive(root, id); err != nil {
+		return fmt.Errorf("switch: mounted, but recording the active transaction failed: %w", err)
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "switched %s to transaction %d (%s, verity %s)\n", t, id, rec.Driver, orDash(rec.Verity))
+	return nil
+}
