@@ -301,4 +301,16 @@ func TestSwitchVerifiesSignature(t *testing.T) {
 	}
 	mustRun(t, args("1", "good")...)
 	overlaytest.Compare(t, target, s.txs[1])
+
+	// A signature covers the image bytes: a tampered image is refused.
+	img := filepath.Join(s.root, "images", s.digest[1])
+	b, _ := os.ReadFile(img)
+	b[len(b)-1] ^= 1
+	os.WriteFile(img, b, 0o644)
+	if _, _, err := run(args("1", "good")...); err == nil {
+		t.Fatal("switch to a tampered image succeeded")
+	} else {
+		t.Logf("tampered: %v", err)
+	}
+	overlaytest.Compare(t, target, s.txs[1])
 }

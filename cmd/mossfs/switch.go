@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/hex"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -72,14 +71,10 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 		if err != nil {
 			return fmt.Errorf("switch: %w", err)
 		}
-		var d [32]byte
-		if b, err := hex.DecodeString(src.digest); err != nil || len(b) != 32 {
-			return fmt.Errorf("switch: transaction %d: bad image digest %q", id, src.digest)
-		} else {
-			copy(d[:], b)
-		}
-		if err := sign.VerifyTransaction(root, pub, id, d); err != nil {
-			return fmt.Errorf("switch: transaction %d: %w", id, err)
+		// The signature must cover the image file that is actually there,
+		// not just the digest its metadata claims.
+		if err := sign.VerifyImageFile(root, pub, id, src.image); err != nil {
+			return fmt.Errorf("switch: %w", err)
 		}
 	}
 	t, err := absTarget(target)
