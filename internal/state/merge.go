@@ -58,20 +58,30 @@ func (e *ConflictError) Error() string {
 }
 
 // PackageConflicts checks the Conflicts records of the stone inputs against
-// the names of the other inputs.
+// what the other stone inputs provide.
 func PackageConflicts(inputs []Input) []Conflict {
-	byName := map[string]Input{}
-	for _, in := range inputs {
-		if in.Kind == KindStone {
-			byName[in.Name] = in
+	providers := map[string][]int{}
+	for i, in := range inputs {
+		if in.Kind != KindStone {
+			continue
+		}
+		provides := append([]string{"name(" + in.Name + ")"}, in.Provides...)
+		for _, p := range provides {
+			if !slices.Contains(providers[p], i) {
+				providers[p] = append(providers[p], i)
+			}
 		}
 	}
 	var out []Conflict
-	for _, in := range inputs {
+	for i, in := range inputs {
 		for _, c := range in.Conflicts {
-			other, ok := byName[c]
-			if ok && other.Name != in.Name {
-				out = append(out, Conflict{A: in.Label(), B: other.Label(), Reason: "declared in the package's Conflicts"})
+			if !strings.Contains(c, "(") {
+				c = "name(" + c + ")"
+			}
+			for _, j := range providers[c] {
+				if j != i && inputs[j].Name != in.Name {
+					out = append(out, Conflict{A: in.Label(), B: inputs[j].Label(), Reason: "declared conflict " + c})
+				}
 			}
 		}
 	}

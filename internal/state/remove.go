@@ -42,6 +42,9 @@ func (s *State) Protected() (map[uint64]string, error) {
 		return nil, err
 	}
 	for _, m := range mounts {
+		if m.Tx == 0 {
+			continue // an image mounted directly
+		}
 		w := "mounted"
 		if m.Target != "" {
 			w += " at " + m.Target

@@ -43,7 +43,11 @@ type Input struct {
 	Prefix string `json:"prefix,omitempty"`
 	// Source is the file or directory the input was imported from.
 	Source string `json:"source,omitempty"`
-	// Conflicts are the package names this package declares conflicts with.
+	// Provides and Conflicts are a package's dependency strings
+	// ("name(pineapple)", "soname(libz.so.1(x86_64))"); every package
+	// implicitly provides name(<Name>). A conflict matches another input's
+	// provides; a bare name means name(<name>).
+	Provides  []string `json:"provides,omitempty"`
 	Conflicts []string `json:"conflicts,omitempty"`
 	// Fragment is the fragment's file name under <id>.inputs/, and Digest
 	// the SHA-256 (hex) of the fragment, which names it: "<digest>.dump".
@@ -230,10 +234,10 @@ func (s *State) allocateID() (uint64, error) {
 	return next, nil
 }
 
-// MountRecord says that a transaction is mounted somewhere. The mount helper
-// writes one per mount under <root>/mounts/ (WriteMount) and removes it on
-// unmount (RemoveMount); such transactions are gc roots and are not removed
-// without force.
+// MountRecord says that a transaction (or an image: Tx 0) is mounted
+// somewhere. The mount helper (package mountrec, same format) writes one per
+// mount target under <root>/mounts/ and removes it on unmount; such
+// transactions are gc roots and are not removed without force.
 type MountRecord struct {
 	Tx uint64 `json:"tx"`
 	// Image is the hex digest of the mounted image: gc keeps it and its
@@ -332,8 +336,8 @@ func parseMountRecord(data []byte) (MountRecord, error) {
 			}
 		}
 	}
-	if rec.Tx == 0 {
-		return rec, errors.New(`no transaction id ("tx")`)
+	if rec.Tx == 0 && rec.Image == "" {
+		return rec, errors.New(`neither a transaction id ("tx") nor an image`)
 	}
 	return rec, nil
 }
