@@ -314,3 +314,28 @@ func TestSwitchVerifiesSignature(t *testing.T) {
 	}
 	overlaytest.Compare(t, target, s.txs[1])
 }
+
+func TestCheckCommand(t *testing.T) {
+	testenv.RequireMountNS(t)
+	out := mustRun(t, "check", "--root", t.TempDir(), "--json")
+	var rep struct {
+		Kernel   string `json:"kernel"`
+		Features []struct {
+			Name string `json:"name"`
+			OK   bool   `json:"ok"`
+		} `json:"features"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("check --json: %v\n%s", err, out)
+	}
+	if rep.Kernel == "" || len(rep.Features) == 0 {
+		t.Fatalf("check --json: %s", out)
+	}
+	text := mustRun(t, "check", "--root", t.TempDir())
+	for _, want := range []string{"mount-beneath", "fuse-passthrough", "overlay-data-only-lowers", "fs-verity", "erofs-file-backed", "mount driver:"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("check output lacks %q:\n%s", want, text)
+		}
+	}
+	t.Logf("\n%s", text)
+}
