@@ -161,6 +161,9 @@ func (p *Package) parseIndex(h *PayloadHeader, b []byte) ([]IndexEntry, error) {
 // checkIndex checks index ranges against the Content payload and layout
 // digests against the index, once every payload is known.
 func (p *Package) checkIndex() error {
+	if p.Index != nil && p.Layout == nil {
+		return p.errorf(-1, "an Index payload but no Layout payload")
+	}
 	var plain uint64
 	if p.content != nil {
 		plain = p.content.PlainSize

@@ -135,10 +135,7 @@ type PayloadHeader struct {
 // BodyOffset is the file offset of the payload's stored body.
 func (h *PayloadHeader) BodyOffset() int64 { return h.Offset + headerSize }
 
-func (h *PayloadHeader) known() bool {
-	return h.Kind >= KindMeta && h.Kind <= KindAttributes &&
-		(h.Compression == CompressionNone || h.Compression == CompressionZstd)
-}
+func (h *PayloadHeader) known() bool { return h.Kind >= KindMeta && h.Kind <= KindAttributes }
 
 // Package is a parsed stone: everything but the Content payload's bytes.
 type Package struct {
@@ -263,7 +260,12 @@ func Open(r io.ReaderAt, size int64, name string) (*Package, error) {
 
 func (p *Package) readPayload(h *PayloadHeader) error {
 	if !h.known() {
-		return nil // unknown kind or compression: skipped, as moss does
+		return nil // unknown kind: skipped, as moss does
+	}
+	if h.Compression != CompressionNone && h.Compression != CompressionZstd {
+		// moss skips these too, but a package whose layout silently
+		// vanished would import as an empty tree.
+		return p.errorf(h.Offset, "%s payload: unknown compression %d", h.Kind, uint8(h.Compression))
 	}
 	switch h.Kind {
 	case KindContent:
