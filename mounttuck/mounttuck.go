@@ -100,6 +100,13 @@ func Switch(mntFd int, target string) (Result, error) {
 	}
 	res.Old = old
 
+	// Hold the old top while detaching it, so that tearing it down (the
+	// last mntput: superblocks, loop device) is not part of the switch but
+	// happens afterwards, when the reference is dropped in the background.
+	ref, rerr := unix.Open(target, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if rerr == nil {
+		defer func() { go unix.Close(ref) }()
+	}
 	err = hook(stepDetachOld)
 	if err == nil {
 		err = unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
