@@ -77,6 +77,18 @@ func checkObject(t *testing.T, s *Store, d [32]byte, want []byte) {
 	}
 }
 
+// replaceFile puts data at path as a new file (a verity-enabled object
+// cannot be opened for writing).
+func replaceFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func strays(t *testing.T, s *Store) []string {
 	t.Helper()
 	var out []string
@@ -440,10 +452,7 @@ func TestRecover(t *testing.T) {
 	// Tear one object of the crashed batch the way ext4 can: right size, zeros.
 	torn := processContents()[5]
 	td := fsverity.Sum(torn)
-	os.Chmod(s.ObjectPath(td), 0o644)
-	if err := os.WriteFile(s.ObjectPath(td), make([]byte, len(torn)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	replaceFile(t, s.ObjectPath(td), make([]byte, len(torn)))
 	var progress int
 	rep, err := s.Recover(context.Background(), VerifyOptions{Progress: func(VerifyProgress) { progress++ }})
 	if err != nil {
@@ -490,8 +499,7 @@ func TestVerifyAll(t *testing.T) {
 		p := s.ObjectPath(ds[i])
 		b, _ := os.ReadFile(p)
 		b[len(b)/2] ^= 1
-		os.Chmod(p, 0o644)
-		os.WriteFile(p, b, 0o644)
+		replaceFile(t, p, b)
 	}
 	os.WriteFile(filepath.Join(s.ObjectsDir(), "README"), nil, 0o644)
 	os.WriteFile(filepath.Join(filepath.Dir(s.ObjectPath(ds[1])), "short"), nil, 0o644)
