@@ -67,7 +67,7 @@ func harness(t *testing.T) *vm.Env {
 // mounted at /mnt/disk; extra are more go test flags.
 func guestTests(extra string) string {
 	return `mkdir -p /mnt/disk && mount -t ext4 /dev/vda /mnt/disk || rc=1
-MOSSFS_KVM_GUEST=1 MOSSFS_KVM_DISK=/mnt/disk /bin/guest.test -test.v -test.timeout 240s ` + extra + ` >&3 2>&3 || rc=1
+MOSSFS_KVM_GUEST=1 MOSSFS_KVM_DISK=/mnt/disk MOSSFS_KVM_DEV=/dev/vda /bin/guest.test -test.v -test.timeout 240s ` + extra + ` >&3 2>&3 || rc=1
 umount /mnt/disk || rc=1`
 }
 
