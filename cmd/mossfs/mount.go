@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/mossfs/mossfs/internal/mountrec"
+	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/mounttuck"
 	"github.com/mossfs/mossfs/overlay"
 	"github.com/spf13/cobra"
@@ -167,12 +167,13 @@ func orDash(s string) string {
 }
 
 // isMossfsMount reports whether a mountinfo entry is one mossfs made: an
-// overlay with source "mossfs", or a FUSE mount whose source names mossfs.
+// overlay with source "mossfs", or a FUSE mount of type fuse.mossfs.
 func isMossfsMount(m mounttuck.MountEntry) bool {
 	if m.FSType == "overlay" {
 		return m.Source == overlay.DefaultSource
 	}
-	return strings.HasPrefix(m.FSType, "fuse") && strings.HasPrefix(m.Source, "mossfs")
+	// The FUSE server mounts with subtype "mossfs" (fstype fuse.mossfs).
+	return m.FSType == "fuse.mossfs"
 }
 
 // currentMount returns the top mount at target and whether there is one.
@@ -244,9 +245,9 @@ func mountAt(root string, src mountSource, target, driver, verity string, foregr
 	default:
 		return rec, fmt.Errorf("driver %q: want auto, overlay or fuse", driver)
 	}
-	if src.tx == 0 {
-		// Records name transactions (the state helper's gc and remove read
-		// them); a bare image mount replaces any record with nothing.
+	if src.tx == 0 && src.digest == "" {
+		// Records name a transaction or a store image (gc and remove read
+		// them); an image file from elsewhere replaces any record with nothing.
 		return rec, mountrec.Remove(root, target)
 	}
 	return rec, mountrec.Write(root, rec)
@@ -266,51 +267,62 @@ func mountOverlayAt(src mountSource, target string, v overlay.Verity) (overlay.I
 	return info, nil
 }
 
-// The state root layout (internal/state): transactions/<id>.json with the
-// image's hex digest and the parent id, images/<hex>, cas/objects, active.
-// Read here directly until the state package is in the tree.
-
-type txMeta struct {
-	ID     uint64 `json:"id"`
-	Parent uint64 `json:"parent"`
-	Image  string `json:"image"`
+// openState opens the state root (internal/state).
+func openState(root string) (*state.State, error) {
+	return state.Open(root)
 }
 
-func readTx(root string, id uint64) (txMeta, error) {
-	path := filepath.Join(root, "transactions", strconv.FormatUint(id, 10)+".json")
-	data, err := os.ReadFile(path)
+// readTx returns the metadata of transaction id.
+func readTx(root string, id uint64) (*state.Transaction, error) {
+	st, err := openState(root)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return txMeta{}, fmt.Errorf("transaction %d: no such transaction in %s", id, root)
-		}
-		return txMeta{}, fmt.Errorf("transaction %d: %w", id, err)
+		return nil, err
 	}
-	var tx txMeta
-	if err := json.Unmarshal(data, &tx); err != nil {
-		return txMeta{}, fmt.Errorf("transaction %d: %s: %w", id, path, err)
-	}
-	if b, err := hex.DecodeString(tx.Image); err != nil || len(b) != 32 || tx.ID != id {
-		return txMeta{}, fmt.Errorf("transaction %d: %s: bad id or image digest", id, path)
-	}
-	return tx, nil
+	return st.Get(id)
 }
 
 func transactionSource(root string, id uint64) (mountSource, error) {
-	tx, err := readTx(root, id)
+	st, err := openState(root)
 	if err != nil {
 		return mountSource{}, err
 	}
-	src := mountSource{tx: id, image: filepath.Join(root, "images", tx.Image), digest: tx.Image, objects: storeObjectsDir(root)}
+	tx, err := st.Get(id)
+	if err != nil {
+		return mountSource{}, err
+	}
+	src := mountSource{tx: id, image: st.ImagePath(tx), digest: tx.Image, objects: st.Store().ObjectsDir()}
 	if _, err := os.Stat(src.image); err != nil {
 		return mountSource{}, fmt.Errorf("transaction %d: image: %w", id, err)
 	}
 	return src, nil
 }
 
-func storeObjectsDir(root string) string { return filepath.Join(root, "cas", "objects") }
+// storeObjectsDir is the object directory of the state root's store.
+func storeObjectsDir(root string) string {
+	if st, err := openState(root); err == nil {
+		return st.Store().ObjectsDir()
+	}
+	return filepath.Join(root, "cas", "objects")
+}
 
+// readActive returns the active transaction (0: none, or no state root).
 func readActive(root string) (uint64, error) {
-	return readID(filepath.Join(root, "active"))
+	st, err := openState(root)
+	if err != nil {
+		if _, serr := os.Stat(filepath.Join(root, "state.json")); errors.Is(serr, os.ErrNotExist) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	return st.Active()
+}
+
+func setActive(root string, id uint64) error {
+	st, err := openState(root)
+	if err != nil {
+		return err
+	}
+	return st.SetActive(id)
 }
 
 func readID(path string) (uint64, error) {
@@ -326,10 +338,6 @@ func readID(path string) (uint64, error) {
 		return 0, fmt.Errorf("%s: %w", path, err)
 	}
 	return id, nil
-}
-
-func setActive(root string, id uint64) error {
-	return writeIDAtomic(filepath.Join(root, "active"), id)
 }
 
 func writeIDAtomic(path string, id uint64) error {

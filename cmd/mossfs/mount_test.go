@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/sign"
+	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/mounttuck"
 	"github.com/mossfs/mossfs/overlay/overlaytest"
@@ -52,8 +54,8 @@ func mustRun(t *testing.T, args ...string) string {
 	return out
 }
 
-// stateRoot is a state root with transactions 1 (A), 2 (B, parent 1) and
-// 3 (C, no parent), laid out as internal/state does.
+// stateRoot is a state root (state.Create) with transactions 1 (A), 2 (B,
+// parent 1) and 3 (C, no parent): metadata written as compose writes it.
 type stateRoot struct {
 	root   string
 	txs    map[uint64]*overlaytest.Tx
@@ -63,17 +65,17 @@ type stateRoot struct {
 func newStateRoot(t *testing.T) *stateRoot {
 	t.Helper()
 	s := &stateRoot{root: t.TempDir(), txs: map[uint64]*overlaytest.Tx{}, digest: map[uint64]string{}}
-	for _, dir := range []string{"images", "transactions", "cas/objects"} {
-		if err := os.MkdirAll(filepath.Join(s.root, dir), 0o755); err != nil {
-			t.Fatal(err)
-		}
+	st, err := state.Create(s.root)
+	if err != nil {
+		t.Fatal(err)
 	}
+	objects := st.Store().ObjectsDir()
 	for id, spec := range map[uint64]struct {
 		marker string
 		parent uint64
 	}{1: {"A", 0}, 2: {"B", 1}, 3: {"C", 0}} {
 		tx := overlaytest.Sample(spec.marker)
-		tx.WriteObjects(t, filepath.Join(s.root, "cas/objects"))
+		tx.WriteObjects(t, objects)
 		img := overlaytest.Image(t, tx.Root)
 		d := fsverity.Sum(img)
 		hexd := hex.EncodeToString(d[:])
@@ -133,6 +135,16 @@ func TestMountCommandMountsSwitchesAndUnmounts(t *testing.T) {
 		t.Fatalf("mount record %+v %v %v", rec, ok, err)
 	}
 
+	// The state helper refuses to remove a mounted transaction.
+	st, err := state.Open(s.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var perr *state.ProtectedError
+	if err := st.Remove([]uint64{1}, false); !errors.As(err, &perr) {
+		t.Fatalf("state remove of the mounted transaction: %v, want a ProtectedError", err)
+	}
+
 	// Mounting over a mossfs mount replaces it; nothing piles up.
 	mustRun(t, "mount", "--root", s.root, "--driver", "overlay", "2", target)
 	overlaytest.Compare(t, target, s.txs[2])
@@ -165,6 +177,12 @@ func TestMountCommandImageArguments(t *testing.T) {
 	target := scratchTarget(t)
 	mustRun(t, "mount", "--root", s.root, "--driver", "overlay", "sha256:"+s.digest[2], target)
 	overlaytest.Compare(t, target, s.txs[2])
+	// A store image is recorded by its digest, which state reads as a gc root.
+	st, _ := state.Open(s.root)
+	recs, err := st.Mounts()
+	if err != nil || len(recs) != 1 || recs[0].Image != s.digest[2] || recs[0].Tx != 0 {
+		t.Fatalf("state mount records: %+v, %v", recs, err)
+	}
 	// An image file with an explicit object directory; no record for bare images.
 	img := filepath.Join(s.root, "images", s.digest[3])
 	mustRun(t, "mount", "--root", t.TempDir(), "--driver", "overlay", "--objects", filepath.Join(s.root, "cas/objects"), img, target)
