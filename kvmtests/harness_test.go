@@ -146,4 +146,3 @@ func boot(t *testing.T, env *vm.Env, b vm.Boot) *vm.Result {
 	}
 	return res
 }
-
