@@ -2,9 +2,9 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
