@@ -160,17 +160,26 @@ func topMount(path string) (MountEntry, error) {
 
 // diagnose explains an EINVAL from move_mount beneath a mounted target.
 func diagnose(target string, err error) error {
-	fail := func(why error, detail string) error {
-		return fmt.Errorf("switch %s: cannot mount beneath: %w: %s (move_mount: %v); the old mount is unchanged", target, why, detail, err)
-	}
 	if target == "/" {
-		return fail(ErrNamespaceRoot, "/ cannot be replaced live; mount mossfs on a mount point such as /usr")
+		return diagnoseWith(target, err, MountEntry{}, nil)
 	}
 	top, terr := topMount(target)
 	if terr != nil {
 		return fmt.Errorf("switch %s: cannot mount beneath (move_mount: %w), and %w", target, err, terr)
 	}
 	mounts, _ := ReadMountInfo()
+	return diagnoseWith(target, err, top, mounts)
+}
+
+// diagnoseWith explains the EINVAL given the top mount at target and the
+// mount table.
+func diagnoseWith(target string, err error, top MountEntry, mounts []MountEntry) error {
+	fail := func(why error, detail string) error {
+		return fmt.Errorf("switch %s: cannot mount beneath: %w: %s (move_mount: %v); the old mount is unchanged", target, why, detail, err)
+	}
+	if target == "/" || top.MountPoint == "/" {
+		return fail(ErrNamespaceRoot, "/ cannot be replaced live; mount mossfs on a mount point such as /usr")
+	}
 	var parent *MountEntry
 	for i := range mounts {
 		if mounts[i].ID == top.Parent {

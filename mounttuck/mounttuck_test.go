@@ -270,3 +270,31 @@ func TestParseMountInfoLine(t *testing.T) {
 		}
 	}
 }
+
+// TestDiagnoseInitramfs checks the explanation for an initramfs layout,
+// where the rootfs is the namespace root and a tmpfs at /t0 sits directly
+// on it (kernel.md §1.1; exercised for real in the VM tests).
+func TestDiagnoseInitramfs(t *testing.T) {
+	var mounts []MountEntry
+	for _, l := range []string{
+		"1 1 0:2 / / rw - rootfs rootfs rw",
+		"2 1 0:20 / /proc rw - proc proc rw",
+		"5 1 0:22 / /t0 rw - tmpfs tmpfs rw",
+		"6 1 0:23 / /mnt rw - tmpfs tmpfs rw",
+		"7 6 0:24 / /mnt/t rw - tmpfs tmpfs rw",
+	} {
+		e, err := parseMountInfoLine(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mounts = append(mounts, e)
+	}
+	err := diagnoseWith("/t0", unix.EINVAL, mounts[2], mounts)
+	if !errors.Is(err, ErrNamespaceRoot) || !strings.Contains(err.Error(), "initramfs") {
+		t.Errorf("/t0: %v", err)
+	}
+	err = diagnoseWith("/mnt/t", unix.EINVAL, mounts[4], mounts)
+	if errors.Is(err, ErrNamespaceRoot) || errors.Is(err, ErrPropagation) || !errors.Is(err, unix.EINVAL) {
+		t.Errorf("/mnt/t: %v", err)
+	}
+}
