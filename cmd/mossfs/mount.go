@@ -216,9 +216,11 @@ func mountAt(root string, src mountSource, target, driver, verity string, foregr
 	if mounted && !isMossfsMount(cur) {
 		return rec, fmt.Errorf("%s: a %s mount (%s) is there that mossfs did not make; refusing to replace it", target, cur.FSType, cur.Source)
 	}
+	var overlayErr error
 	switch driver {
 	case "overlay", "auto":
 		info, err := mountOverlayAt(src, target, v)
+		overlayErr = err
 		if err == nil {
 			rec.Driver, rec.Verity, rec.Method = "overlay", string(info.Verity), string(info.Method)
 			break
@@ -239,6 +241,9 @@ func mountAt(root string, src mountSource, target, driver, verity string, foregr
 			err = mountFUSE(src.image, src.objects, target, foreground)
 		}
 		if err != nil {
+			if overlayErr != nil {
+				return rec, fmt.Errorf("%w; FUSE mount of %s at %s: %w", overlayErr, src.image, target, err)
+			}
 			return rec, fmt.Errorf("FUSE mount of %s at %s: %w", src.image, target, err)
 		}
 		rec.Driver = "fuse"
