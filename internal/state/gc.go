@@ -62,6 +62,14 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 	if _, err := s.store.Recover(context.Background(), cas.VerifyOptions{}); err != nil {
 		return nil, fmt.Errorf("gc: recovering the store: %w", err)
 	}
+	// Removals are not synced one by one: make them durable before
+	// deleting what they released, or a power failure could bring back a
+	// transaction whose objects are gone.
+	if !opts.DryRun {
+		if err := syncfs(s.root); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+	}
 	res := &GCResult{DryRun: opts.DryRun, Transactions: []uint64{}, Images: []string{},
 		ImagesRemoved: []string{}, InputsRemoved: []uint64{}}
 

@@ -252,17 +252,18 @@ func (s *State) txLock() (*Lock, error) {
 }
 
 // Sync makes everything written under the state root durable with one
-// syncfs (the content store lives on the same file system unless cas/ is a
-// mount point, in which case that is synced too).
+// syncfs: the content store's Sync, which also retires its batch marker (so
+// that the next gc does not re-hash the batch). Should cas/ be a different
+// file system, the state root is synced too.
 func (s *State) Sync() error {
-	if err := syncfs(s.root); err != nil {
+	if err := s.store.Sync(); err != nil {
 		return err
 	}
 	var a, b unix.Stat_t
-	if unix.Stat(s.root, &a) == nil && unix.Stat(filepath.Join(s.root, "cas"), &b) == nil && a.Dev != b.Dev {
-		return s.store.Sync()
+	if unix.Stat(s.root, &a) == nil && unix.Stat(s.store.ObjectsDir(), &b) == nil && a.Dev == b.Dev {
+		return nil
 	}
-	return nil
+	return syncfs(s.root)
 }
 
 func syncfs(dir string) error {

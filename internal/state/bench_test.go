@@ -1,0 +1,284 @@
+package state_test
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/internal/state"
+)
+
+// The benchmarks measure mossfs against what moss does today, on the same
+// generated tree (gentree.Full with MOSSFS_BENCH_FULL=1: 65k entries,
+// ~800 MB; gentree.Small otherwise) and in the same run, and report the
+// ratio with b.ReportMetric:
+//
+//	BenchmarkImport   import into an empty store   vs cp -a + sync      (goal ≤ 1.5×)
+//	BenchmarkCompose  compose from the store       vs cp -al farm       (goal ≥ 10× faster)
+//	BenchmarkRemove   remove a transaction, no gc  vs rm -rf of a farm  (goal ≥ 50× faster)
+//	BenchmarkGC       gc                           vs walk of the store (moss prune)
+
+var (
+	benchOnce sync.Once
+	benchDir  string // holds tree/, the materialized tree
+	benchErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if benchDir != "" {
+		os.RemoveAll(benchDir)
+	}
+	os.Exit(code)
+}
+
+// benchTree materializes the generated tree once per test binary.
+func benchTree(b *testing.B) string {
+	b.Helper()
+	benchOnce.Do(func() {
+		benchDir, benchErr = os.MkdirTemp("", "mossfs-state-bench-")
+		if benchErr != nil {
+			return
+		}
+		dir := filepath.Join(benchDir, "tree")
+		if benchErr = os.Mkdir(dir, 0o755); benchErr == nil {
+			_, benchErr = gentree.Materialize(dir, gentree.FromEnv())
+		}
+	})
+	if benchErr != nil {
+		b.Fatal(benchErr)
+	}
+	return filepath.Join(benchDir, "tree")
+}
+
+func sh(b *testing.B, name string, args ...string) {
+	b.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		b.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+func timed(f func()) time.Duration {
+	start := time.Now()
+	f()
+	return time.Since(start)
+}
+
+// newBenchState creates a state root in dir and, if withTree, a first
+// transaction holding the tree at its root.
+func newBenchState(b *testing.B, dir, tree string, withTree bool) *state.State {
+	b.Helper()
+	s, err := state.Create(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if withTree {
+		importTree(b, s, tree)
+	}
+	return s
+}
+
+func importTree(b *testing.B, s *state.State, tree string) *state.Transaction {
+	b.Helper()
+	lk, err := s.Lock()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer lk.Unlock()
+	im, err := s.NewImporter()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer im.Close()
+	f, err := im.Tree(context.Background(), tree, "/")
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := s.Compose(state.ComposeOptions{Add: []state.Fragment{f}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return res.Tx
+}
+
+func report(b *testing.B, ours, base time.Duration, oursName, baseName string) {
+	n := float64(b.N)
+	b.ReportMetric(float64(ours.Milliseconds())/n, oursName+"-ms/op")
+	b.ReportMetric(float64(base.Milliseconds())/n, baseName+"-ms/op")
+}
+
+// BenchmarkImport: import a tree into an empty store (hash, store every
+// file, one syncfs) vs cp -a of the tree followed by sync.
+func BenchmarkImport(b *testing.B) {
+	tree := benchTree(b)
+	work := b.TempDir()
+	var ours, base time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		sh(b, "sync")
+		root := filepath.Join(work, "moss")
+		s := newBenchState(b, root, tree, false)
+		b.StartTimer()
+		ours += timed(func() {
+			lk, _ := s.Lock()
+			im, err := s.NewImporter()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := im.Tree(context.Background(), tree, "/"); err != nil {
+				b.Fatal(err)
+			}
+			if err := im.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			im.Close()
+			lk.Unlock()
+		})
+		b.StopTimer()
+		cp := filepath.Join(work, "cp")
+		sh(b, "sync")
+		base += timed(func() {
+			sh(b, "cp", "-a", tree, cp)
+			sh(b, "sync")
+		})
+		os.RemoveAll(root)
+		os.RemoveAll(cp)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	report(b, ours, base, "import", "cp-a+sync")
+	b.ReportMetric(ours.Seconds()/base.Seconds(), "import/cp-a")
+}
+
+// BenchmarkCompose: compose a new transaction of the whole tree from the
+// store (read the base's fragment, merge, build the EROFS image, digest it,
+// write it, one syncfs, publish) vs the hardlink farm moss blits for a new
+// state (cp -al of the tree).
+func BenchmarkCompose(b *testing.B) {
+	tree := benchTree(b)
+	work := b.TempDir()
+	s := newBenchState(b, filepath.Join(work, "moss"), tree, true)
+	entries := 0
+	var ours, base time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		sh(b, "sync")
+		b.StartTimer()
+		ours += timed(func() {
+			res, err := s.Compose(state.ComposeOptions{From: 1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			entries = res.Tx.Counts.Entries
+		})
+		b.StopTimer()
+		farm := filepath.Join(work, "farm")
+		base += timed(func() { sh(b, "cp", "-al", tree, farm) })
+		os.RemoveAll(farm)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	report(b, ours, base, "compose", "cp-al")
+	b.ReportMetric(base.Seconds()/ours.Seconds(), "x-faster-than-cp-al")
+	b.ReportMetric(float64(entries), "entries")
+}
+
+// BenchmarkRemove: remove a transaction without gc (unpublish its metadata,
+// delete its fragments) vs rm -rf of a hardlink farm of the tree.
+func BenchmarkRemove(b *testing.B) {
+	tree := benchTree(b)
+	work := b.TempDir()
+	s := newBenchState(b, filepath.Join(work, "moss"), tree, true)
+	var ours, base time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		res, err := s.Compose(state.ComposeOptions{From: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		farm := filepath.Join(work, "farm")
+		sh(b, "cp", "-al", tree, farm)
+		sh(b, "sync")
+		b.StartTimer()
+		ours += timed(func() {
+			if err := s.Remove([]uint64{res.Tx.ID}, false); err != nil {
+				b.Fatal(err)
+			}
+		})
+		b.StopTimer()
+		base += timed(func() { sh(b, "rm", "-rf", farm) })
+		b.StartTimer()
+	}
+	b.StopTimer()
+	report(b, ours, base, "remove", "rm-rf")
+	b.ReportMetric(base.Seconds()/ours.Seconds(), "x-faster-than-rm-rf")
+}
+
+// BenchmarkGC: gc of a store with three transactions, one of them removed
+// (its image and a tenth of the objects are garbage) vs a walk of the whole
+// object store checking each object against the referenced set, as moss's
+// prune does (without the deletions).
+func BenchmarkGC(b *testing.B) {
+	tree := benchTree(b)
+	work := b.TempDir()
+	s := newBenchState(b, filepath.Join(work, "moss"), tree, true)
+	var ours, base time.Duration
+	removed := 0
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		// Garbage: a transaction with extra objects, removed.
+		extra := filepath.Join(work, "extra")
+		spec := gentree.FromEnv()
+		spec.Seed, spec.Files, spec.Dirs, spec.Symlinks, spec.TotalBytes = uint64(100+i), spec.Files/10, spec.Dirs/10, 0, spec.TotalBytes/10
+		os.Mkdir(extra, 0o755)
+		if _, err := gentree.Materialize(extra, spec); err != nil {
+			b.Fatal(err)
+		}
+		tx := importTree(b, s, extra)
+		if _, err := s.Compose(state.ComposeOptions{From: 1}); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Remove([]uint64{tx.ID}, false); err != nil {
+			b.Fatal(err)
+		}
+		os.RemoveAll(extra)
+		sh(b, "sync")
+		b.StartTimer()
+		ours += timed(func() {
+			res, err := s.GC(state.GCOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			removed = res.ObjectsRemoved
+		})
+		b.StopTimer()
+		live := map[string]bool{}
+		base += timed(func() {
+			objects := s.Store().ObjectsDir()
+			n := 0
+			filepath.WalkDir(objects, func(p string, d fs.DirEntry, err error) error {
+				if err == nil && d.Type().IsRegular() {
+					if _, err := d.Info(); err == nil && !live[p] {
+						n++
+					}
+				}
+				return nil
+			})
+		})
+		b.StartTimer()
+	}
+	b.StopTimer()
+	report(b, ours, base, "gc", "store-walk")
+	b.ReportMetric(ours.Seconds()/base.Seconds(), "gc/store-walk")
+	b.ReportMetric(float64(removed), "objects-removed")
+}
