@@ -58,7 +58,7 @@ func (p *Package) OpenContent() (io.ReadCloser, error) {
 	if h.Compression == CompressionNone {
 		return &contentReader{p: p, r: sec, left: h.PlainSize}, nil
 	}
-	dec, err := zstd.NewReader(sec, zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderMaxMemory(maxWindow))
+	dec, err := getDecoder(sec)
 	if err != nil {
 		return nil, fmt.Errorf("stone %s: zstd: %w", p.Name, err)
 	}
@@ -108,7 +108,8 @@ func (c *contentReader) Read(b []byte) (int, error) {
 
 func (c *contentReader) Close() error {
 	if c.dec != nil {
-		c.dec.Close()
+		putDecoder(c.dec)
+		c.dec = nil
 	}
 	return nil
 }

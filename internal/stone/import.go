@@ -1,11 +1,14 @@
 package stone
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"path"
+	"runtime"
+	"sync"
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/fsverity"
@@ -95,28 +98,7 @@ func (p *Package) storeContents(ctx context.Context, sink cas.ObjectSink, known 
 	if missing == 0 {
 		return digests, nil
 	}
-	var fresh []XXH128
-	err := p.WalkContent(ctx, func(e IndexEntry, r io.Reader) error {
-		if !used[e.Digest] {
-			return nil
-		}
-		if _, ok := digests[e.Digest]; ok {
-			return nil
-		}
-		var d [32]byte
-		var err error
-		if sink != nil {
-			d, err = sink.Put(r)
-		} else {
-			d, err = fsverity.DigestReader(r)
-		}
-		if err != nil {
-			return fmt.Errorf("stone %s: storing content %s: %w", p.Name, e.Digest, err)
-		}
-		digests[e.Digest] = d
-		fresh = append(fresh, e.Digest)
-		return nil
-	})
+	fresh, err := p.putContents(ctx, sink, used, digests)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +115,122 @@ func (p *Package) storeContents(ctx context.Context, sink cas.ObjectSink, known 
 		}
 	}
 	return digests, nil
+}
+
+// bufferedMax is the largest content read into memory and stored by a
+// worker while the decompressor moves on; larger ones are streamed.
+const bufferedMax = 1 << 20
+
+// bytesSink is the optional part of a sink that stores a byte slice
+// without copying it (cas.Store).
+type bytesSink interface {
+	PutBytes(b []byte) ([32]byte, error)
+}
+
+// putContents walks the content once, storing every used range not yet in
+// digests (which it fills) and returning the XXH3-128s it stored. Small
+// contents are verified in memory and stored by GOMAXPROCS workers, so the
+// store's per-object system calls overlap decompression.
+func (p *Package) putContents(ctx context.Context, sink cas.ObjectSink, used map[XXH128]bool, digests map[XXH128][32]byte) ([]XXH128, error) {
+	var (
+		mu       sync.Mutex
+		fresh    []XXH128
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	failed := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return firstErr
+	}
+	done := func(x XXH128, d [32]byte) {
+		mu.Lock()
+		digests[x] = d
+		fresh = append(fresh, x)
+		mu.Unlock()
+	}
+	put := func(data []byte) ([32]byte, error) {
+		switch s := sink.(type) {
+		case nil:
+			return fsverity.Sum(data), nil
+		case bytesSink:
+			return s.PutBytes(data)
+		default:
+			return sink.Put(bytes.NewReader(data))
+		}
+	}
+	type job struct {
+		x    XXH128
+		data []byte
+	}
+	workers := runtime.GOMAXPROCS(0)
+	jobs := make(chan job, workers)
+	for range workers {
+		wg.Go(func() {
+			for j := range jobs {
+				if failed() != nil {
+					continue
+				}
+				d, err := put(j.data)
+				if err != nil {
+					fail(fmt.Errorf("stone %s: storing content %s: %w", p.Name, j.x, err))
+					continue
+				}
+				done(j.x, d)
+			}
+		})
+	}
+	queued := map[XXH128]bool{}
+	err := p.WalkContent(ctx, func(e IndexEntry, r io.Reader) error {
+		if err := failed(); err != nil {
+			return err
+		}
+		if !used[e.Digest] || queued[e.Digest] {
+			return nil
+		}
+		mu.Lock()
+		_, have := digests[e.Digest]
+		mu.Unlock()
+		if have {
+			return nil
+		}
+		queued[e.Digest] = true
+		if e.Size() <= bufferedMax {
+			data := make([]byte, e.Size())
+			// The range reader verifies the XXH3-128 as it reaches the end,
+			// so only verified bytes reach a worker.
+			if _, err := io.ReadFull(r, data); err != nil {
+				return err
+			}
+			jobs <- job{e.Digest, data}
+			return nil
+		}
+		var d [32]byte
+		var err error
+		if sink != nil {
+			d, err = sink.Put(r)
+		} else {
+			d, err = fsverity.DigestReader(r)
+		}
+		if err != nil {
+			return fmt.Errorf("stone %s: storing content %s: %w", p.Name, e.Digest, err)
+		}
+		done(e.Digest, d)
+		return nil
+	})
+	close(jobs)
+	wg.Wait()
+	if err == nil {
+		err = firstErr
+	}
+	return fresh, err
 }
 
 // Tree builds the package's tree, rooted at /usr, from its layout and the

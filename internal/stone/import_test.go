@@ -29,6 +29,11 @@ func (s *countingSink) Put(r io.Reader) ([32]byte, error) {
 	return s.Store.Put(r)
 }
 
+func (s *countingSink) PutBytes(b []byte) ([32]byte, error) {
+	s.puts.Add(1)
+	return s.Store.PutBytes(b)
+}
+
 func newSink(t testing.TB) *countingSink {
 	t.Helper()
 	s, err := cas.Create(filepath.Join(t.TempDir(), "store"))

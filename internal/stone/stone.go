@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/klauspost/compress/zstd"
@@ -326,12 +327,11 @@ func (p *Package) decodeRecords(h *PayloadHeader) ([]byte, error) {
 	if h.Compression == CompressionNone {
 		return stored, nil
 	}
-	dec, err := zstd.NewReader(bytes.NewReader(stored), zstd.WithDecoderConcurrency(1),
-		zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderMaxMemory(maxWindow))
+	dec, err := getDecoder(bytes.NewReader(stored))
 	if err != nil {
 		return nil, fmt.Errorf("stone %s: zstd: %w", p.Name, err)
 	}
-	defer dec.Close()
+	defer putDecoder(dec)
 	// Grow with the data actually decoded, never by the claimed size alone.
 	buf := bytes.NewBuffer(make([]byte, 0, min(h.PlainSize, 4<<20)))
 	n, err := io.Copy(buf, io.LimitReader(dec, int64(h.PlainSize)+1))
@@ -342,6 +342,35 @@ func (p *Package) decodeRecords(h *PayloadHeader) ([]byte, error) {
 		return nil, p.errorf(h.Offset, "%s payload decompresses to %s bytes, header says %d", h.Kind, moreThan(n, h.PlainSize), h.PlainSize)
 	}
 	return buf.Bytes(), nil
+}
+
+// decoders are reused: a new decoder allocates and clears its window
+// buffers, which costs more than decoding a small payload. Windows up to
+// 2 GiB are accepted (moss uses window log 31); the history buffer grows
+// with the data actually decoded, which the callers cap.
+var decoders = sync.Pool{New: func() any {
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderMaxMemory(maxWindow))
+	if err != nil {
+		return err
+	}
+	return d
+}}
+
+func getDecoder(r io.Reader) (*zstd.Decoder, error) {
+	switch d := decoders.Get().(type) {
+	case *zstd.Decoder:
+		return d, d.Reset(r)
+	case error:
+		return nil, d
+	}
+	panic("unreachable")
+}
+
+func putDecoder(d *zstd.Decoder) {
+	if d.Reset(nil) == nil {
+		decoders.Put(d)
+	}
 }
 
 func moreThan(n int64, limit uint64) string {
