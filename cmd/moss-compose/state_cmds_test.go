@@ -1,0 +1,253 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/internal/testenv"
+)
+
+var (
+	mcOnce sync.Once
+	mcBin  string
+	mcErr  error
+)
+
+// mossCompose builds the command once per test binary.
+func mossCompose(t *testing.T) string {
+	t.Helper()
+	mcOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "moss-compose-test-")
+		if err != nil {
+			mcErr = err
+			return
+		}
+		mcBin = filepath.Join(dir, "moss-compose")
+		cmd := exec.Command("go", "build", "-o", mcBin, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			mcErr = &buildError{err: err, out: string(out)}
+		}
+	})
+	if mcErr != nil {
+		t.Fatal(mcErr)
+	}
+	return mcBin
+}
+
+type buildError struct {
+	err error
+	out string
+}
+
+func (e *buildError) Error() string { return "go build: " + e.err.Error() + "\n" + e.out }
+
+// mc runs moss-compose and returns stdout; it fails the test if the exit
+// status is not what wantOK says.
+func mc(t *testing.T, wantOK bool, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(mossCompose(t), args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if (err == nil) != wantOK {
+		t.Fatalf("moss-compose %s: err %v, want ok=%v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, wantOK, stdout.String(), stderr.String())
+	}
+	if !wantOK {
+		return stderr.String()
+	}
+	return stdout.String()
+}
+
+func mcJSON(t *testing.T, v any, args ...string) {
+	t.Helper()
+	out := mc(t, true, append(args, "--json")...)
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("moss-compose %s --json: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func TestStateCommands(t *testing.T) {
+	stones := testenv.SharedPath(t, "testdata", "stones")
+	root := filepath.Join(t.TempDir(), "moss")
+	r := []string{"--root", root}
+	cmd := func(args ...string) []string { return append(args, r...) }
+
+	// Compose from stones: ids 1, 2.
+	if out := mc(t, true, cmd("compose", "-q", "--stone", filepath.Join(stones, "bash-completion-2.11-1-1-x86_64.stone"))...); out != "1\n" {
+		t.Fatalf("first compose printed %q", out)
+	}
+	if out := mc(t, true, cmd("compose", "-q", "--from", "1", "--stone", filepath.Join(stones, "pineapple-1-1-1-x86_64.stone"))...); out != "2\n" {
+		t.Fatalf("second compose printed %q", out)
+	}
+	// italian-pizza declares a conflict with pineapple: refused, nothing written.
+	errOut := mc(t, false, cmd("compose", "-q", "--from", "2", "--stone", filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"))...)
+	if !strings.Contains(errOut, "italian-pizza") || !strings.Contains(errOut, "pineapple") {
+		t.Errorf("conflict message: %s", errOut)
+	}
+	// A tree at a prefix.
+	extra := filepath.Join(t.TempDir(), "extra")
+	os.MkdirAll(filepath.Join(extra, "sub"), 0o755)
+	os.WriteFile(filepath.Join(extra, "sub", "hello.txt"), []byte(strings.Repeat("hello\n", 50)), 0o644)
+	os.WriteFile(filepath.Join(extra, "small"), []byte("x"), 0o644)
+	var composed struct {
+		Transaction state.Transaction `json:"transaction"`
+		ImagePath   string            `json:"image_path"`
+	}
+	mcJSON(t, &composed, cmd("compose", "--from", "2", "--tree", extra+":/share/extra")...)
+	if composed.Transaction.ID != 3 || composed.Transaction.Parent != 2 || len(composed.Transaction.Inputs) != 3 {
+		t.Fatalf("compose --json: %+v", composed)
+	}
+
+	var list []struct {
+		state.Transaction
+		Active bool `json:"active"`
+	}
+	mcJSON(t, &list, cmd("state", "list")...)
+	if len(list) != 3 || list[2].ID != 3 {
+		t.Fatalf("state list: %+v", list)
+	}
+	if out := mc(t, true, cmd("state", "list")...); !strings.Contains(out, "pineapple-1-1-1") {
+		t.Errorf("state list:\n%s", out)
+	}
+
+	// The image carries .stateID and the stones' paths at its root.
+	s, err := state.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx3, err := s.Get(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := s.Tree(tx3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := tr.Lookup(".stateID"); n == nil || string(n.Content) != "3" {
+		t.Errorf(".stateID = %+v", n)
+	}
+	for _, p := range []string{"share/bash-completion/completions/7z", "share/defaults/pienapple", "share/extra/sub/hello.txt", "share/extra/small"} {
+		if tr.Lookup(p) == nil {
+			t.Errorf("%s missing from the image of 3", p)
+		}
+	}
+
+	var owners struct {
+		Owners []state.Input `json:"owners"`
+	}
+	mcJSON(t, &owners, cmd("state", "show", "3", "--owner", "/usr/share/defaults/pienapple")...)
+	if len(owners.Owners) != 1 || owners.Owners[0].Name != "pineapple" {
+		t.Errorf("owner: %+v", owners)
+	}
+	if out := mc(t, true, cmd("state", "show", "3")...); !strings.Contains(out, "sha256:"+tx3.Image) {
+		t.Errorf("state show:\n%s", out)
+	}
+
+	var d state.Diff
+	mcJSON(t, &d, cmd("state", "diff", "1", "3")...)
+	if len(d.InputsAdded) != 2 || !slices.Contains(d.Added, "/share/extra/sub/hello.txt") || !slices.Contains(d.Added, "/share/defaults/pienapple") || len(d.Removed) != 0 {
+		t.Errorf("diff 1 3: %+v", d)
+	}
+
+	// Re-importing the tree with a change replaces it (same directory and prefix).
+	os.WriteFile(filepath.Join(extra, "small"), []byte("y"), 0o644)
+	if out := mc(t, true, cmd("compose", "-q", "--from", "3", "--tree", extra+":/share/extra")...); out != "4\n" {
+		t.Fatalf("compose 4 printed %q", out)
+	}
+	mcJSON(t, &d, cmd("state", "diff", "3", "4")...)
+	if len(d.InputsChanged) != 1 || len(d.Changed) != 1 || d.Changed[0].Path != "/share/extra/small" {
+		t.Errorf("diff 3 4: %+v", d)
+	}
+	// --remove of a package.
+	if out := mc(t, true, cmd("compose", "-q", "--from", "4", "--remove", "pineapple")...); out != "5\n" {
+		t.Fatalf("compose 5 printed %q", out)
+	}
+	mcJSON(t, &d, cmd("state", "diff", "4", "5")...)
+	if len(d.InputsRemoved) != 1 || d.InputsRemoved[0].Name != "pineapple" || !slices.Contains(d.Removed, "/share/defaults/pienapple") {
+		t.Errorf("diff 4 5: %+v", d)
+	}
+
+	// Protected transactions.
+	os.WriteFile(filepath.Join(root, "active"), []byte("5\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "mounts", "usr.json"), []byte(`{"tx": 2, "target": "/usr", "image": "`+list[1].Image+`"}`), 0o644)
+	errOut = mc(t, false, cmd("state", "remove", "2", "5")...)
+	if !strings.Contains(errOut, "2 (mounted at /usr)") || !strings.Contains(errOut, "5 (active)") {
+		t.Errorf("remove of protected: %s", errOut)
+	}
+	var rm struct {
+		Removed []uint64        `json:"removed"`
+		GC      *state.GCResult `json:"gc"`
+	}
+	mcJSON(t, &rm, cmd("state", "remove", "1", "3-4", "-q")...)
+	if !slices.Equal(rm.Removed, []uint64{1, 3, 4}) || rm.GC == nil || len(rm.GC.ImagesRemoved) != 3 {
+		t.Errorf("remove 1 3-4: %+v", rm)
+	}
+	mc(t, false, cmd("state", "remove", "9")...)
+	rm.GC = nil
+	mcJSON(t, &rm, cmd("state", "remove", "2", "--force", "--no-gc")...)
+	if rm.GC != nil {
+		t.Errorf("--no-gc ran gc")
+	}
+	// gc keeps the mounted image (its record names it) after the forced removal.
+	var g state.GCResult
+	mcJSON(t, &g, cmd("gc", "--dry-run")...)
+	if !slices.Contains(g.Images, list[1].Image) || len(g.ImagesRemoved) != 0 {
+		t.Errorf("gc --dry-run: %+v", g)
+	}
+
+	// verify: clean, then with a corrupt object.
+	var v state.VerifyResult
+	mcJSON(t, &v, cmd("verify")...)
+	if !v.OK() || v.Objects == 0 {
+		t.Fatalf("verify: %+v", v)
+	}
+	n := tr.Lookup("share/extra/sub/hello.txt")
+	obj := filepath.Join(s.Store().ObjectsDir(), n.Payload)
+	os.Remove(obj)
+	os.WriteFile(obj, []byte("tampered"), 0o644)
+	errOut = mc(t, false, cmd("verify", "--tx", "5", "-q")...)
+	if !strings.Contains(errOut, "1 corrupt object") {
+		t.Errorf("verify of a corrupt object: %s", errOut)
+	}
+	if _, err := os.Stat(obj); !os.IsNotExist(err) {
+		t.Errorf("corrupt object not quarantined")
+	}
+	errOut = mc(t, false, cmd("state", "verify", "5")...)
+	if !strings.Contains(errOut, "1 missing object") {
+		t.Errorf("state verify after quarantine: %s", errOut)
+	}
+
+	// import fills the store; the next gc removes what no transaction uses.
+	var imp []struct {
+		Name    string `json:"name"`
+		Objects int    `json:"objects"`
+	}
+	mcJSON(t, &imp, cmd("import", "--stone", filepath.Join(stones, "bash-completion-2.11-1-1-x86_64.stone"))...)
+	if len(imp) != 1 || imp[0].Name != "bash-completion" || imp[0].Objects != 474 {
+		t.Errorf("import: %+v", imp)
+	}
+
+	// prune keeps the newest (and never the active one). Importing the
+	// tree again restores the quarantined object.
+	os.Remove(filepath.Join(root, "mounts", "usr.json"))
+	mc(t, true, cmd("import", "-q", "--tree", extra)...)
+	mc(t, true, cmd("verify", "-q")...)
+	mc(t, true, cmd("compose", "-q", "--from", "5")...)
+	mc(t, true, cmd("compose", "-q", "--from", "5")...)
+	mcJSON(t, &rm, cmd("state", "prune", "--keep", "1", "-q")...)
+	if !slices.Equal(rm.Removed, []uint64{6}) {
+		t.Errorf("prune --keep 1 removed %v", rm.Removed)
+	}
+	ids, _ := s.IDs()
+	if !slices.Equal(ids, []uint64{5, 7}) {
+		t.Errorf("after prune: %v", ids)
+	}
+}
