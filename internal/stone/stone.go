@@ -37,7 +37,12 @@ const (
 	// MaxRecordsPayload caps the decompressed size of a Meta, Layout, Index
 	// or Attributes payload (they are held in memory). The largest layout in
 	// AerynOS is a few MB.
-	MaxRecordsPayload = 256 << 20
+	MaxRecordsPayload = 64 << 20
+	// MaxMetaRecords and MaxRecords cap the record count of one Meta payload
+	// and of any other payload, so that parsed records (larger in memory
+	// than on disk) stay within a few hundred MB.
+	MaxMetaRecords = 1 << 16
+	MaxRecords     = 1 << 21
 	// maxWindow is the largest zstd window moss's encoder uses (window log 31).
 	maxWindow = 1 << 31
 )
@@ -283,6 +288,13 @@ func (p *Package) readPayload(h *PayloadHeader) error {
 		if p.Index != nil {
 			return p.errorf(h.Offset, "a second Index payload")
 		}
+	}
+	limit := uint32(MaxRecords)
+	if h.Kind == KindMeta {
+		limit = MaxMetaRecords
+	}
+	if h.NumRecords > limit {
+		return p.errorf(h.Offset, "%s payload: %d records, over the limit of %d", h.Kind, h.NumRecords, limit)
 	}
 	body, err := p.decodeRecords(h)
 	if err != nil {
