@@ -319,8 +319,9 @@ var stateRemoveCmd = &cobra.Command{
 	Use:   "remove TX|A-B...",
 	Short: "Remove transactions (ids and ranges, e.g. 2 5-14 17), then collect garbage",
 	Long: `Remove deletes the given transactions (ids and inclusive ranges), then runs
-gc unless --no-gc. Removing the active or a mounted transaction is refused
-without --force; a removal refused in part removes nothing.`,
+gc unless --no-gc. Removing the active, a mounted
+or a pinned transaction is refused without --force; a removal refused in
+part removes nothing. Ranges skip ids that no longer exist.`,
 	Args: cobra.MinimumNArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		ids, err := state.ParseIDs(args)
@@ -331,7 +332,7 @@ without --force; a removal refused in part removes nothing.`,
 		if err != nil {
 			return err
 		}
-		// Ranges may span ids that no longer exist: remove those that do.
+		// Ids given one by one must exist; ranges may span removed ones.
 		existing, err := s.IDs()
 		if err != nil {
 			return err
@@ -340,12 +341,17 @@ without --force; a removal refused in part removes nothing.`,
 		for _, id := range existing {
 			have[id] = true
 		}
+		for _, a := range args {
+			for _, f := range strings.FieldsFunc(a, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' }) {
+				if id, err := strconv.ParseUint(f, 10, 64); err == nil && !have[id] {
+					return fmt.Errorf("remove: transaction %d: %w", id, state.ErrNotFound)
+				}
+			}
+		}
 		var todo []uint64
 		for _, id := range ids {
 			if have[id] {
 				todo = append(todo, id)
-			} else if !strings.Contains(strings.Join(args, " "), "-") {
-				return fmt.Errorf("remove: transaction %d: %w", id, state.ErrNotFound)
 			}
 		}
 		return removeAndCollect(s, todo)

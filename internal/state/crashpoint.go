@@ -23,7 +23,7 @@ const (
 	CPRemoveUnpublish  = "remove-after-unpublish"     // metadata gone, inputs still there
 	CPGCImages         = "gc-after-images"            // unreferenced images removed
 	CPGCSweep          = "gc-mid-sweep"               // some unreferenced objects removed
-	CPVerifyQuarantine = "verify-mid-quarantine"      // a bad object moved, report pending
+	CPVerifyQuarantine = "verify-after-quarantine"    // bad objects moved, report pending
 )
 
 var crashPoints = parseCrashPoints(os.Getenv(CrashPointEnv))

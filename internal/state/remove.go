@@ -27,7 +27,7 @@ func (e *ProtectedError) Error() string {
 }
 
 // Protected returns the transactions that must not be removed without
-// force, and why: the active one and every mounted one.
+// force, and why: the active one, every mounted one and pinned ones.
 func (s *State) Protected() (map[uint64]string, error) {
 	why := map[uint64]string{}
 	active, err := s.Active()
@@ -36,6 +36,13 @@ func (s *State) Protected() (map[uint64]string, error) {
 	}
 	if active != 0 {
 		why[active] = "active"
+	}
+	pinned, _, err := s.Pins()
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range pinned {
+		why[id] = "pinned"
 	}
 	mounts, err := s.Mounts()
 	if err != nil {
@@ -108,7 +115,7 @@ func (s *State) Remove(ids []uint64, force bool) error {
 }
 
 // PruneCandidates returns the transactions prune --keep keep would remove:
-// all but the keep newest, never the active or a mounted one.
+// all but the keep newest, never the active, a mounted or a pinned one.
 func (s *State) PruneCandidates(keep int) ([]uint64, error) {
 	ids, err := s.IDs()
 	if err != nil {

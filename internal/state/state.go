@@ -14,8 +14,7 @@
 //	active                      the active transaction id (decimal)
 //	mounts/<name>.json          mount records, written by the mount helper
 //	pins/<name>                 gc roots: a transaction id or sha256:<image hex>
-//	quarantine/                 images that failed verification (bad objects go
-//	                            to the store's own cas/quarantine/)
+//	known-content/              stone importer's XXH3-128 → fs-verity digest index
 //
 // A transaction's image is a /usr tree: its root is mounted at /usr, so a
 // stone's paths (relative to /usr) sit at the image root. Every image holds a
@@ -83,7 +82,7 @@ func Open(root string) (*State, error) {
 			filepath.Join(root, "state.json"), f.Format, f.Version, formatName, FormatVersion)
 	}
 	s := &State{root: root}
-	for _, d := range []string{"images", "transactions", "mounts", "pins", "quarantine"} {
+	for _, d := range []string{"images", "transactions", "mounts", "pins"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return nil, fmt.Errorf("open state: %w", err)
 		}
@@ -110,7 +109,7 @@ func Create(root string) (*State, error) {
 			return nil, fmt.Errorf("create state %s: %w", root, err)
 		}
 	}
-	for _, d := range []string{"images", "transactions", "mounts", "pins", "quarantine"} {
+	for _, d := range []string{"images", "transactions", "mounts", "pins"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return nil, fmt.Errorf("create state: %w", err)
 		}
