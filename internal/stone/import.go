@@ -252,7 +252,7 @@ func (p *Package) Tree(digests map[XXH128][32]byte) (*tree.Node, error) {
 	dirOf = func(dir string) (*tree.Node, error) {
 		if n := nodes[dir]; n != nil {
 			if n.Mode&tree.TypeMask != tree.TypeDir {
-				return nil, p.errorf(-1, "layout: %s is a %s, not a directory, but has entries below it", dir, tree.ModeToFileMode(n.Mode).Type())
+				return nil, p.errorf(-1, "layout: %s is not a directory (mode %o) but has entries below it", dir, n.Mode)
 			}
 			return n, nil
 		}
