@@ -1,6 +1,7 @@
 package erofs
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -636,38 +637,60 @@ func (img *Image) readDirRaw(ino *Inode) ([]rawDirent, error) {
 
 var errNotDir = errors.New("not a directory")
 
-// parseDirBlock appends the entries of one directory block: all records
-// first, then the names; a name runs to the next record's nameoff, the last
-// to a NUL or the block end.
-func (img *Image) parseDirBlock(nid uint64, blk []byte, out []rawDirent) ([]rawDirent, error) {
+// dirBlock is one directory block: all records first, then the names; a
+// name runs to the next record's nameoff, the last one to a NUL or the block
+// end.
+type dirBlock struct {
+	blk []byte
+	n   int
+}
+
+func (img *Image) dirBlock(nid uint64, blk []byte) (dirBlock, error) {
 	if len(blk) < DirentSize {
-		return nil, img.corruptf("directory %d: %d-byte block cannot hold a dirent", nid, len(blk))
+		return dirBlock{}, img.corruptf("directory %d: %d-byte block cannot hold a dirent", nid, len(blk))
 	}
 	first := int(le.Uint16(blk[8:]))
 	if first < DirentSize || first%DirentSize != 0 || first > len(blk) {
-		return nil, img.corruptf("directory %d: bad first name offset %d in a %d-byte block", nid, first, len(blk))
+		return dirBlock{}, img.corruptf("directory %d: bad first name offset %d in a %d-byte block", nid, first, len(blk))
 	}
-	n := first / DirentSize
-	for i := range n {
-		r := blk[i*DirentSize:]
-		start := int(le.Uint16(r[8:]))
-		end := len(blk)
-		if i+1 < n {
-			end = int(le.Uint16(blk[(i+1)*DirentSize+8:]))
+	return dirBlock{blk: blk, n: first / DirentSize}, nil
+}
+
+// entry decodes record i, checking its name.
+func (d dirBlock) entry(img *Image, nid uint64, i int) (name []byte, child uint64, ftype uint8, err error) {
+	r := d.blk[i*DirentSize:]
+	start := int(le.Uint16(r[8:]))
+	end := len(d.blk)
+	if i+1 < d.n {
+		end = int(le.Uint16(d.blk[(i+1)*DirentSize+8:]))
+	}
+	if start < d.n*DirentSize || end > len(d.blk) || start >= end {
+		return nil, 0, 0, img.corruptf("directory %d: bad name offsets %d..%d in dirent %d", nid, start, end, i)
+	}
+	name = d.blk[start:end]
+	if i+1 == d.n {
+		if z := bytes.IndexByte(name, 0); z >= 0 {
+			name = name[:z]
 		}
-		if start < first || end > len(blk) || start >= end {
-			return nil, img.corruptf("directory %d: bad name offsets %d..%d in dirent %d", nid, start, end, i)
+	}
+	if len(name) == 0 || len(name) > readMaxNameLen || bytes.IndexByte(name, '/') >= 0 || bytes.IndexByte(name, 0) >= 0 {
+		return nil, 0, 0, img.corruptf("directory %d: invalid entry name %q", nid, name)
+	}
+	return name, le.Uint64(r[0:]), r[10], nil
+}
+
+// parseDirBlock appends the entries of one directory block.
+func (img *Image) parseDirBlock(nid uint64, blk []byte, out []rawDirent) ([]rawDirent, error) {
+	d, err := img.dirBlock(nid, blk)
+	if err != nil {
+		return nil, err
+	}
+	for i := range d.n {
+		name, child, ftype, err := d.entry(img, nid, i)
+		if err != nil {
+			return nil, err
 		}
-		name := blk[start:end]
-		if i+1 == n {
-			if z := slices.Index(name, 0); z >= 0 {
-				name = name[:z]
-			}
-		}
-		if len(name) == 0 || len(name) > readMaxNameLen || slices.Contains(name, '/') || slices.Contains(name, 0) {
-			return nil, img.corruptf("directory %d: invalid entry name %q", nid, name)
-		}
-		out = append(out, rawDirent{name: string(name), nid: le.Uint64(r[0:]), ftype: r[10]})
+		out = append(out, rawDirent{name: string(name), nid: child, ftype: ftype})
 	}
 	return out, nil
 }
@@ -768,6 +791,12 @@ func (img *Image) lookup(dir *Inode, name string) (*Inode, error) {
 		return nil, fmt.Errorf("lookup %q: %w", name, fs.ErrNotExist)
 	}
 	if c.Mode&tree.TypeMask == tree.TypeDir {
+		// With the root and the directory itself excluded, a cycle can only
+		// be entered from outside, through a directory that then has two
+		// parents: its ".." rejects one of them.
+		if c.Nid == dir.Nid || c.Nid == img.RootNid() {
+			return nil, img.corruptf("directory %d (%q in directory %d) is its own ancestor: directory cycle", c.Nid, name, dir.Nid)
+		}
 		up, ok, err := img.findEntry(c, "..")
 		if err != nil {
 			return nil, err
@@ -794,7 +823,7 @@ func (img *Image) findEntry(dir *Inode, name string) (uint64, bool, error) {
 	if tailLen > 0 {
 		nblocks++
 	}
-	block := func(i int64) ([]rawDirent, error) {
+	block := func(i int64) (dirBlock, error) {
 		var blk []byte
 		var err error
 		if i*BlockSize < blocksLen {
@@ -803,18 +832,23 @@ func (img *Image) findEntry(dir *Inode, name string) (uint64, bool, error) {
 			blk, err = img.src.read(dir.tailOff, int(tailLen))
 		}
 		if err != nil {
-			return nil, err
+			return dirBlock{}, err
 		}
-		return img.parseDirBlock(dir.Nid, blk, nil)
+		return img.dirBlock(dir.Nid, blk)
 	}
+	key := []byte(name)
 	lo, hi := int64(0), nblocks // find the first block whose first name > name
 	for lo < hi {
 		mid := (lo + hi) / 2
-		ents, err := block(mid)
+		d, err := block(mid)
 		if err != nil {
 			return 0, false, err
 		}
-		if ents[0].name <= name {
+		first, _, _, err := d.entry(img, dir.Nid, 0)
+		if err != nil {
+			return 0, false, err
+		}
+		if bytes.Compare(first, key) <= 0 {
 			lo = mid + 1
 		} else {
 			hi = mid
@@ -823,15 +857,27 @@ func (img *Image) findEntry(dir *Inode, name string) (uint64, bool, error) {
 	if lo == 0 {
 		return 0, false, nil
 	}
-	ents, err := block(lo - 1)
+	d, err := block(lo - 1)
 	if err != nil {
 		return 0, false, err
 	}
-	i, ok := slices.BinarySearchFunc(ents, name, func(d rawDirent, s string) int { return strings.Compare(d.name, s) })
-	if !ok {
-		return 0, false, nil
+	l, h := 0, d.n
+	for l < h {
+		m := (l + h) / 2
+		ename, child, _, err := d.entry(img, dir.Nid, m)
+		if err != nil {
+			return 0, false, err
+		}
+		switch c := bytes.Compare(ename, key); {
+		case c == 0:
+			return child, true, nil
+		case c < 0:
+			l = m + 1
+		default:
+			h = m
+		}
 	}
-	return ents[i].nid, true, nil
+	return 0, false, nil
 }
 
 // clampSize converts a u64 size for fs.FileInfo.

@@ -46,7 +46,7 @@ func (img *Image) tree(dumpOrder bool) (*tree.Node, map[*tree.Node][]tree.Xattr,
 		return nil, nil, err
 	}
 	if skip || root.Mode&tree.TypeMask != tree.TypeDir {
-		return nil, nil, img.corruptf("root inode %d is not a directory (mode %#o)", img.RootNid(), root.Mode)
+		return nil, nil, img.corruptf("root inode %d is not a directory", img.RootNid())
 	}
 	return root, b.order, nil
 }
