@@ -24,8 +24,9 @@ type Result struct {
 	// Plain is set when nothing was mounted at the target, so the new
 	// mount was attached there directly.
 	Plain bool
-	// Old is the mount that was replaced (zero when Plain).
-	Old MountEntry
+	// OldMountID is the mount id (as in mountinfo) of the top that was
+	// replaced (0 when Plain).
+	OldMountID uint64
 }
 
 // Step names for the test hook, in the order Switch takes them.
@@ -73,7 +74,7 @@ func Switch(mntFd int, target string) (Result, error) {
 	if !st.IsDir() {
 		return res, fmt.Errorf("switch %s: target is not a directory", target)
 	}
-	old, _ := topMount(target)
+	oldID, _ := mountID(target)
 
 	if err := hook(stepBeneath); err != nil {
 		return res, fmt.Errorf("switch %s: %w", target, err)
@@ -98,7 +99,7 @@ func Switch(mntFd int, target string) (Result, error) {
 		}
 		return res, diagnose(target, err)
 	}
-	res.Old = old
+	res.OldMountID = oldID
 
 	// Hold the old top while detaching it, so that tearing it down (the
 	// last mntput: superblocks, loop device) is not part of the switch but
@@ -137,25 +138,34 @@ func isMountRoot(path string) (bool, error) {
 	return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, nil
 }
 
-// topMount returns the mountinfo entry of the mount on top at path.
-func topMount(path string) (MountEntry, error) {
+// mountID returns the id of the mount on top at path (one statx).
+func mountID(path string) (uint64, error) {
 	var stx unix.Statx_t
 	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_MNT_ID, &stx); err != nil {
-		return MountEntry{}, fmt.Errorf("statx %s: %w", path, err)
+		return 0, fmt.Errorf("statx %s: %w", path, err)
 	}
 	if stx.Mask&unix.STATX_MNT_ID == 0 {
-		return MountEntry{}, fmt.Errorf("statx %s: no mount id", path)
+		return 0, fmt.Errorf("statx %s: no mount id", path)
+	}
+	return stx.Mnt_id, nil
+}
+
+// topMount returns the mountinfo entry of the mount on top at path.
+func topMount(path string) (MountEntry, error) {
+	id, err := mountID(path)
+	if err != nil {
+		return MountEntry{}, err
 	}
 	mounts, err := ReadMountInfo()
 	if err != nil {
 		return MountEntry{}, err
 	}
 	for _, m := range mounts {
-		if uint64(m.ID) == stx.Mnt_id {
+		if uint64(m.ID) == id {
 			return m, nil
 		}
 	}
-	return MountEntry{}, fmt.Errorf("mount %d of %s not in /proc/self/mountinfo", stx.Mnt_id, path)
+	return MountEntry{}, fmt.Errorf("mount %d of %s not in /proc/self/mountinfo", id, path)
 }
 
 // diagnose explains an EINVAL from move_mount beneath a mounted target.

@@ -96,6 +96,7 @@ func TestSwitchNothingMountedIsPlainMount(t *testing.T) {
 func TestSwitchReplacesWithoutPilingUp(t *testing.T) {
 	target := scratch(t)
 	const n = 200
+	var prevID int
 	for i := range n {
 		fd := detachedTmpfs(t, fmt.Sprint(i))
 		res, err := Switch(fd, target)
@@ -106,9 +107,14 @@ func TestSwitchReplacesWithoutPilingUp(t *testing.T) {
 		if res.Plain != (i == 0) {
 			t.Fatalf("switch %d: Plain = %v", i, res.Plain)
 		}
-		if i > 0 && res.Old.Source != "mounttuck-test" {
-			t.Fatalf("switch %d: old mount %+v", i, res.Old)
+		if i > 0 && res.OldMountID != uint64(prevID) {
+			t.Fatalf("switch %d: replaced mount %d, want %d", i, res.OldMountID, prevID)
 		}
+		m := mountsAt(t, target)
+		if len(m) != 1 {
+			t.Fatalf("switch %d: %d mounts at target", i, len(m))
+		}
+		prevID = m[0].ID
 		if got := readMarker(t, target); got != fmt.Sprint(i) {
 			t.Fatalf("switch %d: marker %q", i, got)
 		}
