@@ -178,3 +178,48 @@ func appendOptional(b []byte, s string) []byte {
 	}
 	return appendEscaped(b, s, escapeLoneDash)
 }
+
+// WriteListing prints the tree as composefs-info ls does: every path below
+// the root in depth-first order, directories followed by "/\t", symlinks by
+// "\t-> TARGET", external files by "\t@ PAYLOAD"; a hardlink is its bare
+// path. Paths keep spaces unescaped.
+func WriteListing(w io.Writer, root *tree.Node) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	var b []byte
+	var walk func(n *tree.Node, path string)
+	walk = func(n *tree.Node, path string) {
+		children := n.Children
+		if !slices.IsSortedFunc(children, byName) {
+			children = slices.Clone(children)
+			slices.SortStableFunc(children, byName)
+		}
+		for _, c := range children {
+			p := path + "/" + c.Name
+			b = appendEscaped(b[:0], p, noEscapeSpace)
+			if c.LinkTo == nil {
+				switch c.Mode & tree.TypeMask {
+				case tree.TypeDir:
+					b = append(b, "/\t"...)
+				case tree.TypeLink:
+					b = append(b, "\t-> "...)
+					b = appendEscaped(b, c.Target, 0)
+				case tree.TypeReg:
+					if c.Payload != "" {
+						b = append(b, "\t@ "...)
+						b = appendEscaped(b, c.Payload, 0)
+					}
+				}
+			}
+			b = append(b, '\n')
+			bw.Write(b)
+			if c.LinkTo == nil {
+				walk(c, p)
+			}
+		}
+	}
+	walk(root, "")
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("writing listing: %w", err)
+	}
+	return nil
+}

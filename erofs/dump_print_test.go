@@ -142,3 +142,22 @@ func TestDumpEscaping(t *testing.T) {
 		t.Error("WriteDump reordered its input")
 	}
 }
+
+func TestWriteListing(t *testing.T) {
+	root := tree.NewDir("", 0o755)
+	d := tree.NewDir("a dir", 0o755)
+	root.AddChild(d)
+	f := &tree.Node{Name: "f", Mode: tree.TypeReg | 0o644, Size: 3, Payload: "ab/cd"}
+	d.AddChild(f)
+	d.AddChild(&tree.Node{Name: "l", Mode: tree.TypeLink | 0o777, Target: "x\ty"})
+	root.AddChild(&tree.Node{Name: "h\n", LinkTo: f})
+	root.AddChild(&tree.Node{Name: "in", Mode: tree.TypeReg | 0o644, Size: 1, Content: []byte("x")})
+	var b bytes.Buffer
+	if err := WriteListing(&b, root); err != nil {
+		t.Fatal(err)
+	}
+	want := "/a dir/\t\n/a dir/f\t@ ab/cd\n/a dir/l\t-> x\\ty\n/h\\n\n/in\n"
+	if b.String() != want {
+		t.Errorf("listing %q, want %q", b.String(), want)
+	}
+}
