@@ -3,11 +3,14 @@ package overlay
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/mounttuck"
 	"github.com/mossfs/mossfs/overlay/overlaytest"
@@ -315,4 +318,30 @@ func TestCompareDetectsDifferences(t *testing.T) {
 	if len(r.failed) != 0 {
 		t.Fatal("Compare of A against itself failed")
 	}
+}
+
+// TestMountGeneratedTree mounts a generated tree (gentree.Tiny, real
+// objects) and compares every entry.
+func TestMountGeneratedTree(t *testing.T) {
+	testenv.RequireMountNS(t)
+	dir := t.TempDir()
+	tx := &overlaytest.Tx{Objects: overlaytest.Objects{}}
+	tx.Root = gentree.TreeWithDigests(gentree.Tiny, func(f gentree.File) [32]byte {
+		c := gentree.Content(f)
+		d := fsverity.Sum(c)
+		tx.Objects[fmt.Sprintf("%x/%x", d[:1], d[1:])] = c
+		return d
+	})
+	objects := filepath.Join(dir, "objects")
+	tx.WriteObjects(t, objects)
+	img := filepath.Join(dir, "image")
+	if err := os.WriteFile(img, overlaytest.Image(t, tx.Root), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fd, _, err := Mount(Options{Image: img, ObjectsDir: objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	overlaytest.Compare(t, attach(t, fd), tx)
 }
