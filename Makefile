@@ -47,3 +47,10 @@ kvmtest: deps build
 
 clean:
 	rm -rf $(BIN)
+
+# Boot a VM (Debian 6.12 kernel, QEMU) into a composed transaction: compose,
+# sign and write BLS entries in one boot, then boot the default entry's
+# command line through mossfs boot and switch_root, printing what it mounted.
+.PHONY: demo-boot
+demo-boot: deps build
+	$(GO) run ./kvmtests/cmd/demoboot
