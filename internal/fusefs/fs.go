@@ -1,7 +1,9 @@
 package fusefs
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"io"
 	"log"
 	"os"
@@ -227,6 +229,12 @@ func (f *fileSystem) fillEntry(g *generation, in *Inode, out *fuse.EntryOut) {
 	g.refs.Add(1)
 }
 
+// dataless reports an external regular file without an object path: a
+// metacopy file whose data the overlay cannot find.
+func dataless(in *Inode) bool {
+	return in.Mode&tree.TypeMask == tree.TypeReg && in.Size > 0 && !in.HasInline && in.Payload == ""
+}
+
 func findDirent(ents []Dirent, name string) (Dirent, bool) {
 	i, ok := slices.BinarySearchFunc(ents, name, func(e Dirent, s string) int { return strings.Compare(e.Name, s) })
 	if !ok {
@@ -262,6 +270,11 @@ func (f *fileSystem) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name strin
 	}
 	if in.Nid != e.Nid {
 		f.logger.Printf("%s: inode %d says it is %d", g.image, e.Nid, in.Nid)
+		return fuse.EIO
+	}
+	if dataless(in) {
+		// The overlay refuses the lookup of a metacopy file that has no
+		// redirect ("metacopy with no lower data found").
 		return fuse.EIO
 	}
 	f.fillEntry(g, in, out)
@@ -439,7 +452,7 @@ func (f *fileSystem) readDir(input *fuse.ReadIn, out *fuse.DirEntryList, plus bo
 			continue // the kernel never instantiates . and ..
 		}
 		in, st := g.inode(f, e.Nid)
-		if !st.Ok() || in.Nid != e.Nid || in.Mode&tree.TypeMask != e.Type {
+		if !st.Ok() || in.Nid != e.Nid || in.Mode&tree.TypeMask != e.Type || dataless(in) {
 			// Leave NodeId 0: the kernel looks the name up itself, and
 			// the lookup reports the error.
 			continue
@@ -478,6 +491,11 @@ func (f *fileSystem) Open(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.
 		file, err := f.openObject(g, in)
 		if err != nil {
 			f.logger.Printf("%v", err)
+			// A missing object is ENOENT, as on the overlay; anything else
+			// (a digest mismatch above all) is EIO.
+			if errors.Is(err, fs.ErrNotExist) {
+				return fuse.ENOENT
+			}
 			return fuse.EIO
 		}
 		h.file = file

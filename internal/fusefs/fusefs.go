@@ -220,6 +220,7 @@ func (s *Server) mountAsRoot(opts Options, mo *fuse.MountOptions) (err error) {
 	}
 	s.srv = srv
 	go s.serve()
+	pollHack(mntFd)
 	var st unix.Stat_t
 	if err := unix.Fstat(mntFd, &st); err != nil {
 		return fmt.Errorf("fuse mount: %w", err)
@@ -470,3 +471,19 @@ func openGeneration(image, objects string, src Source) (*generation, error) {
 
 // moveMountBeneath is MOVE_MOUNT_BENEATH (Linux 6.5), missing from x/sys.
 const moveMountBeneath = 0x200
+
+// pollHack makes the kernel learn that this file system does not support
+// poll, before anyone uses it. Go registers every file it opens with epoll
+// from inside the runtime; on a FUSE file that sends a POLL request, and a
+// process serving its own mount then deadlocks the garbage collector
+// against that request. go-fuse answers POLL on its magic file with ENOSYS,
+// after which the kernel stops asking (what go-fuse's WaitMount does for
+// mounts it makes itself).
+func pollHack(mntFd int) {
+	fd, err := unix.Openat(mntFd, ".go-fuse-epoll-hack", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	unix.Close(fd)
+}
