@@ -3,8 +3,8 @@ package fusefs
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"io"
+	"io/fs"
 	"log"
 	"os"
 	"path/filepath"
