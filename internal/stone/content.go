@@ -58,7 +58,7 @@ func (p *Package) OpenContent() (io.ReadCloser, error) {
 	if h.Compression == CompressionNone {
 		return &contentReader{p: p, r: sec, left: h.PlainSize}, nil
 	}
-	dec, err := getDecoder(sec)
+	dec, err := getDecoder(sec, h.PlainSize)
 	if err != nil {
 		return nil, fmt.Errorf("stone %s: zstd: %w", p.Name, err)
 	}
@@ -108,7 +108,7 @@ func (c *contentReader) Read(b []byte) (int, error) {
 
 func (c *contentReader) Close() error {
 	if c.dec != nil {
-		putDecoder(c.dec)
+		putDecoder(c.dec, c.p.content.PlainSize)
 		c.dec = nil
 	}
 	return nil

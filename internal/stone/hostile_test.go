@@ -21,6 +21,7 @@ type testPayload struct {
 	compression Compression
 	records     uint32
 	plain       []byte
+	stored      []byte // if set, the stored body as is (plain is then only its size)
 }
 
 // buildStone writes a stone with correct checksums and sizes.
@@ -34,7 +35,9 @@ func buildStone(t testing.TB, ft FileType, payloads ...testPayload) []byte {
 	binary.Write(&out, binary.BigEndian, uint32(1))
 	for _, p := range payloads {
 		stored := p.plain
-		if p.compression == CompressionZstd {
+		if p.stored != nil {
+			stored = p.stored
+		} else if p.compression == CompressionZstd {
 			enc, err := zstd.NewWriter(nil)
 			if err != nil {
 				t.Fatal(err)
@@ -74,7 +77,7 @@ func metaPayload(recs ...metaRec) testPayload {
 		b = append(b, byte(r.kind), 0)
 		b = append(b, r.val...)
 	}
-	return testPayload{KindMeta, CompressionZstd, uint32(len(recs)), b}
+	return testPayload{kind: KindMeta, compression: CompressionZstd, records: uint32(len(recs)), plain: b}
 }
 
 func basicMeta() testPayload {
@@ -105,7 +108,7 @@ func layoutPayload(entries ...LayoutEntry) testPayload {
 		b = append(b, src...)
 		b = append(b, e.Target...)
 	}
-	return testPayload{KindLayout, CompressionZstd, uint32(len(entries)), b}
+	return testPayload{kind: KindLayout, compression: CompressionZstd, records: uint32(len(entries)), plain: b}
 }
 
 func indexPayload(entries ...IndexEntry) testPayload {
@@ -115,7 +118,7 @@ func indexPayload(entries ...IndexEntry) testPayload {
 		b = binary.BigEndian.AppendUint64(b, e.End)
 		b = append(b, e.Digest[:]...)
 	}
-	return testPayload{KindIndex, CompressionZstd, uint32(len(entries)), b}
+	return testPayload{kind: KindIndex, compression: CompressionZstd, records: uint32(len(entries)), plain: b}
 }
 
 func digestOf(s string) XXH128 { return XXH128(xxh3.HashString128(s).Bytes()) }
@@ -131,7 +134,7 @@ func synthetic() (meta, layout, index, content testPayload) {
 		layoutPayload(reg("bin/a", a), reg("share/b", b),
 			LayoutEntry{Mode: 0o120777, Type: LayoutSymlink, Source: "../bin/a", Target: "lib/a"}),
 		indexPayload(IndexEntry{0, uint64(len(a)), digestOf(a)}, IndexEntry{uint64(len(a)), uint64(len(a) + len(b)), digestOf(b)}),
-		testPayload{KindContent, CompressionZstd, 0, []byte(a + b)}
+		testPayload{kind: KindContent, compression: CompressionZstd, plain: []byte(a + b)}
 }
 
 func writeTemp(t *testing.T, data []byte) string {
@@ -216,7 +219,7 @@ func TestHostile(t *testing.T) {
 		{"numeric length", []testPayload{metaPayload(metaRec{TagRelease, MetaUint64, []byte{1, 2}}), l, i, c}, "Uint64 value of 2 bytes"},
 		{"bad utf-8", []testPayload{metaPayload(str(TagName, "\xff\xfe")), l, i, c}, "not UTF-8"},
 		{"dependency without kind", []testPayload{metaPayload(metaRec{TagDepends, MetaDependency, nil}), l, i, c}, "empty Dependency"},
-		{"content shorter than header", []testPayload{m, l, i, testPayload{KindContent, CompressionZstd, 0, []byte(a)}}, "beyond the"},
+		{"content shorter than header", []testPayload{m, l, i, testPayload{kind: KindContent, compression: CompressionZstd, plain: []byte(a)}}, "beyond the"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -238,6 +241,37 @@ func TestHostile(t *testing.T) {
 }
 
 // TestCorruptedStones flips, truncates and inflates the shipped stones.
+// bigWindowFrame is a zstd frame holding data in one raw block whose header
+// claims a 2 GiB window.
+func bigWindowFrame(data []byte) []byte {
+	f := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 21 << 3} // no FCS; window 2^(10+21)
+	bh := 1 | len(data)<<3                             // last block, raw
+	f = append(f, byte(bh), byte(bh>>8), byte(bh>>16))
+	return append(f, data...)
+}
+
+// TestHugeWindow: a tiny frame claiming a 2 GiB window is refused (the
+// decoder would allocate the window up front), in records and in content.
+func TestHugeWindow(t *testing.T) {
+	m, l, i, c := synthetic()
+	// A sane window (the same frame claiming 1 KiB) decodes.
+	small := append([]byte(nil), bigWindowFrame(c.plain)...)
+	small[5] = 0
+	ok := testPayload{KindContent, CompressionZstd, 0, c.plain, small}
+	if err := importErr(t, buildStone(t, FileBinary, m, l, i, ok)); err != nil {
+		t.Fatalf("hand-made frame with a small window: %v", err)
+	}
+	big := testPayload{KindContent, CompressionZstd, 0, c.plain, bigWindowFrame(c.plain)}
+	if err := importErr(t, buildStone(t, FileBinary, m, l, i, big)); err == nil || !strings.Contains(err.Error(), "Content payload: zstd") {
+		t.Errorf("content with a 2 GiB window: %v", err)
+	}
+	bigLayout := l
+	bigLayout.stored = bigWindowFrame(l.plain)
+	if err := importErr(t, buildStone(t, FileBinary, m, bigLayout, i, c)); err == nil || !strings.Contains(err.Error(), "Layout payload: zstd") {
+		t.Errorf("layout with a 2 GiB window: %v", err)
+	}
+}
+
 func TestCorruptedStones(t *testing.T) {
 	orig := readStone(t, "bash-completion-2.11-1-1-x86_64.stone")
 	mutate := func(f func(d []byte) []byte) []byte { return f(bytes.Clone(orig)) }

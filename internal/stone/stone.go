@@ -339,11 +339,11 @@ func (p *Package) decodeRecords(h *PayloadHeader) ([]byte, error) {
 	if h.Compression == CompressionNone {
 		return stored, nil
 	}
-	dec, err := getDecoder(bytes.NewReader(stored))
+	dec, err := getDecoder(bytes.NewReader(stored), h.PlainSize)
 	if err != nil {
 		return nil, fmt.Errorf("stone %s: zstd: %w", p.Name, err)
 	}
-	defer putDecoder(dec)
+	defer putDecoder(dec, h.PlainSize)
 	// Grow with the data actually decoded, never by the claimed size alone.
 	buf := bytes.NewBuffer(make([]byte, 0, min(h.PlainSize, 4<<20)))
 	n, err := io.Copy(buf, io.LimitReader(dec, int64(h.PlainSize)+1))
@@ -356,10 +356,8 @@ func (p *Package) decodeRecords(h *PayloadHeader) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// decoders are reused: a new decoder allocates and clears its window
-// buffers, which costs more than decoding a small payload. Windows up to
-// 2 GiB are accepted (moss uses window log 31); the history buffer grows
-// with the data actually decoded, which the callers cap.
+// decoders are reused: a new decoder allocates its tables and buffers,
+// which costs more than decoding a small payload.
 var decoders = sync.Pool{New: func() any {
 	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderMaxMemory(maxWindow))
@@ -369,20 +367,34 @@ var decoders = sync.Pool{New: func() any {
 	return d
 }}
 
-func getDecoder(r io.Reader) (*zstd.Decoder, error) {
+// windowFor is the largest zstd window accepted for a payload of plain
+// bytes. The decoder allocates the whole window up front, so a tiny frame
+// must not be allowed to claim 2 GiB. moss's encoder pledges the source
+// size, so its window is at most the next power of two above it; 8 MiB is
+// zstd's default window at moss's level (18) when nothing is pledged.
+func windowFor(plain uint64) uint64 {
+	return min(maxWindow, max(2*plain, 8<<20))
+}
+
+func getDecoder(r io.Reader, plain uint64) (*zstd.Decoder, error) {
 	switch d := decoders.Get().(type) {
 	case *zstd.Decoder:
-		return d, d.Reset(r)
+		w := windowFor(plain)
+		return d, d.ResetWithOptions(r, zstd.WithDecoderMaxWindow(w), zstd.WithDecoderMaxMemory(w))
 	case error:
 		return nil, d
 	}
 	panic("unreachable")
 }
 
-func putDecoder(d *zstd.Decoder) {
-	if d.Reset(nil) == nil {
+// putDecoder returns a decoder to the pool, unless it decoded a payload so
+// large that its window buffer should rather be freed.
+func putDecoder(d *zstd.Decoder, plain uint64) {
+	if plain <= 64<<20 && d.Reset(nil) == nil {
 		decoders.Put(d)
+		return
 	}
+	d.Close()
 }
 
 func moreThan(n int64, limit uint64) string {
