@@ -1,0 +1,58 @@
+package main
+
+import (
+	"os"
+	"testing"
+
+	"github.com/mossfs/mossfs/internal/mountrec"
+	"github.com/mossfs/mossfs/internal/testenv"
+	"github.com/mossfs/mossfs/overlay/overlaytest"
+	"golang.org/x/sys/unix"
+)
+
+// TestMountCommandFUSEDriver mounts, switches and unmounts through the FUSE
+// driver (whose daemon is this test binary acting as mossfs).
+func TestMountCommandFUSEDriver(t *testing.T) {
+	testenv.RequireMountNS(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no FUSE: %v", err)
+	}
+	t.Setenv(asMossfsEnv, "1")
+	s := newStateRoot(t)
+	target := scratchTarget(t)
+	// A daemon serves until its mount goes; make sure it goes.
+	t.Cleanup(func() {
+		for range 4 {
+			unix.Unmount(target, unix.MNT_DETACH)
+		}
+	})
+
+	mustRun(t, "mount", "--root", s.root, "--driver", "fuse", "1", target)
+	overlaytest.Compare(t, target, s.txs[1])
+	rec, ok, err := mountrec.Get(s.root, target)
+	if err != nil || !ok || rec.Tx != 1 || rec.Driver != "fuse" {
+		t.Fatalf("record %+v %v %v", rec, ok, err)
+	}
+	rep := status(t, s.root)
+	if len(rep.Mounts) != 1 || rep.Mounts[0].Driver != "fuse" || !rep.Mounts[0].Mounted {
+		t.Fatalf("status: %+v", rep)
+	}
+
+	// Switch the FUSE mount to another transaction, then to the overlay.
+	mustRun(t, "switch", "--root", s.root, "--target", target, "--driver", "fuse", "2")
+	overlaytest.Compare(t, target, s.txs[2])
+	if n := mountCount(t, target); n != 1 {
+		t.Fatalf("%d mounts at target after a FUSE switch", n)
+	}
+	mustRun(t, "switch", "--root", s.root, "--target", target, "--driver", "overlay", "3")
+	overlaytest.Compare(t, target, s.txs[3])
+	if n := mountCount(t, target); n != 1 {
+		t.Fatalf("%d mounts at target after switching FUSE → overlay", n)
+	}
+	mustRun(t, "switch", "--root", s.root, "--target", target, "--driver", "fuse", "1")
+	overlaytest.Compare(t, target, s.txs[1])
+	mustRun(t, "umount", "--root", s.root, target)
+	if n := mountCount(t, target); n != 0 {
+		t.Fatalf("%d mounts left after umount", n)
+	}
+}
