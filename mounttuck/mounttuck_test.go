@@ -304,3 +304,38 @@ func TestDiagnoseInitramfs(t *testing.T) {
 		t.Errorf("/mnt/t: %v", err)
 	}
 }
+
+// TestSwitchUnderSharedParent is the systemd layout: / is shared, so the
+// mount at the target propagates to the parent's peers (here a bind of the
+// parent elsewhere). Switching must work there too, reach the peer, and
+// leave exactly one mount at the target in both places.
+func TestSwitchUnderSharedParent(t *testing.T) {
+	target := scratch(t)
+	parent := filepath.Dir(target)
+	if err := unix.Mount("", parent, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	peer := filepath.Join(t.TempDir(), "peer")
+	os.Mkdir(peer, 0o755)
+	if err := unix.Mount(parent, peer, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(peer, unix.MNT_DETACH)
+	peerTarget := filepath.Join(peer, filepath.Base(target))
+	for i := range 20 {
+		fd := detachedTmpfs(t, fmt.Sprint(i))
+		_, err := Switch(fd, target)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatalf("switch %d: %v", i, err)
+		}
+		for _, dir := range []string{target, peerTarget} {
+			if got := readMarker(t, dir); got != fmt.Sprint(i) {
+				t.Fatalf("switch %d: %s reads %q", i, dir, got)
+			}
+			if m := mountsAt(t, dir); len(m) != 1 {
+				t.Fatalf("switch %d: %d mounts at %s: %+v", i, len(m), dir, m)
+			}
+		}
+	}
+}
