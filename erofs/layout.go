@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math/bits"
 	"slices"
 	"strings"
@@ -12,9 +13,14 @@ import (
 )
 
 // This file computes where everything of an image goes, as a pure function
-// of the source tree and the options (computeLayout). writer.go turns the
+// of the source tree and the options (computeLayout); writer.go turns the
 // result into bytes. The rules are those of mkcomposefs 1.0.8; section
 // numbers refer to shared/reference/composefs-format.md.
+//
+// The layout refers to the tree instead of copying from it (names, xattr
+// values, contents, targets), and the xattrs the writer adds are recipes
+// (valueKind) rather than byte slices, so that the memory it needs stays a
+// fraction of the image's size.
 
 // WriteOptions controls the image writer.
 type WriteOptions struct {
@@ -38,36 +44,30 @@ const (
 	inodeChunkBlock               // chunk table moved to a data block of 0xFF
 	inodeSymlinkBlock             // symlink target in a data block
 	inodeWhiteout                 // user whiteout, stored as a regular file
+	inodeExternal                 // regular file with a chunk table
 )
 
 // inode is the layout of one inode record. Indexes into layout.inodes are
 // the inode numbers (i_ino), in breadth-first order.
 type inode struct {
-	src   *tree.Node // nil for the root's whiteout stubs
-	mode  uint16     // i_mode as stored (whiteouts become regular files)
-	flags uint8
-	ftype uint8 // dirent file type
-	// i_format, i_xattr_icount, i_size, i_u
-	format uint16
-	icount uint16
-	size   uint64
-	u      uint32
-	nlink  uint32
-	uid    uint32
-	gid    uint32
-	mtime  tree.Timespec
-
-	// Stored xattrs: layout.xattrs[xattrStart:xattrEnd], sorted by name.
-	xattrStart, xattrEnd int32
-	nShared              int32  // how many of them are referenced shared
-	xattrSize            uint32 // bytes of the xattr area (0: none)
-	// Directory entries: layout.dirents[direntStart:direntEnd].
-	direntStart, direntEnd int32
-
-	tail    uint32 // bytes inline after the xattrs
-	nBlocks uint32 // data blocks
-	blkaddr uint32 // first data block (when nBlocks > 0)
-	pos     uint64 // byte offset of the record (nid = pos / 32)
+	src *tree.Node // nil for the root's whiteout stubs
+	pos uint64     // byte offset of the record (nid = pos / 32)
+	// Stored xattrs: layout.xattrs[xattrStart : xattrStart+nXattrs], by name.
+	xattrStart int32
+	nXattrs    int32
+	// Directory entries: layout.dirents[direntStart : direntStart+nDirents].
+	direntStart int32
+	nDirents    int32
+	nBlocks     uint32 // data blocks
+	blkaddr     uint32 // first data block (when nBlocks > 0)
+	u           uint32 // i_u
+	nlink       uint32
+	xattrSize   uint32 // bytes of the xattr area (0: none)
+	tail        uint16 // bytes inline after the xattrs (≤ 4096)
+	mode        uint16 // i_mode as stored (whiteouts become regular files)
+	nShared     uint8  // shared xattrs referenced (≤ 128)
+	flags       uint8
+	ftype       uint8 // dirent file type
 }
 
 func (in *inode) recordSize() uint64 {
@@ -79,29 +79,73 @@ func (in *inode) recordSize() uint64 {
 
 func (in *inode) typ() uint32 { return uint32(in.mode) & tree.TypeMask }
 
-// storedXattr is an xattr as written: escaped full name, the e_name_index
-// and suffix it is stored under, and the value.
-type storedXattr struct {
+// Where a stored xattr's value comes from.
+const (
+	valueSource      = iota // src.Xattrs[xattr.src].Value
+	valueEmpty              // ""
+	valueMetacopy           // the overlay metacopy of src.Digest (or "")
+	valueRedirect           // "/" + src.Payload
+	valueOpaqueX            // "x"
+	valueOpaqueY            // "y"
+	valueRootSelinux        // the root's security.selinux
+)
+
+// xattr is a stored xattr of an inode.
+type xattr struct {
+	name   uint16 // index into layout.names
+	kind   uint8  // valueSource, …
+	rep    bool   // the first of equal xattrs used more than once
+	vlen   uint16 // value length
+	src    uint32 // for valueSource: index into the inode's src.Xattrs
+	shared int32  // byte offset in the shared table, or -1 when inline; see shareTable
+}
+
+// xattrName is an xattr name as stored (escaped), with its encoding.
+type xattrName struct {
 	name   string
-	value  []byte
-	shared int32 // byte offset in the shared table, or -1 when stored inline
+	suffix string
+	index  uint8
+	bit    uint8 // bloom filter bit
 }
 
 // dirent is one directory entry (including "." and "..").
 type dirent struct {
-	name  string
-	inode int32 // index into layout.inodes
+	node    *tree.Node // the entry's node (a hardlink's own node); nil for special
+	inode   int32      // index into layout.inodes
+	special uint16     // 0: node.Name; direntDot, direntDotDot, direntStub+k: stubNames[k]
+}
+
+const (
+	direntDot    = 1
+	direntDotDot = 2
+	direntStub   = 3
+)
+
+func (d *dirent) name() string {
+	switch {
+	case d.special == 0:
+		return d.node.Name
+	case d.special == direntDot:
+		return "."
+	case d.special == direntDotDot:
+		return ".."
+	}
+	return stubNames[d.special-direntStub]
 }
 
 // layout is everything computeLayout decides about an image.
 type layout struct {
-	version   int
-	hasACL    bool
-	buildTime tree.Timespec
-	inodes    []inode
-	xattrs    []storedXattr
-	dirents   []dirent
-	shared    []int32 // indexes into xattrs of the shared table's entries, in table order
+	version     int
+	hasACL      bool
+	buildTime   tree.Timespec
+	root        *tree.Node
+	rootSelinux []byte
+	inodes      []inode
+	xattrs      []xattr
+	dirents     []dirent
+	names       []xattrName
+	shared      []int32 // indexes into xattrs of the shared table's entries, in table order
+	owner       []int32 // for each shared entry, the inode holding that xattr
 
 	inodesEnd  uint64 // end of the inode area, 32-aligned; the shared table starts here
 	sharedSize uint64
@@ -110,19 +154,15 @@ type layout struct {
 	size       uint64 // image size
 }
 
-var (
-	dotName    = "."
-	dotdotName = ".."
-	// stubNames are the names of the 256 whiteout stubs of the root (§10).
-	stubNames = func() [256]string {
-		var s [256]string
-		const hex = "0123456789abcdef"
-		for i := range s {
-			s[i] = string([]byte{hex[i>>4], hex[i&15]})
-		}
-		return s
-	}()
-)
+// stubNames are the names of the 256 whiteout stubs of the root (§10).
+var stubNames = func() [256]string {
+	var s [256]string
+	const hex = "0123456789abcdef"
+	for i := range s {
+		s[i] = string([]byte{hex[i>>4], hex[i&15]})
+	}
+	return s
+}()
 
 // computeLayout decides the whole image: inode order and numbers, stored
 // xattrs, shared xattr table, record sizes, positions and data blocks.
@@ -137,8 +177,9 @@ func computeLayout(root *tree.Node, opts WriteOptions) (*layout, error) {
 	if root == nil || root.LinkTo != nil || root.Mode&tree.TypeMask != tree.TypeDir {
 		return nil, errors.New("root must be a directory")
 	}
-	l := &layout{}
-	b := &layoutBuilder{l: l}
+	l := &layout{root: root}
+	b := &layoutBuilder{l: l, nameIDs: make(map[string]uint16)}
+	b.presize(root)
 	if err := b.collect(root); err != nil {
 		return nil, err
 	}
@@ -146,10 +187,10 @@ func computeLayout(root *tree.Node, opts WriteOptions) (*layout, error) {
 	if b.hasWhiteout && opts.MaxVersion >= 1 {
 		l.version = 1
 	}
-	if err := b.computeInodes(); err != nil {
+	if err := b.computeXattrs(); err != nil {
 		return nil, err
 	}
-	l.computeShared()
+	l.computeShared(b.share)
 	if err := l.computeSizes(); err != nil {
 		return nil, err
 	}
@@ -162,9 +203,11 @@ type layoutBuilder struct {
 	l           *layout
 	hasWhiteout bool
 	links       []pendingDirent
-	index       map[*tree.Node]int32 // inode index of hardlink targets
-	parents     []int32              // inode index of each inode's parent directory
+	parents     []int32 // inode index of each inode's parent directory
+	nameIDs     map[string]uint16
 	scratch     []*tree.Node
+	xattrCap    int
+	share       *shareTable
 }
 
 type pendingDirent struct {
@@ -177,16 +220,45 @@ func isUserWhiteout(n *tree.Node) bool {
 	return n.Mode&tree.TypeMask == tree.TypeChar && n.Rdev == 0
 }
 
+// presize counts what the layout will hold, so that its arrays are
+// allocated once.
+func (b *layoutBuilder) presize(root *tree.Node) {
+	inodes, dirents, xattrs := 1+256, 256, 256
+	var count func(n *tree.Node)
+	count = func(n *tree.Node) {
+		dirents += 2 + len(n.Children)
+		xattrs += len(n.Xattrs) + 4
+		for _, c := range n.Children {
+			if c.LinkTo != nil {
+				continue
+			}
+			inodes++
+			xattrs += len(c.Xattrs) + 2
+			if c.Mode&tree.TypeMask == tree.TypeDir {
+				xattrs -= len(c.Xattrs) + 2
+				count(c)
+			}
+		}
+	}
+	count(root)
+	b.l.inodes = make([]inode, 0, inodes)
+	b.parents = make([]int32, 0, inodes)
+	b.l.dirents = make([]dirent, 0, dirents)
+	b.xattrCap = xattrs
+}
+
 // collect numbers the inodes breadth-first and builds every directory's
 // sorted entries (§5), with ".", ".." and, in the root, the whiteout stubs.
 func (b *layoutBuilder) collect(root *tree.Node) error {
 	l := b.l
-	l.inodes = append(l.inodes, inode{src: root})
+	if err := checkNode(root); err != nil {
+		return err
+	}
+	l.inodes = append(l.inodes, inode{src: root, mode: uint16(root.Mode), ftype: FileTypeDir, nlink: 2})
 	b.parents = append(b.parents, 0) // the root's ".." is the root
-	var linkCount int
+	l.buildTime = root.Mtime
 	for i := 0; i < len(l.inodes); i++ {
-		in := &l.inodes[i]
-		n := in.src
+		n := l.inodes[i].src
 		if n == nil || n.Mode&tree.TypeMask != tree.TypeDir {
 			continue
 		}
@@ -194,65 +266,90 @@ func (b *layoutBuilder) collect(root *tree.Node) error {
 		if err != nil {
 			return err
 		}
-		start := int32(len(l.dirents))
 		self := int32(i)
+		start := int32(len(l.dirents))
 		// Merge ".", "..", the stubs (root only) and the children in strcmp order.
-		var stubs []string
-		if n == root {
-			stubs = b.missingStubs(kids)
+		var stubs []uint16
+		if i == 0 {
+			stubs = missingStubs(kids)
 		}
-		dotsDone := 0
+		dots := 0 // how many of ".", ".." are out
 		emitDots := func(before string) {
-			for dotsDone < 2 {
-				name := dotName
-				if dotsDone == 1 {
-					name = dotdotName
+			for dots < 2 && (before == "" || [2]string{".", ".."}[dots] < before) {
+				if dots == 0 {
+					l.dirents = append(l.dirents, dirent{inode: self, special: direntDot})
+				} else {
+					l.dirents = append(l.dirents, dirent{inode: b.parents[i], special: direntDotDot})
 				}
-				if before != "" && name >= before {
-					return
-				}
-				target := self
-				if dotsDone == 1 {
-					target = b.parents[i]
-				}
-				l.dirents = append(l.dirents, dirent{name: name, inode: target})
-				dotsDone++
+				dots++
 			}
 		}
 		si := 0
 		emitStubs := func(before string) {
-			for si < len(stubs) && (before == "" || stubs[si] < before) {
-				emitDots(stubs[si])
-				l.inodes = append(l.inodes, inode{mode: tree.TypeChar | 0o644, nlink: 1})
+			for si < len(stubs) && (before == "" || stubNames[stubs[si]] < before) {
+				emitDots(stubNames[stubs[si]])
+				l.inodes = append(l.inodes, inode{mode: tree.TypeChar | 0o644, nlink: 1, ftype: FileTypeChr})
 				b.parents = append(b.parents, self)
-				in = &l.inodes[i] // append may have moved it
-				idx := int32(len(l.inodes) - 1)
-				l.dirents = append(l.dirents, dirent{name: stubs[si], inode: idx})
+				l.dirents = append(l.dirents, dirent{inode: int32(len(l.inodes) - 1), special: direntStub + stubs[si]})
 				si++
 			}
 		}
+		nlink := uint32(2)
 		for _, c := range kids {
 			emitStubs(c.Name)
 			emitDots(c.Name)
 			if c.LinkTo != nil {
-				linkCount++
 				b.links = append(b.links, pendingDirent{dirent: int32(len(l.dirents)), target: c.LinkTo, path: c})
-				l.dirents = append(l.dirents, dirent{name: c.Name, inode: -1})
+				l.dirents = append(l.dirents, dirent{node: c, inode: -1})
 				continue
 			}
-			if isUserWhiteout(c) {
-				b.hasWhiteout = true
-				l.inodes[i].flags |= inodeHasWhiteout
+			if err := checkNode(c); err != nil {
+				return err
 			}
-			l.inodes = append(l.inodes, inode{src: c})
+			in := inode{src: c, mode: uint16(c.Mode), nlink: c.Nlink}
+			switch c.Mode & tree.TypeMask {
+			case tree.TypeDir:
+				in.ftype = FileTypeDir
+				in.nlink = 2
+				nlink++
+			case tree.TypeReg:
+				in.ftype = FileTypeReg
+				if c.Size > 0 && c.Content == nil {
+					in.flags |= inodeExternal
+				}
+			case tree.TypeLink:
+				in.ftype = FileTypeSymlink
+			case tree.TypeChar:
+				in.ftype = FileTypeChr
+				in.u = c.Rdev
+				if c.Rdev == 0 {
+					// User whiteout: stored as an escaped whiteout file (§9).
+					b.hasWhiteout = true
+					l.inodes[i].flags |= inodeHasWhiteout
+					in.flags |= inodeWhiteout
+					in.ftype = FileTypeReg
+					in.mode = uint16(tree.TypeReg | c.Mode&^tree.TypeMask)
+				}
+			case tree.TypeBlock:
+				in.ftype = FileTypeBlk
+				in.u = c.Rdev
+			case tree.TypeFifo:
+				in.ftype = FileTypeFifo
+			case tree.TypeSock:
+				in.ftype = FileTypeSock
+			}
+			if c.Mtime.Sec < l.buildTime.Sec || (c.Mtime.Sec == l.buildTime.Sec && c.Mtime.Nsec < l.buildTime.Nsec) {
+				l.buildTime = c.Mtime
+			}
+			l.inodes = append(l.inodes, in)
 			b.parents = append(b.parents, self)
-			in = &l.inodes[i]
-			l.dirents = append(l.dirents, dirent{name: c.Name, inode: int32(len(l.inodes) - 1)})
+			l.dirents = append(l.dirents, dirent{node: c, inode: int32(len(l.inodes) - 1)})
 		}
 		emitStubs("")
 		emitDots("")
-		in = &l.inodes[i]
-		in.direntStart, in.direntEnd = start, int32(len(l.dirents))
+		in := &l.inodes[i]
+		in.direntStart, in.nDirents = start, int32(len(l.dirents))-start
+		in.nlink = nlink
 	}
 	if len(b.links) > 0 {
 		return b.resolveLinks()
@@ -263,7 +360,13 @@ func (b *layoutBuilder) collect(root *tree.Node) error {
 // sortedChildren returns n's children in strcmp order, checking names.
 func (b *layoutBuilder) sortedChildren(n *tree.Node) ([]*tree.Node, error) {
 	kids := n.Children
-	sorted := slices.IsSortedFunc(kids, func(a, c *tree.Node) int { return strings.Compare(a.Name, c.Name) })
+	sorted := true
+	for i := 1; i < len(kids); i++ {
+		if kids[i-1].Name >= kids[i].Name {
+			sorted = false
+			break
+		}
+	}
 	if !sorted {
 		b.scratch = append(b.scratch[:0], kids...)
 		slices.SortFunc(b.scratch, func(a, c *tree.Node) int { return strings.Compare(a.Name, c.Name) })
@@ -279,10 +382,6 @@ func (b *layoutBuilder) sortedChildren(n *tree.Node) ([]*tree.Node, error) {
 		if c.Parent != n {
 			return nil, fmt.Errorf("%s: node's Parent is not the directory holding it", c.Path())
 		}
-	}
-	if !sorted {
-		// The scratch slice is reused for the next directory: copy.
-		kids = slices.Clone(kids)
 	}
 	return kids, nil
 }
@@ -301,32 +400,33 @@ func checkName(name string) error {
 	return nil
 }
 
-// missingStubs returns, sorted, the names 00…ff that are not children.
-func (b *layoutBuilder) missingStubs(kids []*tree.Node) []string {
-	out := make([]string, 0, 256)
+// missingStubs returns, in order, the numbers of the names 00…ff that are
+// not children of the root.
+func missingStubs(kids []*tree.Node) []uint16 {
+	out := make([]uint16, 0, 256)
 	k := 0
-	for _, s := range stubNames {
-		for k < len(kids) && kids[k].Name < s {
+	for s := range stubNames {
+		for k < len(kids) && kids[k].Name < stubNames[s] {
 			k++
 		}
-		if k < len(kids) && kids[k].Name == s {
+		if k < len(kids) && kids[k].Name == stubNames[s] {
 			continue
 		}
-		out = append(out, s)
+		out = append(out, uint16(s))
 	}
 	return out
 }
 
 func (b *layoutBuilder) resolveLinks() error {
 	l := b.l
-	b.index = make(map[*tree.Node]int32, len(b.links))
+	index := make(map[*tree.Node]int32, len(b.links))
 	for _, p := range b.links {
-		b.index[p.target] = -1
+		index[p.target] = -1
 	}
 	for i := range l.inodes {
 		if s := l.inodes[i].src; s != nil {
-			if _, ok := b.index[s]; ok {
-				b.index[s] = int32(i)
+			if _, ok := index[s]; ok {
+				index[s] = int32(i)
 			}
 		}
 	}
@@ -338,7 +438,7 @@ func (b *layoutBuilder) resolveLinks() error {
 		if t.Mode&tree.TypeMask == tree.TypeDir {
 			return fmt.Errorf("%s: hardlink to a directory (%s)", p.path.Path(), t.Path())
 		}
-		idx := b.index[t]
+		idx := index[t]
 		if idx < 0 {
 			return fmt.Errorf("%s: hardlink target %s is not in the tree", p.path.Path(), t.Path())
 		}
@@ -346,139 +446,6 @@ func (b *layoutBuilder) resolveLinks() error {
 	}
 	return nil
 }
-
-// computeInodes fills in each inode's metadata and stored xattrs (§6, §8–§10).
-func (b *layoutBuilder) computeInodes() error {
-	l := b.l
-	root := l.inodes[0].src
-	rootSelinux, hasRootSelinux := root.Xattr(XattrSelinux)
-	if !hasRootSelinux {
-		// tree.Node.Xattr needs sorted xattrs: look linearly to be safe.
-		for _, x := range root.Xattrs {
-			if x.Name == XattrSelinux {
-				rootSelinux, hasRootSelinux = x.Value, true
-			}
-		}
-	}
-	first := true
-	for i := range l.inodes {
-		in := &l.inodes[i]
-		n := in.src
-		xstart := int32(len(l.xattrs))
-		if n == nil {
-			// Whiteout stub: char 0:0, 0644, the root's owner and mtime.
-			in.uid, in.gid, in.mtime = root.UID, root.GID, root.Mtime
-			in.ftype = FileTypeChr
-			if hasRootSelinux {
-				l.xattrs = append(l.xattrs, storedXattr{name: XattrSelinux, value: rootSelinux})
-			}
-		} else {
-			if err := checkNode(n); err != nil {
-				return err
-			}
-			in.mode = uint16(n.Mode)
-			in.uid, in.gid, in.mtime = n.UID, n.GID, n.Mtime
-			in.nlink = n.Nlink
-			typ := n.Mode & tree.TypeMask
-			for _, x := range n.Xattrs {
-				name := x.Name
-				if strings.HasPrefix(name, XattrOverlayPrefix) {
-					name = XattrOverlayEscPrefix + name[len(XattrOverlayPrefix):]
-				}
-				l.xattrs = append(l.xattrs, storedXattr{name: name, value: x.Value})
-			}
-			switch typ {
-			case tree.TypeDir:
-				in.ftype = FileTypeDir
-				nl := uint32(2)
-				for _, d := range l.dirents[in.direntStart:in.direntEnd] {
-					if d.inode > int32(i) && d.name != dotdotName && d.name != dotName {
-						if c := l.inodes[d.inode].src; c != nil && c.Mode&tree.TypeMask == tree.TypeDir {
-							nl++
-						}
-					}
-				}
-				in.nlink = nl
-				if in.flags&inodeHasWhiteout != 0 {
-					l.setXattr(xstart, XattrEscWhiteouts, nil)
-					l.setXattr(xstart, XattrUserWhiteouts, nil)
-					if l.version >= 1 {
-						l.setXattr(xstart, XattrEscOpaque, opaqueX)
-						l.setXattr(xstart, XattrUserOpaque, opaqueX)
-					}
-				}
-				if i == 0 {
-					l.setXattr(xstart, XattrOpaque, opaqueY)
-				}
-			case tree.TypeReg:
-				in.ftype = FileTypeReg
-				in.size = n.Size
-				if n.Size > 0 && n.Content == nil {
-					var mc []byte
-					if n.Digest != nil {
-						mc = make([]byte, MetacopySize)
-						mc[1] = MetacopySize
-						mc[3] = MetacopyHashAlgSHA256
-						copy(mc[MetacopyHeaderSize:], n.Digest)
-					} else {
-						mc = []byte{}
-					}
-					l.setXattr(xstart, XattrMetacopy, mc)
-					if n.Payload != "" {
-						l.setXattr(xstart, XattrRedirect, []byte("/"+n.Payload))
-					}
-				}
-			case tree.TypeLink:
-				in.ftype = FileTypeSymlink
-				in.size = uint64(len(n.Target))
-			case tree.TypeChar:
-				in.ftype = FileTypeChr
-				in.u = n.Rdev
-				if n.Rdev == 0 {
-					// User whiteout: stored as an escaped whiteout file (§9).
-					in.flags |= inodeWhiteout
-					in.ftype = FileTypeReg
-					in.mode = uint16(tree.TypeReg | n.Mode&^tree.TypeMask)
-					in.u = 0
-					l.setXattr(xstart, XattrEscWhiteout, nil)
-					l.setXattr(xstart, XattrUserWhiteout, nil)
-				}
-			case tree.TypeBlock:
-				in.ftype = FileTypeBlk
-				in.u = n.Rdev
-			case tree.TypeFifo:
-				in.ftype = FileTypeFifo
-			case tree.TypeSock:
-				in.ftype = FileTypeSock
-			}
-			if typ != tree.TypeChar && typ != tree.TypeBlock {
-				in.u = 0
-			}
-		}
-		xs := l.xattrs[xstart:]
-		sortStoredXattrs(xs)
-		// Later values for the same name win; setXattr already replaced
-		// in place, but source xattrs may repeat a name.
-		xs = dedupStoredXattrs(xs)
-		l.xattrs = l.xattrs[:int(xstart)+len(xs)]
-		in.xattrStart, in.xattrEnd = xstart, int32(len(l.xattrs))
-		for _, x := range xs {
-			if x.name == XattrACLAccess || x.name == XattrACLDflt {
-				l.hasACL = true
-			}
-		}
-		if first || in.mtime.Sec < l.buildTime.Sec || (in.mtime.Sec == l.buildTime.Sec && in.mtime.Nsec < l.buildTime.Nsec) {
-			l.buildTime = in.mtime
-			first = false
-		}
-	}
-	return nil
-}
-
-var (
-	opaqueX = []byte("x")
-	opaqueY = []byte("y")
-)
 
 // checkNode rejects what the writer cannot represent.
 func checkNode(n *tree.Node) error {
@@ -492,6 +459,9 @@ func checkNode(n *tree.Node) error {
 		}
 		if n.Digest != nil && len(n.Digest) != digestSize {
 			return fmt.Errorf("%s: digest of %d bytes, want %d", n.Path(), len(n.Digest), digestSize)
+		}
+		if len(n.Payload)+1 > maxXattrValueLen {
+			return fmt.Errorf("%s: payload of %d bytes, at most %d allowed", n.Path(), len(n.Payload), maxXattrValueLen-1)
 		}
 	case tree.TypeLink:
 		if n.Target == "" {
@@ -515,31 +485,133 @@ func checkNode(n *tree.Node) error {
 	return nil
 }
 
-// setXattr sets a stored xattr of the inode whose xattrs start at start
-// (the inode's xattrs are the tail of l.xattrs), replacing an earlier value.
-func (l *layout) setXattr(start int32, name string, value []byte) {
-	if value == nil {
-		value = []byte{}
+// nameID interns a stored xattr name.
+func (b *layoutBuilder) nameID(name string) uint16 {
+	if id, ok := b.nameIDs[name]; ok {
+		return id
 	}
-	for i := int(start); i < len(l.xattrs); i++ {
-		if l.xattrs[i].name == name {
-			l.xattrs[i].value = value
-			return
-		}
-	}
-	l.xattrs = append(l.xattrs, storedXattr{name: name, value: value})
+	idx, suffix := SplitXattrName(name)
+	id := uint16(len(b.l.names))
+	b.l.names = append(b.l.names, xattrName{name: name, suffix: suffix, index: idx, bit: uint8(XattrFilterBit(idx, suffix))})
+	b.nameIDs[name] = id
+	return id
 }
 
-// sortStoredXattrs sorts by name, stably (few per inode: insertion sort).
-func sortStoredXattrs(xs []storedXattr) {
+// computeXattrs builds each inode's stored xattrs (§7.2, §8–§10): the
+// source ones with trusted.overlay.* escaped, then the ones the writer adds,
+// a later value for a name replacing an earlier one; sorted by name.
+func (b *layoutBuilder) computeXattrs() error {
+	l := b.l
+	// Fixed ids for the names the writer adds.
+	for _, n := range []string{XattrMetacopy, XattrRedirect, XattrOpaque, XattrEscWhiteout, XattrEscWhiteouts,
+		XattrEscOpaque, XattrUserWhiteout, XattrUserWhiteouts, XattrUserOpaque, XattrSelinux, XattrACLAccess, XattrACLDflt} {
+		b.nameID(n)
+	}
+	const (
+		idMetacopy = iota
+		idRedirect
+		idOpaque
+		idEscWhiteout
+		idEscWhiteouts
+		idEscOpaque
+		idUserWhiteout
+		idUserWhiteouts
+		idUserOpaque
+		idSelinux
+		idACLAccess
+		idACLDflt
+	)
+	root := l.root
+	for k, x := range root.Xattrs {
+		if x.Name == XattrSelinux {
+			l.rootSelinux = root.Xattrs[k].Value
+		}
+	}
+	hasRootSelinux := false
+	for _, x := range root.Xattrs {
+		hasRootSelinux = hasRootSelinux || x.Name == XattrSelinux
+	}
+	l.xattrs = make([]xattr, 0, b.xattrCap)
+	st := newShareTable(b.xattrCap)
+	for i := range l.inodes {
+		in := &l.inodes[i]
+		n := in.src
+		start := len(l.xattrs)
+		set := func(id uint16, kind uint8) {
+			for j := start; j < len(l.xattrs); j++ {
+				if l.xattrs[j].name == id {
+					l.xattrs[j].kind, l.xattrs[j].src = kind, 0
+					return
+				}
+			}
+			l.xattrs = append(l.xattrs, xattr{name: id, kind: kind})
+		}
+		if n == nil {
+			if hasRootSelinux {
+				l.xattrs = append(l.xattrs, xattr{name: idSelinux, kind: valueRootSelinux})
+			}
+		} else {
+			for k, x := range n.Xattrs {
+				name := x.Name
+				if strings.HasPrefix(name, XattrOverlayPrefix) {
+					name = XattrOverlayEscPrefix + name[len(XattrOverlayPrefix):]
+				}
+				l.xattrs = append(l.xattrs, xattr{name: b.nameID(name), kind: valueSource, src: uint32(k)})
+			}
+			// Source names may repeat (a tree not built with SetXattr):
+			// the last value wins, as in a dump line.
+			xs := l.xattrs[start:]
+			sortXattrs(l.names, xs)
+			xs = dedupXattrs(xs)
+			l.xattrs = l.xattrs[:start+len(xs)]
+			switch {
+			case in.flags&inodeExternal != 0:
+				set(idMetacopy, valueMetacopy)
+				if n.Payload != "" {
+					set(idRedirect, valueRedirect)
+				}
+			case in.flags&inodeWhiteout != 0:
+				set(idEscWhiteout, valueEmpty)
+				set(idUserWhiteout, valueEmpty)
+			case in.flags&inodeHasWhiteout != 0:
+				set(idEscWhiteouts, valueEmpty)
+				set(idUserWhiteouts, valueEmpty)
+				if l.version >= 1 {
+					set(idEscOpaque, valueOpaqueX)
+					set(idUserOpaque, valueOpaqueX)
+				}
+			}
+			if i == 0 {
+				set(idOpaque, valueOpaqueY)
+			}
+		}
+		xs := l.xattrs[start:]
+		sortXattrs(l.names, xs)
+		in.xattrStart, in.nXattrs = int32(start), int32(len(xs))
+		for j := range xs {
+			x := &xs[j]
+			if x.name == idACLAccess || x.name == idACLDflt {
+				l.hasACL = true
+			}
+			x.vlen = uint16(l.valueLen(in, x))
+			st.insert(l, int32(i), int32(start+j))
+		}
+	}
+	b.share = st
+	return nil
+}
+
+// sortXattrs sorts by name, stably (few per inode: insertion sort).
+func sortXattrs(names []xattrName, xs []xattr) {
 	for i := 1; i < len(xs); i++ {
-		for j := i; j > 0 && xs[j-1].name > xs[j].name; j-- {
+		for j := i; j > 0 && names[xs[j-1].name].name > names[xs[j].name].name; j-- {
 			xs[j-1], xs[j] = xs[j], xs[j-1]
 		}
 	}
 }
 
-func dedupStoredXattrs(xs []storedXattr) []storedXattr {
+// dedupXattrs keeps the last of each run of equal names.
+func dedupXattrs(xs []xattr) []xattr {
 	out := xs[:0]
 	for j := range xs {
 		if j+1 < len(xs) && xs[j+1].name == xs[j].name {
@@ -550,69 +622,169 @@ func dedupStoredXattrs(xs []storedXattr) []storedXattr {
 	return out
 }
 
-// xattrEntrySize is the padded size of an xattr entry (§7.2).
-func xattrEntrySize(name string, valueLen int) uint64 {
-	_, suffix := SplitXattrName(name)
-	return uint64(XattrEntrySize+len(suffix)+valueLen+3) &^ 3
+// appendValue appends the value of xattr x of inode in to dst.
+func (l *layout) appendValue(dst []byte, in *inode, x *xattr) []byte {
+	switch x.kind {
+	case valueSource:
+		return append(dst, in.src.Xattrs[x.src].Value...)
+	case valueMetacopy:
+		if in.src.Digest == nil {
+			return dst
+		}
+		dst = append(dst, 0, MetacopySize, 0, MetacopyHashAlgSHA256)
+		return append(dst, in.src.Digest...)
+	case valueRedirect:
+		return append(append(dst, '/'), in.src.Payload...)
+	case valueOpaqueX:
+		return append(dst, 'x')
+	case valueOpaqueY:
+		return append(dst, 'y')
+	case valueRootSelinux:
+		return append(dst, l.rootSelinux...)
+	}
+	return dst
 }
 
-// computeShared finds the (name, value) pairs used by more than one inode
-// and lays out the shared xattr table (§7.4). Each inode references the
+// valueLen is len(appendValue(nil, in, x)).
+func (l *layout) valueLen(in *inode, x *xattr) int {
+	switch x.kind {
+	case valueSource:
+		return len(in.src.Xattrs[x.src].Value)
+	case valueMetacopy:
+		if in.src.Digest == nil {
+			return 0
+		}
+		return MetacopySize
+	case valueRedirect:
+		return 1 + len(in.src.Payload)
+	case valueOpaqueX, valueOpaqueY:
+		return 1
+	case valueRootSelinux:
+		return len(l.rootSelinux)
+	}
+	return 0
+}
+
+// entrySize is the padded size of an xattr entry (§7.2).
+func (l *layout) entrySize(x *xattr) uint64 {
+	return uint64(XattrEntrySize+len(l.names[x.name].suffix)+int(x.vlen)+3) &^ 3
+}
+
+// shareTable finds equal (name, value) pairs while computeXattrs builds
+// the xattrs, with an open-addressing table of xattr indexes. While it
+// runs, xattr.shared holds -1 for the first of its kind, minus the count
+// for the first of a pair used more than once (a representative), and for
+// the others the index of their representative.
+type shareTable struct {
+	slots      []uint64 // hash<<32 | xattr index+1
+	mask       uint64
+	seed       maphash.Seed
+	owner      []int32 // inode of each xattr
+	reps       []int32
+	bufA, bufB []byte
+}
+
+func newShareTable(capacity int) *shareTable {
+	size := 1 << bits.Len(uint(max(capacity, 8))*2)
+	return &shareTable{slots: make([]uint64, size), mask: uint64(size - 1), seed: maphash.MakeSeed(), owner: make([]int32, 0, capacity)}
+}
+
+// insert adds xattr i of inode owner (indexes must come in order).
+func (st *shareTable) insert(l *layout, owner, i int32) {
+	st.owner = append(st.owner, owner)
+	xs := l.xattrs
+	x := &xs[i]
+	st.bufA = l.appendValue(append(st.bufA[:0], byte(x.name), byte(x.name>>8)), &l.inodes[owner], x)
+	h := maphash.Bytes(st.seed, st.bufA)
+	tag := h >> 32
+	for p := h & st.mask; ; p = (p + 1) & st.mask {
+		s := st.slots[p]
+		if s == 0 {
+			st.slots[p] = tag<<32 | uint64(i+1)
+			x.shared = -1
+			return
+		}
+		if s>>32 != tag {
+			continue
+		}
+		r := int32(s&0xffffffff) - 1
+		y := &xs[r]
+		if y.name != x.name || y.vlen != x.vlen {
+			continue
+		}
+		st.bufB = l.appendValue(append(st.bufB[:0], byte(y.name), byte(y.name>>8)), &l.inodes[st.owner[r]], y)
+		if !bytes.Equal(st.bufA, st.bufB) {
+			continue
+		}
+		if y.shared == -1 {
+			st.reps = append(st.reps, r)
+		}
+		y.shared--
+		x.shared = r
+		return
+	}
+}
+
+// computeShared lays out the shared xattr table (§7.4) from the pairs the
+// share table found used by more than one inode. Each inode references the
 // first MaxSharedXattrRefs of its shared xattrs.
-func (l *layout) computeShared() {
-	type entry struct {
-		count  int32
-		first  int32 // index in l.xattrs
-		offset int32
-	}
-	m := make(map[string]*entry, len(l.xattrs))
-	keys := make([]string, len(l.xattrs))
-	var sharedEntries []*entry
-	for i := range l.xattrs {
-		x := &l.xattrs[i]
-		k := x.name + "\x00" + string(x.value)
-		keys[i] = k
-		e := m[k]
-		if e == nil {
-			e = &entry{first: int32(i)}
-			m[k] = e
-		}
-		e.count++
-		if e.count == 2 {
-			sharedEntries = append(sharedEntries, e)
-		}
-	}
-	slices.SortFunc(sharedEntries, func(a, b *entry) int {
-		xa, xb := &l.xattrs[a.first], &l.xattrs[b.first]
-		if c := strings.Compare(xb.name, xa.name); c != 0 {
+func (l *layout) computeShared(st *shareTable) {
+	xs := l.xattrs
+	owner := st.owner
+	reps := st.reps
+	bufA, bufB := st.bufA, st.bufB
+	// The table: descending by name, then value length, then value bytes.
+	slices.SortFunc(reps, func(a, b int32) int {
+		xa, xb := &xs[a], &xs[b]
+		if c := strings.Compare(l.names[xb.name].name, l.names[xa.name].name); c != 0 {
 			return c
 		}
-		if len(xa.value) != len(xb.value) {
-			return len(xb.value) - len(xa.value)
+		ia, ib := &l.inodes[owner[a]], &l.inodes[owner[b]]
+		if xa.vlen != xb.vlen {
+			return int(xb.vlen) - int(xa.vlen)
 		}
-		return bytes.Compare(xb.value, xa.value)
+		bufA = l.appendValue(bufA[:0], ia, xa)
+		bufB = l.appendValue(bufB[:0], ib, xb)
+		return bytes.Compare(bufB, bufA)
 	})
 	var off uint64
-	for _, e := range sharedEntries {
-		e.offset = int32(off)
-		x := &l.xattrs[e.first]
-		l.shared = append(l.shared, e.first)
-		off += xattrEntrySize(x.name, len(x.value))
+	for _, r := range reps {
+		xs[r].rep = true
+		xs[r].shared = int32(off)
+		off += l.entrySize(&xs[r])
+	}
+	l.shared = reps
+	l.owner = make([]int32, len(reps))
+	for k, r := range reps {
+		l.owner[k] = owner[r]
 	}
 	l.sharedSize = off
+	// The others take their representative's offset (representatives come
+	// first, so they hold their offsets already); unique ones are inline.
+	for i := range xs {
+		x := &xs[i]
+		switch {
+		case x.rep:
+		case x.shared >= 0:
+			x.shared = xs[x.shared].shared
+		default:
+			x.shared = -1
+		}
+	}
+	// At most MaxSharedXattrRefs references per inode; the rest inline.
 	for i := range l.inodes {
 		in := &l.inodes[i]
-		n := int32(0)
-		for j := in.xattrStart; j < in.xattrEnd; j++ {
-			e := m[keys[j]]
-			if e.count > 1 && n < MaxSharedXattrRefs {
-				l.xattrs[j].shared = e.offset
-				n++
-			} else {
-				l.xattrs[j].shared = -1
+		n := 0
+		for j := in.xattrStart; j < in.xattrStart+in.nXattrs; j++ {
+			if xs[j].shared >= 0 {
+				if n < MaxSharedXattrRefs {
+					n++
+				} else {
+					xs[j].shared = -1
+				}
 			}
 		}
-		in.nShared = n
+		in.nShared = uint8(n)
 	}
 }
 
@@ -621,75 +793,100 @@ func (l *layout) computeShared() {
 func (l *layout) computeSizes() error {
 	for i := range l.inodes {
 		in := &l.inodes[i]
-		// Xattr area.
-		if in.xattrEnd > in.xattrStart {
+		if in.nXattrs > 0 {
 			sz := uint64(XattrHeaderSize) + 4*uint64(in.nShared)
-			for j := in.xattrStart; j < in.xattrEnd; j++ {
-				x := &l.xattrs[j]
-				if x.shared < 0 {
-					sz += xattrEntrySize(x.name, len(x.value))
+			for j := in.xattrStart; j < in.xattrStart+in.nXattrs; j++ {
+				if x := &l.xattrs[j]; x.shared < 0 {
+					sz += l.entrySize(x)
 				}
 			}
-			sz = (sz + 3) &^ 3
-			icount := (sz-XattrHeaderSize)/4 + 1
-			if icount > 0xffff {
+			if (sz-XattrHeaderSize)/4+1 > 0xffff {
 				return fmt.Errorf("%s: xattrs need %d bytes, more than an inode can hold", l.inodePath(i), sz)
 			}
 			in.xattrSize = uint32(sz)
-			in.icount = uint16(icount)
 		}
-		// Data size, tail and blocks.
-		layoutKind := uint16(LayoutFlatPlain)
+		size := l.iSize(in)
 		switch in.typ() {
 		case tree.TypeDir:
-			nb, tail := l.dirSize(in)
-			in.nBlocks, in.tail = nb, tail
-			in.size = uint64(nb)*BlockSize + uint64(tail)
+			in.nBlocks, in.tail = l.dirSize(in)
+			size = uint64(in.nBlocks)*BlockSize + uint64(in.tail)
 		case tree.TypeReg:
 			switch {
-			case in.flags&inodeWhiteout != 0 || in.size == 0:
-			case in.src.Content != nil:
-				in.nBlocks = uint32(in.size / BlockSize)
-				in.tail = uint32(in.size % BlockSize)
+			case in.flags&inodeExternal != 0:
+				cb := chunkBits(size)
+				in.tail = uint16((size + 1<<cb - 1) >> cb * 4)
+				in.u = uint32(cb - BlockBits)
+			case size > 0:
+				in.nBlocks = uint32(size / BlockSize)
+				in.tail = uint16(size % BlockSize)
 				if in.tail > BlockSize/2 {
 					in.nBlocks++
 					in.tail = 0
 				}
-			default:
-				cb := uint32(bits.Len64(in.size - 1))
-				if cb < BlockBits {
-					cb = BlockBits
-				}
-				if cb > MaxChunkBits {
-					cb = MaxChunkBits
-				}
-				nchunks := (in.size + 1<<cb - 1) >> cb
-				in.tail = uint32(nchunks * 4)
-				in.u = cb - BlockBits
-				layoutKind = LayoutChunkBased
 			}
 		}
-		compact := in.mtime == l.buildTime && in.nlink <= 0xffff && in.uid <= 0xffff && in.gid <= 0xffff && in.size <= 0xffffffff
-		if compact {
+		uid, gid, mtime := l.owner3(in)
+		if mtime == l.buildTime && in.nlink <= 0xffff && uid <= 0xffff && gid <= 0xffff && size <= 0xffffffff {
 			in.flags |= inodeCompact
 		}
 		if in.typ() == tree.TypeLink {
-			if in.recordSize()+uint64(in.xattrSize)+in.size >= BlockSize {
+			if in.recordSize()+uint64(in.xattrSize)+size >= BlockSize {
 				in.flags |= inodeSymlinkBlock
 				in.nBlocks = 1
 			} else {
-				in.tail = uint32(in.size)
+				in.tail = uint16(size)
 			}
-		}
-		if layoutKind != LayoutChunkBased && in.tail > 0 {
-			layoutKind = LayoutFlatInline
-		}
-		in.format = layoutKind << 1
-		if !compact {
-			in.format |= InodeFormatExtended
 		}
 	}
 	return nil
+}
+
+// chunkBits is the chunk size (log2) of an external file (§6.3).
+func chunkBits(size uint64) uint {
+	cb := uint(bits.Len64(size - 1))
+	return min(max(cb, BlockBits), MaxChunkBits)
+}
+
+// iSize is the inode's i_size for everything but directories (whose size
+// dirSize decides).
+func (l *layout) iSize(in *inode) uint64 {
+	if in.src == nil || in.flags&inodeWhiteout != 0 {
+		return 0
+	}
+	switch in.typ() {
+	case tree.TypeReg:
+		return in.src.Size
+	case tree.TypeLink:
+		return uint64(len(in.src.Target))
+	case tree.TypeDir:
+		return uint64(in.nBlocks)*BlockSize + uint64(in.tail)
+	}
+	return 0
+}
+
+// owner3 returns the inode's uid, gid and mtime (the root's for stubs).
+func (l *layout) owner3(in *inode) (uint32, uint32, tree.Timespec) {
+	n := in.src
+	if n == nil {
+		n = l.root
+	}
+	return n.UID, n.GID, n.Mtime
+}
+
+// format returns i_format (§6.1, §6.2).
+func (in *inode) format() uint16 {
+	var layout uint16 = LayoutFlatPlain
+	switch {
+	case in.flags&inodeExternal != 0:
+		layout = LayoutChunkBased
+	case in.tail > 0:
+		layout = LayoutFlatInline
+	}
+	f := layout << 1
+	if in.flags&inodeCompact == 0 {
+		f |= InodeFormatExtended
+	}
+	return f
 }
 
 func (l *layout) inodePath(i int) string {
@@ -700,10 +897,10 @@ func (l *layout) inodePath(i int) string {
 }
 
 // dirSize returns the full blocks and inline tail of a directory (§6.3, §11).
-func (l *layout) dirSize(in *inode) (uint32, uint32) {
+func (l *layout) dirSize(in *inode) (uint32, uint16) {
 	var nb, used uint32
-	for _, d := range l.dirents[in.direntStart:in.direntEnd] {
-		n := uint32(DirentSize + len(d.name))
+	for k := in.direntStart; k < in.direntStart+in.nDirents; k++ {
+		n := uint32(DirentSize + len(l.dirents[k].name()))
 		if used+n > BlockSize {
 			nb++
 			used = 0
@@ -714,7 +911,7 @@ func (l *layout) dirSize(in *inode) (uint32, uint32) {
 		nb++
 		used = 0
 	}
-	return nb, used
+	return nb, uint16(used)
 }
 
 // place assigns positions (nids) and data blocks (§6.5, §12).
@@ -725,7 +922,7 @@ func (l *layout) place() {
 		pos = roundUp(pos, SlotSize)
 		nonTail := in.recordSize() + uint64(in.xattrSize)
 		if in.typ() == tree.TypeLink {
-			total := nonTail + in.size
+			total := nonTail + l.iSize(in)
 			if pos/BlockSize != (pos+total-1)/BlockSize {
 				pos = roundUp(pos, BlockSize)
 			}
@@ -757,11 +954,11 @@ func (l *layout) place() {
 		if in.nBlocks > 0 {
 			in.blkaddr = uint32(next)
 			next += uint64(in.nBlocks)
-			switch {
-			case in.flags&inodeChunkBlock != 0:
-				// The union of i_u: chunk format in the low 16 bits.
+			if in.flags&inodeChunkBlock != 0 {
+				// The union of i_u: the chunk format overwrites the low 16
+				// bits of the block address.
 				in.u = in.blkaddr&0xffff0000 | in.u&0xffff
-			default:
+			} else {
 				in.u = in.blkaddr
 			}
 		}

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"runtime"
+	"sync"
 
 	"github.com/mossfs/mossfs/internal/tree"
 )
@@ -12,7 +14,8 @@ import (
 // byte-for-byte what mkcomposefs 1.0.8 writes for the equivalent dump.
 // root is the source tree (what a dump describes: user whiteouts as char
 // 0:0, no whiteout stubs, unescaped overlay xattrs, Payload and Digest on
-// external files). BuildImage does not modify it.
+// external files); children may come in any order. BuildImage does not
+// modify it.
 func BuildImage(root *tree.Node, opts WriteOptions) ([]byte, error) {
 	l, err := computeLayout(root, opts)
 	if err != nil {
@@ -59,18 +62,34 @@ func (l *layout) write(buf []byte) {
 	wle.PutUint32(sb[36:], uint32(l.size/BlockSize))
 	wle.PutUint32(sb[44:], uint32(l.inodesEnd/BlockSize))
 
-	for i := range l.inodes {
-		l.writeInode(buf, i)
-	}
-
 	// Shared xattr table, right after the inodes (§7.4).
 	off := l.inodesEnd
-	for _, xi := range l.shared {
-		off += l.putXattr(buf[off:], &l.xattrs[xi])
+	for k, xi := range l.shared {
+		off += l.putXattr(buf[off:], &l.inodes[l.owner[k]], &l.xattrs[xi])
 	}
 
-	// Data blocks (§12).
-	for i := range l.inodes {
+	// Inodes and their data blocks (§12) fill disjoint parts of buf: large
+	// images are written by several goroutines.
+	workers := min(runtime.GOMAXPROCS(0), len(l.inodes)/parallelWriteInodes+1)
+	if workers <= 1 {
+		l.writeInodes(buf, 0, len(l.inodes))
+		return
+	}
+	var wg sync.WaitGroup
+	per := (len(l.inodes) + workers - 1) / workers
+	for lo := 0; lo < len(l.inodes); lo += per {
+		wg.Go(func() { l.writeInodes(buf, lo, min(lo+per, len(l.inodes))) })
+	}
+	wg.Wait()
+}
+
+// parallelWriteInodes is how many inodes make it worth another goroutine.
+const parallelWriteInodes = 8192
+
+// writeInodes writes the records and data blocks of inodes [lo, hi).
+func (l *layout) writeInodes(buf []byte, lo, hi int) {
+	for i := lo; i < hi; i++ {
+		l.writeInode(buf, i)
 		in := &l.inodes[i]
 		if in.nBlocks == 0 {
 			continue
@@ -95,40 +114,45 @@ func (l *layout) write(buf []byte) {
 func (l *layout) writeInode(buf []byte, i int) {
 	in := &l.inodes[i]
 	b := buf[in.pos:]
+	size := l.iSize(in)
+	icount := uint16(0)
+	if in.xattrSize > 0 {
+		icount = uint16((in.xattrSize-XattrHeaderSize)/4 + 1)
+	}
+	uid, gid, mtime := l.owner3(in)
 	if in.flags&inodeCompact != 0 {
-		wle.PutUint16(b[0:], in.format)
-		wle.PutUint16(b[2:], in.icount)
+		wle.PutUint16(b[0:], in.format())
+		wle.PutUint16(b[2:], icount)
 		wle.PutUint16(b[4:], in.mode)
 		wle.PutUint16(b[6:], uint16(in.nlink))
-		wle.PutUint32(b[8:], uint32(in.size))
+		wle.PutUint32(b[8:], uint32(size))
 		wle.PutUint32(b[16:], in.u)
 		wle.PutUint32(b[20:], uint32(i))
-		wle.PutUint16(b[24:], uint16(in.uid))
-		wle.PutUint16(b[26:], uint16(in.gid))
+		wle.PutUint16(b[24:], uint16(uid))
+		wle.PutUint16(b[26:], uint16(gid))
 		b = b[InodeCompactSize:]
 	} else {
-		wle.PutUint16(b[0:], in.format)
-		wle.PutUint16(b[2:], in.icount)
+		wle.PutUint16(b[0:], in.format())
+		wle.PutUint16(b[2:], icount)
 		wle.PutUint16(b[4:], in.mode)
-		wle.PutUint64(b[8:], in.size)
+		wle.PutUint64(b[8:], size)
 		wle.PutUint32(b[16:], in.u)
 		wle.PutUint32(b[20:], uint32(i))
-		wle.PutUint32(b[24:], in.uid)
-		wle.PutUint32(b[28:], in.gid)
-		wle.PutUint64(b[32:], uint64(in.mtime.Sec))
-		wle.PutUint32(b[40:], in.mtime.Nsec)
+		wle.PutUint32(b[24:], uid)
+		wle.PutUint32(b[28:], gid)
+		wle.PutUint64(b[32:], uint64(mtime.Sec))
+		wle.PutUint32(b[40:], mtime.Nsec)
 		wle.PutUint32(b[44:], in.nlink)
 		b = b[InodeExtendedSize:]
 	}
 	if in.xattrSize > 0 {
-		xs := l.xattrs[in.xattrStart:in.xattrEnd]
+		xs := l.xattrs[in.xattrStart : in.xattrStart+in.nXattrs]
 		var filter uint32
 		for j := range xs {
-			idx, suffix := SplitXattrName(xs[j].name)
-			filter |= 1 << XattrFilterBit(idx, suffix)
+			filter |= 1 << l.names[xs[j].name].bit
 		}
 		wle.PutUint32(b[0:], ^filter)
-		b[4] = uint8(in.nShared)
+		b[4] = in.nShared
 		p := uint64(XattrHeaderSize)
 		base := l.inodesEnd % BlockSize
 		for j := range xs {
@@ -139,7 +163,7 @@ func (l *layout) writeInode(buf []byte, i int) {
 		}
 		for j := range xs {
 			if xs[j].shared < 0 {
-				p += l.putXattr(b[p:], &xs[j])
+				p += l.putXattr(b[p:], in, &xs[j])
 			}
 		}
 		b = b[in.xattrSize:]
@@ -153,31 +177,32 @@ func (l *layout) writeInode(buf []byte, i int) {
 	case tree.TypeLink:
 		copy(b, in.src.Target)
 	case tree.TypeReg:
-		if c := in.src.Content; c != nil {
-			copy(b, c[uint64(in.nBlocks)*BlockSize:])
-		} else {
-			for j := uint32(0); j < in.tail; j++ {
+		if in.flags&inodeExternal != 0 {
+			// The chunk table: every chunk a hole (EROFS_NULL_ADDR).
+			for j := range b[:in.tail] {
 				b[j] = 0xff
 			}
+		} else {
+			copy(b, in.src.Content[uint64(in.nBlocks)*BlockSize:])
 		}
 	}
 }
 
-// putXattr writes one xattr entry and returns its padded size.
-func (l *layout) putXattr(b []byte, x *storedXattr) uint64 {
-	idx, suffix := SplitXattrName(x.name)
-	b[0] = uint8(len(suffix))
-	b[1] = idx
-	wle.PutUint16(b[2:], uint16(len(x.value)))
-	n := copy(b[XattrEntrySize:], suffix)
-	copy(b[XattrEntrySize+n:], x.value)
-	return uint64(XattrEntrySize+len(suffix)+len(x.value)+3) &^ 3
+// putXattr writes one xattr entry of inode in and returns its padded size.
+func (l *layout) putXattr(b []byte, in *inode, x *xattr) uint64 {
+	nm := &l.names[x.name]
+	b[0] = uint8(len(nm.suffix))
+	b[1] = nm.index
+	n := copy(b[XattrEntrySize:], nm.suffix)
+	v := l.appendValue(b[XattrEntrySize+n:XattrEntrySize+n], in, x)
+	wle.PutUint16(b[2:], uint16(len(v)))
+	return uint64(XattrEntrySize+n+len(v)+3) &^ 3
 }
 
 // putDirents writes a directory's entries: its full blocks into data
 // (blocks true), or its inline tail into data (blocks false) (§11).
 func (l *layout) putDirents(data []byte, in *inode, blocks bool) {
-	ds := l.dirents[in.direntStart:in.direntEnd]
+	ds := l.dirents[in.direntStart : in.direntStart+in.nDirents]
 	first, used := 0, 0
 	blockNo := uint32(0)
 	flush := func(end int) {
@@ -191,23 +216,21 @@ func (l *layout) putDirents(data []byte, in *inode, blocks bool) {
 		}
 		if dst != nil {
 			nameoff := (end - first) * DirentSize
-			for k, d := range ds[first:end] {
-				e := dst[k*DirentSize:]
+			p := nameoff
+			for k := first; k < end; k++ {
+				d := &ds[k]
+				e := dst[(k-first)*DirentSize:]
 				t := &l.inodes[d.inode]
 				wle.PutUint64(e[0:], t.pos/SlotSize)
-				wle.PutUint16(e[8:], uint16(nameoff))
+				wle.PutUint16(e[8:], uint16(p))
 				e[10] = t.ftype
-				nameoff += len(d.name)
-			}
-			p := (end - first) * DirentSize
-			for _, d := range ds[first:end] {
-				p += copy(dst[p:], d.name)
+				p += copy(dst[p:], d.name())
 			}
 		}
 		blockNo++
 	}
-	for k, d := range ds {
-		n := DirentSize + len(d.name)
+	for k := range ds {
+		n := DirentSize + len(ds[k].name())
 		if used+n > BlockSize {
 			flush(k)
 			first, used = k, 0
