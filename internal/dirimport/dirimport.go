@@ -43,6 +43,18 @@ import (
 // ObjectSink stores file contents by fs-verity digest.
 type ObjectSink = cas.ObjectSink
 
+// bytesSink is the optional part of a sink storing a byte slice directly
+// (cas.Store).
+type bytesSink interface {
+	PutBytes(b []byte) ([32]byte, error)
+}
+
+// smallFile is the size up to which a file is read here and handed to the
+// sink as bytes.
+const smallFile = 256 << 10
+
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); return &b }}
+
 // InlineMax is the largest regular file stored inline in the image
 // (libcomposefs's LCFS_RECOMMENDED_INLINE_CONTENT_MAX: the length of the
 // redirect it would otherwise need).
@@ -430,11 +442,24 @@ func (im *importer) content(j *job) error {
 		return nil
 	}
 	var d [32]byte
-	if im.opts.Sink != nil {
+	bs, isBytesSink := im.opts.Sink.(bytesSink)
+	switch {
+	case isBytesSink && j.size <= smallFile:
+		// Small files: one read here saves the sink reopening the file.
+		bp := smallBufs.Get().(*[]byte)
+		defer smallBufs.Put(bp)
+		var k int
+		k, err = io.ReadFull(f, (*bp)[:j.size+1])
+		if err == io.ErrUnexpectedEOF && int64(k) == j.size {
+			d, err = bs.PutBytes((*bp)[:k])
+		} else if err == nil || err == io.ErrUnexpectedEOF || err == io.EOF {
+			err = fmt.Errorf("read %d bytes, stat said %d: file changed while being imported", k, j.size)
+		}
+	case im.opts.Sink != nil:
 		// The magic link reopens this very inode: the sink cannot be led
 		// elsewhere by a path swapped meanwhile.
 		d, err = im.opts.Sink.PutFile("/proc/self/fd/" + strconv.Itoa(fd))
-	} else {
+	default:
 		d, err = fsverity.DigestReaderAt(f, j.size)
 	}
 	if err != nil {
