@@ -37,9 +37,11 @@ func (m MountEntry) optional(prefix string) int {
 	return 0
 }
 
-// ReadMountInfo parses /proc/self/mountinfo.
+// ReadMountInfo parses the mount table of the calling thread's mount
+// namespace (/proc/thread-self/mountinfo: threads of one process can be in
+// different namespaces, and /proc/self shows the main thread's).
 func ReadMountInfo() ([]MountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
@@ -52,12 +54,12 @@ func ReadMountInfo() ([]MountEntry, error) {
 		line++
 		e, err := parseMountInfoLine(sc.Text())
 		if err != nil {
-			return nil, fmt.Errorf("/proc/self/mountinfo:%d: %w", line, err)
+			return nil, fmt.Errorf("/proc/thread-self/mountinfo:%d: %w", line, err)
 		}
 		out = append(out, e)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("/proc/self/mountinfo: %w", err)
+		return nil, fmt.Errorf("/proc/thread-self/mountinfo: %w", err)
 	}
 	return out, nil
 }

@@ -333,7 +333,30 @@ func mountOverlay(m Method, erofsFd int, opts Options, verity Verity, auto bool)
 
 var errVerityUnsupported = errors.New("overlayfs has no verity option (Linux 6.6+)")
 
+// overlayAttempt builds the overlay with method m. The methods that name
+// the EROFS layer by path need it attached somewhere for a moment; they run
+// on a thread with a private mount namespace of its own, so that mount
+// never enters the caller's mount table (nor propagates from it) and
+// vanishes with the thread. The overlay itself comes back as a detached
+// mount, which belongs to no namespace and can be attached anywhere.
 func overlayAttempt(m Method, erofsFd int, opts Options, verity Verity) (int, error) {
+	if m == MethodDetachedLayer {
+		return overlayAttemptHere(m, erofsFd, opts, verity)
+	}
+	fd, err := -1, error(nil)
+	nsErr := inPrivateMountNS(func() error {
+		fd, err = overlayAttemptHere(m, erofsFd, opts, verity)
+		return nil
+	})
+	if nsErr != nil {
+		// No private namespace to be had (a restricted container): use a
+		// private temporary mount in ours.
+		return overlayAttemptHere(m, erofsFd, opts, verity)
+	}
+	return fd, err
+}
+
+func overlayAttemptHere(m Method, erofsFd int, opts Options, verity Verity) (int, error) {
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return -1, fmt.Errorf("fsopen overlay: %w", err)

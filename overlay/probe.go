@@ -211,10 +211,20 @@ func probeFSVerity(dir string) error {
 // inPrivateMountNS runs fn on a thread of its own that has left the
 // process's mount namespace for a private copy. The thread is never
 // returned to the Go scheduler: it exits, with its namespace, when fn ends.
+// The main thread is never used: Go keeps a locked main thread alive
+// (wedged) instead of ending it, and /proc/self shows its namespace.
 func inPrivateMountNS(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // no Unlock: the thread dies with the goroutine
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// On the main thread: run on another one. While this goroutine
+			// holds the main thread, the new one cannot land there.
+			errc <- inPrivateMountNS(fn)
+			runtime.UnlockOSThread()
+			return
+		}
+		// No Unlock from here on: the thread dies with the goroutine.
 		if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
 			errc <- fmt.Errorf("private mount namespace: %w", err)
 			return

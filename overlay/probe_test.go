@@ -3,10 +3,12 @@ package overlay
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/mounttuck"
+	"golang.org/x/sys/unix"
 )
 
 // kernelAtLeast reports whether the running kernel is at least major.minor.
@@ -57,5 +59,28 @@ func TestProbeTmpfsNeedsLoop(t *testing.T) {
 	}
 	if !rep.Get(FeatErofsLoop).OK {
 		t.Errorf("loop fallback: %s", rep.Get(FeatErofsLoop).Detail)
+	}
+}
+
+// TestPrivateMountNSLeavesMainThread checks that the private-namespace
+// helper never moves the main thread (whose namespace /proc/self shows).
+func TestPrivateMountNSLeavesMainThread(t *testing.T) {
+	testenv.RequireMountNS(t)
+	for range 50 {
+		if err := inPrivateMountNS(func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("probe-test", dir, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), " "+dir+" ") {
+		t.Fatalf("a new mount is missing from /proc/self/mountinfo: the main thread left the namespace")
 	}
 }
