@@ -7,8 +7,9 @@
 // caller attaches where it wants, usually through mounttuck.Switch. The
 // intermediate EROFS mount never appears in the mount table: on kernels that
 // take a detached mount as an overlay layer (6.15+) it stays detached; on
-// older ones it lives for a moment on a private temporary directory and is
-// detached (MNT_DETACH) as soon as the overlay holds it.
+// older ones it lives for a moment on a temporary directory, attached only
+// in the private mount namespace of a short-lived thread, and is detached
+// (MNT_DETACH) as soon as the overlay holds it.
 //
 // Kernel features are chosen by the error the kernel returns, never by its
 // version: each older method is tried only after the newer one was refused.
