@@ -168,8 +168,23 @@ func topMount(path string) (MountEntry, error) {
 	return MountEntry{}, fmt.Errorf("mount %d of %s not in /proc/self/mountinfo", id, path)
 }
 
+// ErrNoBeneath is wrapped in the error when the kernel has no
+// MOVE_MOUNT_BENEATH (before Linux 6.5).
+var ErrNoBeneath = errors.New("the kernel cannot mount beneath (MOVE_MOUNT_BENEATH, Linux 6.5+)")
+
+// BeneathSupported reports whether the kernel knows MOVE_MOUNT_BENEATH. It
+// checks flags before anything else, so an unknown flag gives EINVAL even
+// with no valid descriptor, and a known one gets as far as EBADF.
+func BeneathSupported() bool {
+	err := unix.MoveMount(-1, "", -1, "", unix.MOVE_MOUNT_F_EMPTY_PATH|moveMountBeneath)
+	return err != unix.EINVAL
+}
+
 // diagnose explains an EINVAL from move_mount beneath a mounted target.
 func diagnose(target string, err error) error {
+	if !BeneathSupported() {
+		return fmt.Errorf("switch %s: %w: the mount there cannot be replaced live; unmount it first (move_mount: %v); the old mount is unchanged", target, ErrNoBeneath, err)
+	}
 	if target == "/" {
 		return diagnoseWith(target, err, MountEntry{}, nil)
 	}

@@ -339,3 +339,14 @@ func TestSwitchUnderSharedParent(t *testing.T) {
 		}
 	}
 }
+
+func TestBeneathSupported(t *testing.T) {
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.%d", &major, &minor)
+	want := major > 6 || major == 6 && minor >= 5
+	if got := BeneathSupported(); got != want {
+		t.Errorf("BeneathSupported() = %v on kernel %d.%d", got, major, minor)
+	}
+}
