@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
+	"unsafe"
 
 	"github.com/mossfs/mossfs/internal/tree"
 )
@@ -73,11 +75,48 @@ var fieldNames = [numFixedFields]string{"PATH", "SIZE", "MODE", "NLINK", "UID", 
 //
 // Errors are *DumpError values naming opts.Name and the line.
 func ParseDump(r io.Reader, opts DumpOptions) (*tree.Node, error) {
-	data, err := io.ReadAll(r)
+	data, err := readAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("%s: read dump: %w", dumpName(opts), err)
 	}
-	return parseDumpString(string(data), opts)
+	// The tree's strings (names, targets, payloads, xattr names) are
+	// substrings of the dump: view the buffer as a string instead of
+	// copying it. data is never written again.
+	return parseDumpString(unsafe.String(unsafe.SliceData(data), len(data)), opts)
+}
+
+// readAll reads r to its end into a buffer of the right size when r can
+// tell its length (bytes and strings readers, files).
+func readAll(r io.Reader) ([]byte, error) {
+	size := -1
+	switch v := r.(type) {
+	case interface{ Len() int }:
+		size = v.Len()
+	case *os.File:
+		if st, err := v.Stat(); err == nil && st.Mode().IsRegular() {
+			if off, err := v.Seek(0, io.SeekCurrent); err == nil {
+				size = int(st.Size() - off)
+			}
+		}
+	}
+	if size < 0 {
+		return io.ReadAll(r)
+	}
+	// One byte more, to see the end without growing.
+	buf := make([]byte, 0, size+1)
+	for {
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+	}
 }
 
 func dumpName(opts DumpOptions) string {
@@ -413,9 +452,12 @@ func (p *dumpParser) addNode(path string, n *tree.Node, mode uint32) error {
 		return p.errorf("%s: parent is not a directory", path)
 	}
 	var key string
-	if parentKey == "" {
+	switch {
+	case parentKey == "":
 		key = name
-	} else {
+	case path[0] == '/' && len(parentKey) == slash-1:
+		key = path[1:] // already canonical: a substring of the dump
+	default:
 		key = parentKey + "/" + name
 		name = key[len(parentKey)+1:]
 	}
@@ -659,17 +701,22 @@ func unescapeOptional(s string) (string, error) {
 	return unescape(s)
 }
 
-func unhex(c byte) int {
-	switch {
-	case c >= '0' && c <= '9':
-		return int(c - '0')
-	case c >= 'a' && c <= 'f':
-		return int(c-'a') + 10
-	case c >= 'A' && c <= 'F':
-		return int(c-'A') + 10
+func unhex(c byte) int { return int(hexValues[c]) }
+
+// hexValues maps a byte to its hex digit value, or -1.
+var hexValues = func() (t [256]int8) {
+	for i := range t {
+		t[i] = -1
 	}
-	return -1
-}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = int8(c - '0')
+	}
+	for c := 'a'; c <= 'f'; c++ {
+		t[c] = int8(c-'a') + 10
+		t[c-'a'+'A'] = int8(c-'a') + 10
+	}
+	return t
+}()
 
 // decodeHexDigest decodes exactly len(dst)*2 hex digits of either case.
 func decodeHexDigest(dst []byte, s string) bool {

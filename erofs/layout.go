@@ -685,7 +685,8 @@ type shareTable struct {
 }
 
 func newShareTable(capacity int) *shareTable {
-	size := 1 << bits.Len(uint(max(capacity, 8))*2)
+	// At most 2/3 full (capacity is an upper bound of the xattrs).
+	size := 1 << bits.Len(uint(max(capacity, 8))*3/2)
 	return &shareTable{slots: make([]uint64, size), mask: uint64(size - 1), seed: maphash.MakeSeed(), owner: make([]int32, 0, capacity)}
 }
 
