@@ -285,7 +285,8 @@ func (f *file) ReadAt(p []byte, off int64) (int, error) {
 	if off >= clampSize(ino.Size) {
 		return 0, io.EOF
 	}
-	if int64(len(p)) > clampSize(ino.Size)-off {
+	short := int64(len(p)) > clampSize(ino.Size)-off
+	if short {
 		p = p[:clampSize(ino.Size)-off]
 	}
 	ra, ok := f.obj.(io.ReaderAt)
@@ -293,8 +294,11 @@ func (f *file) ReadAt(p []byte, off int64) (int, error) {
 		return 0, &fs.PathError{Op: "read", Path: f.name, Err: fmt.Errorf("object %s cannot be read at an offset", ino.Payload)}
 	}
 	n, err := ra.ReadAt(p, off)
-	if err == io.EOF && off+int64(n) < clampSize(ino.Size) {
+	switch {
+	case err == io.EOF && off+int64(n) < clampSize(ino.Size):
 		err = &fs.PathError{Op: "read", Path: f.name, Err: fmt.Errorf("object %s is shorter than the file's %d bytes", ino.Payload, ino.Size)}
+	case err == nil && short:
+		err = io.EOF
 	}
 	return n, err
 }
