@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -71,7 +72,8 @@ func switchTo(t testing.TB, target, image, objects string) mounttuck.Result {
 
 // TestLiveSwitch switches a target between two transactions 1,000 times
 // while readers open, read and close its files without pause: no open or
-// read may fail, and every read must return wholly one transaction's file.
+// read may fail, every read must return wholly one transaction's file, and
+// every listing of the root wholly one transaction's names.
 func TestLiveSwitch(t *testing.T) {
 	testenv.RequireMountNS(t)
 	dir := t.TempDir()
@@ -84,11 +86,21 @@ func TestLiveSwitch(t *testing.T) {
 	overlaytest.Compare(t, target, txs[0].tx)
 
 	filesA, filesB := txs[0].tx.Files(), txs[1].tx.Files()
-	var paths []string
+	var paths []string // in both transactions
 	for p := range filesA {
-		paths = append(paths, p)
+		if _, ok := filesB[p]; ok {
+			paths = append(paths, p)
+		}
 	}
 	sort.Strings(paths)
+	listing := func(tx *overlaytest.Tx) string {
+		var names []string
+		for _, c := range tx.Root.Children {
+			names = append(names, c.Name)
+		}
+		return strings.Join(names, " ")
+	}
+	listA, listB := listing(txs[0].tx), listing(txs[1].tx)
 
 	const readers = 4
 	var (
@@ -114,6 +126,22 @@ func TestLiveSwitch(t *testing.T) {
 			rnd := rand.New(rand.NewPCG(uint64(r), 1))
 			buf := make([]byte, 1<<20)
 			for !stop.Load() {
+				if rnd.IntN(8) == 0 {
+					// A directory listing, too, is wholly one transaction's.
+					ents, err := os.ReadDir(target)
+					if err != nil {
+						fail(fmt.Sprintf("readdir: %v", err))
+						continue
+					}
+					var names []string
+					for _, e := range ents {
+						names = append(names, e.Name())
+					}
+					if l := strings.Join(names, " "); l != listA && l != listB {
+						fail(fmt.Sprintf("listing %q matches neither transaction", l))
+					}
+					continue
+				}
 				p := paths[rnd.IntN(len(paths))]
 				f, err := os.Open(filepath.Join(target, p))
 				if err != nil {

@@ -350,3 +350,16 @@ func TestBeneathSupported(t *testing.T) {
 		t.Errorf("BeneathSupported() = %v on kernel %d.%d", got, major, minor)
 	}
 }
+
+func FuzzParseMountInfoLine(f *testing.F) {
+	f.Add(`36 35 98:0 /mnt1 /mnt/with\040space rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue`)
+	f.Add(`27 1 254:0 / / rw,relatime - ext4 /dev/vda rw`)
+	f.Add(`1 1 0:2 / / rw - rootfs rootfs rw`)
+	f.Fuzz(func(t *testing.T, line string) {
+		e, err := parseMountInfoLine(line)
+		if err == nil && (e.FSType == "" && e.Source == "") {
+			t.Errorf("%q parsed without type and source", line)
+		}
+		_ = unescapeOctal(line)
+	})
+}

@@ -117,6 +117,10 @@ func Sample(marker string) *Tx {
 	txf := node(root, "tx", tree.TypeReg|0o644)
 	txf.Content = Content(marker, "/tx", 20)
 	txf.Size = uint64(len(txf.Content))
+	// A name only this transaction has: directory listings tell them apart.
+	own := node(root, "tx-"+marker, tree.TypeReg|0o644)
+	own.Content = []byte(marker)
+	own.Size = uint64(len(own.Content))
 	root.Sort()
 	fixNlink(root)
 	return tx
