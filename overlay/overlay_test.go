@@ -345,3 +345,55 @@ func TestMountGeneratedTree(t *testing.T) {
 	defer unix.Close(fd)
 	overlaytest.Compare(t, attach(t, fd), tx)
 }
+
+// TestMountACL mounts an image whose header says it has POSIX ACLs (so
+// ACLs stay enabled) and the same image with the flag cleared (mounted
+// noacl: the ACL is no longer visible).
+func TestMountACL(t *testing.T) {
+	testenv.RequireMountNS(t)
+	dir := t.TempDir()
+	tx := overlaytest.Sample("A")
+	// user::rw- user:1000:rw- group::r-- mask::rw- other::r--
+	acl := []byte{2, 0, 0, 0}
+	for _, e := range [][3]uint32{{1, 6, 0xffffffff}, {2, 6, 1000}, {4, 4, 0xffffffff}, {0x10, 6, 0xffffffff}, {0x20, 4, 0xffffffff}} {
+		acl = binary.LittleEndian.AppendUint16(acl, uint16(e[0]))
+		acl = binary.LittleEndian.AppendUint16(acl, uint16(e[1]))
+		acl = binary.LittleEndian.AppendUint32(acl, e[2])
+	}
+	conf := tx.Root.Child("etc").Child("conf")
+	conf.SetXattr("system.posix_acl_access", acl)
+	objects := filepath.Join(dir, "objects")
+	tx.WriteObjects(t, objects)
+	img := overlaytest.Image(t, tx.Root)
+	if binary.LittleEndian.Uint32(img[8:])&composefsHasACL == 0 {
+		t.Fatal("the writer did not set HAS_ACL for an image with an ACL")
+	}
+	withACL := filepath.Join(dir, "acl")
+	os.WriteFile(withACL, img, 0o644)
+	fd, info, err := Mount(Options{Image: withACL, ObjectsDir: objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if !info.ACL {
+		t.Error("image with HAS_ACL mounted noacl")
+	}
+	mnt := attach(t, fd)
+	overlaytest.Compare(t, mnt, tx)
+
+	binary.LittleEndian.PutUint32(img[8:], binary.LittleEndian.Uint32(img[8:])&^composefsHasACL)
+	noACL := filepath.Join(dir, "noacl")
+	os.WriteFile(noACL, img, 0o644)
+	fd2, info, err := Mount(Options{Image: noACL, ObjectsDir: objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd2)
+	if info.ACL {
+		t.Error("image without HAS_ACL mounted with ACLs")
+	}
+	mnt2 := attach(t, fd2)
+	if _, err := unix.Lgetxattr(filepath.Join(mnt2, "etc/conf"), "system.posix_acl_access", make([]byte, 256)); err == nil {
+		t.Error("ACL visible on a noacl mount")
+	}
+}
