@@ -65,19 +65,9 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 
 	res := &ComposeResult{}
 	var base *Transaction
-	var baseFrags []Fragment
-	var baseData [][]byte
 	if opts.From != 0 {
 		if base, err = s.Get(opts.From); err != nil {
 			return nil, fmt.Errorf("compose --from: %w", err)
-		}
-		for _, in := range base.Inputs {
-			data, err := s.readFragment(base, in)
-			if err != nil {
-				return nil, fmt.Errorf("compose --from: %w", err)
-			}
-			baseData = append(baseData, data)
-			baseFrags = append(baseFrags, Fragment{Input: in})
 		}
 	}
 
@@ -90,40 +80,52 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 		newKeys[f.Input.Key()] = true
 	}
 	used := make([]bool, len(opts.Remove))
-	var frags []Fragment
-	var pending []pendingFragment
-	for i, f := range baseFrags {
-		removed := false
-		for j, arg := range opts.Remove {
-			if matchesInput(arg, f.Input) {
-				used[j], removed = true, true
+	var kept []Input
+	if base != nil {
+		for _, in := range base.Inputs {
+			removed := false
+			for j, arg := range opts.Remove {
+				if matchesInput(arg, in) {
+					used[j], removed = true, true
+				}
+			}
+			switch {
+			case removed:
+				res.Removed = append(res.Removed, in)
+			case newKeys[in.Key()]:
+				res.Replaced = append(res.Replaced, in)
+			default:
+				kept = append(kept, in)
 			}
 		}
-		switch {
-		case removed:
-			res.Removed = append(res.Removed, f.Input)
-			continue
-		case newKeys[f.Input.Key()]:
-			res.Replaced = append(res.Replaced, f.Input)
-			continue
-		}
-		root, err := DecodeFragment(baseData[i], s.FragmentPath(base, f.Input))
-		if err != nil {
-			return nil, err
-		}
-		f.Root = root
-		frags = append(frags, f)
-		pending = append(pending, pendingFragment{data: baseData[i], linkFrom: s.FragmentPath(base, f.Input)})
 	}
 	for j, ok := range used {
 		if !ok {
 			return nil, fmt.Errorf("compose --remove %s: no such input in transaction %d", opts.Remove[j], opts.From)
 		}
 	}
-	// New inputs: encode before merging (Merge moves their nodes).
+	var frags []Fragment
+	var pending []pendingFragment
+	if len(kept) > 0 {
+		data, roots, err := s.loadFragments(base, kept, true)
+		if err != nil {
+			return nil, fmt.Errorf("compose --from: %w", err)
+		}
+		for i, in := range kept {
+			frags = append(frags, Fragment{Input: in, Root: roots[i]})
+			pending = append(pending, pendingFragment{data: data[i], linkFrom: s.FragmentPath(base, in)})
+		}
+	}
+	// New inputs: encode before merging (Merge moves their nodes). Only
+	// their objects need checking: those of the base's inputs are
+	// referenced by the base's image, which gc keeps (and gc cannot run
+	// while we hold the lock).
 	for _, f := range opts.Add {
 		if f.Root == nil {
 			return nil, fmt.Errorf("compose: input %s has no tree", f.Input.Label())
+		}
+		if err := s.checkObjects(f.Root); err != nil {
+			return nil, fmt.Errorf("compose: input %s: %w", f.Input.Label(), err)
 		}
 		f.Root.Sort()
 		data, err := EncodeFragment(f.Root)
@@ -145,16 +147,17 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkObjects(root); err != nil {
-		return nil, err
-	}
 
 	// Nothing is written before this point.
 	txl, err := s.txLock()
 	if err != nil {
 		return nil, err
 	}
-	id, err := s.allocateID()
+	// Without new inputs nothing but our own few files is new: fsync them
+	// instead of syncing the whole file system (cheaper when other writers
+	// keep it busy). With new inputs, one syncfs covers their objects too.
+	targeted := len(opts.Add) == 0
+	id, err := s.allocateID(targeted)
 	txl.Unlock()
 	if err != nil {
 		return nil, err
@@ -171,31 +174,39 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 		Size: uint64(len(idText)), Content: idText, Mtime: tree.Timespec{Sec: when.Unix()}})
 	root.SortChildren()
 
-	if err := s.writeInputs(id, inputs, pending); err != nil {
+	if err := s.writeInputs(id, inputs, pending, targeted); err != nil {
 		return nil, err
 	}
 	crash(CPComposeInputs)
 
+	counts := make(chan Counts, 1)
+	go func() { counts <- CountTree(root) }() // beside the writer: both only read
 	img, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
+	tx := &Transaction{ID: id, Time: when, Inputs: inputs, Counts: <-counts}
 	if err != nil {
 		return nil, fmt.Errorf("compose: building image: %w", err)
 	}
 	digest := fsverity.Sum(img)
 	imageHex := hex.EncodeToString(digest[:])
 	imgPath := filepath.Join(s.ImagesDir(), imageHex)
-	if err := writeFileAtomic(imgPath, img, false); err != nil {
+	if err := writeFileAtomic(imgPath, img, targeted); err != nil {
 		return nil, fmt.Errorf("compose: %w", err)
 	}
 	crash(CPComposeImage)
 
-	tx := &Transaction{ID: id, Time: when, Image: imageHex, Inputs: inputs, Counts: CountTree(root)}
+	tx.Image = imageHex
 	if base != nil {
 		tx.Parent = base.ID
 	}
 	tx.Counts.Image = int64(len(img))
-	// One syncfs makes the objects, the image, the fragments and the counter
-	// durable before the metadata that refers to them appears.
-	if err := s.Sync(); err != nil {
+	// The objects, the image, the fragments and the counter are durable
+	// before the metadata that refers to them appears.
+	if targeted {
+		err = fsyncDir(s.txDir()) // the counter and <id>.inputs renames
+	} else {
+		err = s.Sync() // one syncfs
+	}
+	if err != nil {
 		return nil, fmt.Errorf("compose: %w", err)
 	}
 	crash(CPComposeSynced)
@@ -230,7 +241,7 @@ func (s *State) checkObjects(root *tree.Node) error {
 // writeInputs writes the fragments of transaction id into a temporary
 // directory and renames it to <id>.inputs. Fragments carried over from the
 // base are hardlinked (they are immutable and named by their digest).
-func (s *State) writeInputs(id uint64, inputs []Input, pending []pendingFragment) error {
+func (s *State) writeInputs(id uint64, inputs []Input, pending []pendingFragment, durable bool) error {
 	tmp, err := os.MkdirTemp(s.txDir(), ".tmp-inputs-")
 	if err != nil {
 		return fmt.Errorf("compose: %w", err)
@@ -250,8 +261,13 @@ func (s *State) writeInputs(id uint64, inputs []Input, pending []pendingFragment
 		if p.linkFrom != "" && os.Link(p.linkFrom, dst) == nil {
 			continue
 		}
-		if err := os.WriteFile(dst, p.data, 0o444); err != nil {
+		if err := writeFragmentFile(dst, p.data, durable); err != nil {
 			return fmt.Errorf("compose: writing fragment: %w", err)
+		}
+	}
+	if durable {
+		if err := fsyncDir(tmp); err != nil {
+			return fmt.Errorf("compose: %w", err)
 		}
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -262,6 +278,18 @@ func (s *State) writeInputs(id uint64, inputs []Input, pending []pendingFragment
 	}
 	ok = true
 	return nil
+}
+
+func writeFragmentFile(path string, data []byte, durable bool) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil && durable {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
 }
 
 // publish renames the metadata into place: from now on the transaction exists.

@@ -65,6 +65,9 @@ var crashOps = []crashOp{
 			if len(c.ids) > 0 && c.rng.IntN(3) > 0 {
 				a = append(a, "--from", strconv.FormatUint(c.ids[c.rng.IntN(len(c.ids))], 10))
 			}
+			if len(a) > 2 && c.rng.IntN(3) == 0 {
+				return a // no new input: the fsync (not syncfs) path
+			}
 			return append(a, "--tree", c.randomTree())
 		}},
 	{name: "remove", points: []string{state.CPRemoveUnpublish, state.CPGCImages, state.CPGCSweep},

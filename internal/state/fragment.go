@@ -1,6 +1,9 @@
 package state
 
 import (
+	"errors"
+	"runtime"
+	"sync"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -46,33 +49,73 @@ func (s *State) FragmentPath(tx *Transaction, in Input) string {
 
 // readFragment reads and checks one input's fragment file.
 func (s *State) readFragment(tx *Transaction, in Input) ([]byte, error) {
+	data, _, err := s.loadFragment(tx, in, false)
+	return data, err
+}
+
+// loadFragment reads one input's fragment file, checks its digest and, if
+// decode, parses it; the check runs beside the parse.
+func (s *State) loadFragment(tx *Transaction, in Input, decode bool) ([]byte, *tree.Node, error) {
 	p := s.FragmentPath(tx, in)
 	if in.Fragment != filepath.Base(in.Fragment) || strings.HasPrefix(in.Fragment, ".") {
-		return nil, fmt.Errorf("transaction %d: input %s: bad fragment name %q", tx.ID, in.Label(), in.Fragment)
+		return nil, nil, fmt.Errorf("transaction %d: input %s: bad fragment name %q", tx.ID, in.Label(), in.Fragment)
 	}
 	data, err := os.ReadFile(p)
 	if err != nil {
-		return nil, fmt.Errorf("transaction %d: input %s: %w", tx.ID, in.Label(), err)
+		return nil, nil, fmt.Errorf("transaction %d: input %s: %w", tx.ID, in.Label(), err)
 	}
-	if _, d := fragmentName(data); d != in.Digest {
-		return nil, fmt.Errorf("transaction %d: input %s: fragment %s has SHA-256 %s, metadata says %s", tx.ID, in.Label(), p, d, in.Digest)
+	check := make(chan error, 1)
+	go func() {
+		if _, d := fragmentName(data); d != in.Digest {
+			check <- fmt.Errorf("transaction %d: input %s: fragment %s has SHA-256 %s, metadata says %s", tx.ID, in.Label(), p, d, in.Digest)
+		}
+		close(check)
+	}()
+	var root *tree.Node
+	if decode {
+		root, err = DecodeFragment(data, p)
 	}
-	return data, nil
+	if cerr := <-check; cerr != nil {
+		return nil, nil, cerr
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return data, root, nil
+}
+
+// loadFragments loads the fragments of the given inputs of tx in parallel.
+func (s *State) loadFragments(tx *Transaction, inputs []Input, decode bool) ([][]byte, []*tree.Node, error) {
+	data := make([][]byte, len(inputs))
+	roots := make([]*tree.Node, len(inputs))
+	errs := make([]error, len(inputs))
+	sem := make(chan struct{}, runtime.NumCPU())
+	var wg sync.WaitGroup
+	for i, in := range inputs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			data[i], roots[i], errs[i] = s.loadFragment(tx, in, decode)
+			<-sem
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	return data, roots, nil
 }
 
 // Fragments loads the fragments of all inputs of a transaction, in order.
 func (s *State) Fragments(tx *Transaction) ([]Fragment, error) {
-	frags := make([]Fragment, 0, len(tx.Inputs))
-	for _, in := range tx.Inputs {
-		data, err := s.readFragment(tx, in)
-		if err != nil {
-			return nil, err
-		}
-		root, err := DecodeFragment(data, s.FragmentPath(tx, in))
-		if err != nil {
-			return nil, err
-		}
-		frags = append(frags, Fragment{Input: in, Root: root})
+	_, roots, err := s.loadFragments(tx, tx.Inputs, true)
+	if err != nil {
+		return nil, err
+	}
+	frags := make([]Fragment, len(tx.Inputs))
+	for i, in := range tx.Inputs {
+		frags[i] = Fragment{Input: in, Root: roots[i]}
 	}
 	return frags, nil
 }

@@ -1,6 +1,10 @@
 package state
 
 import (
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"bytes"
 	"context"
 	"fmt"
@@ -104,13 +108,31 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 		}
 	}
 
-	// Mark.
-	live := map[[32]byte]struct{}{}
+	// Mark, images in parallel, while the store is walked: under the
+	// exclusive lock no object appears or goes meanwhile.
+	type object struct {
+		d    [32]byte
+		size int64
+	}
+	var all []object
+	walked := make(chan error, 1)
+	go func() {
+		walked <- s.store.Walk(func(d [32]byte, size int64) error {
+			all = append(all, object{d, size})
+			return nil
+		})
+	}()
+	var paths []string
 	for h := range images {
 		res.Images = append(res.Images, h)
-		if err := s.markImage(filepath.Join(s.ImagesDir(), h), live); err != nil {
-			return nil, fmt.Errorf("gc: %w", err)
-		}
+		paths = append(paths, filepath.Join(s.ImagesDir(), h))
+	}
+	live, err := markImages(paths)
+	if werr := <-walked; werr != nil && err == nil {
+		err = werr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
 	}
 	slices.Sort(res.Images)
 
@@ -166,61 +188,115 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 		}
 	}
 
-	// Sweep objects.
-	type deadObject struct {
-		d    [32]byte
-		size int64
-	}
-	var dead []deadObject
-	err = s.store.Walk(func(d [32]byte, size int64) error {
+	// Sweep objects, on several goroutines (unlinks in different fan-out
+	// directories proceed in parallel).
+	var dead []object
+	for _, o := range all {
 		res.Objects++
-		if _, ok := live[d]; ok {
+		if _, ok := live[o.d]; ok {
 			res.ObjectsLive++
-			return nil
+			continue
 		}
-		dead = append(dead, deadObject{d, size})
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
-	}
-	for i, o := range dead {
-		if !opts.DryRun {
-			if err := s.store.Remove(o.d); err != nil {
-				return nil, fmt.Errorf("gc: %w", err)
-			}
-			if i == len(dead)/2 {
-				crash(CPGCSweep)
-			}
-		}
+		dead = append(dead, o)
 		res.ObjectsRemoved++
 		res.BytesRemoved += o.size
-		if opts.Progress != nil && i%1024 == 0 {
-			opts.Progress(i, len(dead))
-		}
 	}
-	if opts.Progress != nil {
-		opts.Progress(len(dead), len(dead))
+	if opts.DryRun {
+		return res, nil
+	}
+	var (
+		next, done atomic.Int64
+		mu         sync.Mutex
+		wg         sync.WaitGroup
+		errs       = make([]error, 4)
+	)
+	for w := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(dead) {
+					return
+				}
+				if err := s.store.Remove(dead[i].d); err != nil {
+					errs[w] = err
+					return
+				}
+				n := done.Add(1)
+				if n == int64(len(dead)/2+1) {
+					crash(CPGCSweep)
+				}
+				if opts.Progress != nil && (n%1024 == 0 || n == int64(len(dead))) {
+					mu.Lock()
+					opts.Progress(int(n), len(dead))
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
 	}
 	return res, nil
 }
 
-// markImage adds the objects of every external file of an image to live.
-func (s *State) markImage(path string, live map[[32]byte]struct{}) error {
+// markImages returns the objects of every external file of the images,
+// reading them on all cores.
+func markImages(paths []string) (map[[32]byte]struct{}, error) {
+	lists := make([][][32]byte, len(paths))
+	errs := make([]error, len(paths))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.NumCPU(), len(paths)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(paths) {
+					return
+				}
+				lists[i], errs[i] = imageObjects(paths[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, l := range lists {
+		n = max(n, len(l))
+	}
+	live := make(map[[32]byte]struct{}, n)
+	for _, l := range lists {
+		for _, d := range l {
+			live[d] = struct{}{}
+		}
+	}
+	return live, nil
+}
+
+// imageObjects lists the objects an image's external files use.
+func imageObjects(path string) ([][32]byte, error) {
 	root, err := readImageTree(path)
 	if err != nil {
-		return fmt.Errorf("retained image: %w", err)
+		return nil, fmt.Errorf("retained image: %w", err)
 	}
-	return root.Walk(func(n *tree.Node) error {
+	var out [][32]byte
+	err = root.Walk(func(n *tree.Node) error {
 		if n.LinkTo == nil && n.Payload != "" {
 			d, err := cas.ParsePayload(n.Payload)
 			if err != nil {
 				return fmt.Errorf("retained image %s: %s: %w", path, n.Path(), err)
 			}
-			live[d] = struct{}{}
+			out = append(out, d)
 		}
 		return nil
 	})
+	return out, err
 }
 
 // readImageTree reads an image file's tree with the erofs reader.

@@ -202,9 +202,9 @@ func (s *State) SetActive(id uint64) error {
 
 // allocateID reserves the next transaction id: max(counter, highest
 // existing id + 1). The caller holds txLock. The counter update becomes
-// durable with the syncfs that precedes publishing, so a published id is
-// never handed out again.
-func (s *State) allocateID() (uint64, error) {
+// durable (here, or with the syncfs that precedes publishing) before the
+// transaction is published, so a published id is never handed out again.
+func (s *State) allocateID(durable bool) (uint64, error) {
 	next, _, err := readUint(filepath.Join(s.txDir(), "next"))
 	if err != nil {
 		return 0, fmt.Errorf("transaction counter: %w", err)
@@ -228,7 +228,7 @@ func (s *State) allocateID() (uint64, error) {
 			}
 		}
 	}
-	if err := writeFileAtomic(filepath.Join(s.txDir(), "next"), []byte(strconv.FormatUint(next+1, 10)+"\n"), false); err != nil {
+	if err := writeFileAtomic(filepath.Join(s.txDir(), "next"), []byte(strconv.FormatUint(next+1, 10)+"\n"), durable); err != nil {
 		return 0, fmt.Errorf("transaction counter: %w", err)
 	}
 	return next, nil
