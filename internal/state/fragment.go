@@ -1,17 +1,17 @@
 package state
 
 import (
-	"errors"
-	"runtime"
-	"sync"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/internal/tree"

@@ -1,18 +1,18 @@
 package state
 
 import (
-	"errors"
-	"runtime"
-	"sync"
-	"sync/atomic"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/erofs"
