@@ -1,0 +1,249 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/erofs"
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/dirimport"
+	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/spf13/cobra"
+)
+
+var mkcomposefsFlags struct {
+	fromFile        bool
+	digestStore     string
+	printDigest     bool
+	printDigestOnly bool
+	useEpoch        bool
+	skipDevices     bool
+	skipXattrs      bool
+	userXattrs      bool
+	minVersion      int
+	maxVersion      int
+	threads         int
+}
+
+var mkcomposefsCmd = &cobra.Command{
+	Use:   "mkcomposefs [flags] SOURCE IMAGE",
+	Short: "Build a composefs image from a directory or a dump, like mkcomposefs",
+	Long: `mkcomposefs writes the composefs EROFS image of SOURCE to IMAGE, byte for byte
+what composefs's mkcomposefs 1.0.8 writes. SOURCE is a directory, or with
+--from-file a composefs dump (composefs-dump(5)); "-" reads the dump from
+standard input. IMAGE "-" writes to standard output (never a terminal); a
+file is written under a temporary name and renamed into place when complete.
+
+From a directory, regular files of more than 64 bytes become external files
+named by their fs-verity digest; --digest-store=DIR copies them into DIR as
+DIR/xx/<62 hex> (the overlay data-only layer). --use-epoch, --skip-devices,
+--skip-xattrs and --user-xattrs change what is taken from the directory.
+
+The format version is chosen in --min-version..--max-version (0 or 1; by
+default 0..1; when only one is given the other defaults to 0, and a max below
+min is raised to it): version 1 only when the tree has whiteouts.
+CFS_PARSE_STRICT=1 in the environment parses dumps strictly.`,
+	Args: cobra.RangeArgs(1, 2),
+	RunE: runMkcomposefs,
+}
+
+func init() {
+	fl := mkcomposefsCmd.Flags()
+	f := &mkcomposefsFlags
+	fl.BoolVar(&f.fromFile, "from-file", false, "SOURCE is a composefs dump file (\"-\": standard input)")
+	fl.StringVar(&f.digestStore, "digest-store", "", "copy file contents into this object directory (directory SOURCE)")
+	fl.BoolVar(&f.printDigest, "print-digest", false, "print the image's fs-verity digest")
+	fl.BoolVar(&f.printDigestOnly, "print-digest-only", false, "print the image's fs-verity digest and write no image")
+	fl.BoolVar(&f.useEpoch, "use-epoch", false, "set every mtime to 0 (directory SOURCE)")
+	fl.BoolVar(&f.skipDevices, "skip-devices", false, "leave out device files (directory SOURCE)")
+	fl.BoolVar(&f.skipXattrs, "skip-xattrs", false, "read no xattrs (directory SOURCE)")
+	fl.BoolVar(&f.userXattrs, "user-xattrs", false, "keep only user.* xattrs (directory SOURCE)")
+	fl.IntVar(&f.minVersion, "min-version", 0, "lowest composefs format version (0 or 1)")
+	fl.IntVar(&f.maxVersion, "max-version", 1, "highest composefs format version (0 or 1)")
+	fl.IntVar(&f.threads, "threads", 0, "threads hashing and storing files (0: one per CPU)")
+	rootCmd.AddCommand(mkcomposefsCmd)
+}
+
+// mkcomposefsVersions applies mkcomposefs's defaults: 0..1 when neither
+// bound is given; when one is, the other defaults to 0, and a max below min
+// is raised to min.
+func mkcomposefsVersions(minSet, maxSet bool, minV, maxV int) (erofs.WriteOptions, error) {
+	switch {
+	case !minSet && !maxSet:
+		return erofs.DefaultWriteOptions(), nil
+	case !minSet:
+		minV = 0
+	case !maxSet:
+		maxV = 0
+	}
+	for _, v := range []int{minV, maxV} {
+		if v < 0 || v > erofs.MaxComposefsVersion {
+			return erofs.WriteOptions{}, fmt.Errorf("composefs version %d not supported (0 to %d)", v, erofs.MaxComposefsVersion)
+		}
+	}
+	maxV = max(maxV, minV)
+	return erofs.WriteOptions{MinVersion: minV, MaxVersion: maxV}, nil
+}
+
+func runMkcomposefs(cmd *cobra.Command, args []string) error {
+	f := &mkcomposefsFlags
+	source := args[0]
+	image := ""
+	switch {
+	case len(args) == 2:
+		image = args[1]
+	case !f.printDigestOnly:
+		return errors.New("mkcomposefs: no IMAGE given")
+	}
+	opts, err := mkcomposefsVersions(cmd.Flags().Changed("min-version"), cmd.Flags().Changed("max-version"), f.minVersion, f.maxVersion)
+	if err != nil {
+		return fmt.Errorf("mkcomposefs: %w", err)
+	}
+	if f.skipXattrs && f.userXattrs {
+		return errors.New("mkcomposefs: --skip-xattrs and --user-xattrs conflict")
+	}
+	if image == "-" && !f.printDigestOnly && cli.IsTerminal(os.Stdout) {
+		return errors.New("mkcomposefs: standard output is a terminal, refusing to write an image to it")
+	}
+
+	var root *tree.Node
+	var store *cas.Store
+	if f.fromFile {
+		if f.digestStore != "" {
+			return errors.New("mkcomposefs: --digest-store needs a directory SOURCE, not --from-file")
+		}
+		root, err = readDumpSource(source)
+	} else {
+		root, store, err = importDirSource(cmd.Context(), source)
+	}
+	if err != nil {
+		return fmt.Errorf("mkcomposefs: %w", err)
+	}
+
+	img, err := erofs.BuildImage(root, opts)
+	if err != nil {
+		return fmt.Errorf("mkcomposefs: %s: %w", source, err)
+	}
+	if store != nil {
+		// The image refers to these objects: make them durable first.
+		if err := store.Sync(); err != nil {
+			return fmt.Errorf("mkcomposefs: digest store %s: %w", f.digestStore, err)
+		}
+	}
+	if !f.printDigestOnly {
+		if err := writeImageFile(image, img); err != nil {
+			return fmt.Errorf("mkcomposefs: %w", err)
+		}
+	}
+	if f.printDigest || f.printDigestOnly {
+		d := fsverity.Sum(img)
+		if _, err := fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(d[:])); err != nil {
+			return fmt.Errorf("mkcomposefs: print digest: %w", err)
+		}
+	}
+	return nil
+}
+
+// readDumpSource parses a dump file, "-" being standard input.
+func readDumpSource(source string) (*tree.Node, error) {
+	var r io.Reader = os.Stdin
+	name := "<stdin>"
+	if source != "-" {
+		file, err := os.Open(source)
+		if err != nil {
+			return nil, err
+		}
+		defer file.Close()
+		r, name = file, source
+	}
+	return erofs.ParseDump(r, erofs.DumpOptions{Strict: os.Getenv("CFS_PARSE_STRICT") == "1", Name: name})
+}
+
+// importDirSource builds the tree of a directory, storing contents in the
+// digest store when one is given.
+func importDirSource(ctx context.Context, dir string) (*tree.Node, *cas.Store, error) {
+	f := &mkcomposefsFlags
+	if st, err := os.Stat(dir); err != nil {
+		return nil, nil, err
+	} else if !st.IsDir() {
+		return nil, nil, fmt.Errorf("%s is not a directory (a dump needs --from-file)", dir)
+	}
+	var store *cas.Store
+	opts := dirimport.Options{
+		UseEpoch:    f.useEpoch,
+		SkipDevices: f.skipDevices,
+		SkipXattrs:  f.skipXattrs,
+		UserXattrs:  f.userXattrs,
+		Threads:     f.threads,
+	}
+	if f.digestStore != "" {
+		if err := os.MkdirAll(f.digestStore, 0o755); err != nil {
+			return nil, nil, fmt.Errorf("digest store: %w", err)
+		}
+		s, err := cas.OpenObjectDir(f.digestStore)
+		if err != nil {
+			return nil, nil, err
+		}
+		store, opts.Sink = s, s
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	root, err := dirimport.Import(ctx, dir, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	return root, store, nil
+}
+
+// writeImageFile writes img to path ("-": standard output), through a
+// temporary file in the same directory that is synced and then renamed,
+// so that path is either absent, the old file, or the whole new image.
+func writeImageFile(path string, img []byte) error {
+	if path == "-" {
+		if _, err := io.Copy(os.Stdout, bytes.NewReader(img)); err != nil {
+			return fmt.Errorf("write image to standard output: %w", err)
+		}
+		return nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write image: %w", err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(img); err != nil {
+		return fmt.Errorf("write image %s: %w", path, err)
+	}
+	// The mode fopen(path, "w") would give it.
+	umask := syscall.Umask(0)
+	syscall.Umask(umask)
+	if err := tmp.Chmod(0o666 &^ os.FileMode(umask)); err != nil {
+		return fmt.Errorf("write image %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("write image %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write image %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write image %s: %w", path, err)
+	}
+	done = true
+	return nil
+}
