@@ -695,8 +695,8 @@ func (st *shareTable) insert(l *layout, owner, i int32) {
 	st.owner = append(st.owner, owner)
 	xs := l.xattrs
 	x := &xs[i]
-	st.bufA = l.appendValue(append(st.bufA[:0], byte(x.name), byte(x.name>>8)), &l.inodes[owner], x)
-	h := maphash.Bytes(st.seed, st.bufA)
+	in := &l.inodes[owner]
+	h := st.hash(l, in, x)
 	tag := h >> 32
 	for p := h & st.mask; ; p = (p + 1) & st.mask {
 		s := st.slots[p]
@@ -710,11 +710,7 @@ func (st *shareTable) insert(l *layout, owner, i int32) {
 		}
 		r := int32(s&0xffffffff) - 1
 		y := &xs[r]
-		if y.name != x.name || y.vlen != x.vlen {
-			continue
-		}
-		st.bufB = l.appendValue(append(st.bufB[:0], byte(y.name), byte(y.name>>8)), &l.inodes[st.owner[r]], y)
-		if !bytes.Equal(st.bufA, st.bufB) {
+		if y.name != x.name || y.vlen != x.vlen || !st.equal(l, in, x, &l.inodes[st.owner[r]], y) {
 			continue
 		}
 		if y.shared == -1 {
@@ -724,6 +720,45 @@ func (st *shareTable) insert(l *layout, owner, i int32) {
 		x.shared = r
 		return
 	}
+}
+
+// hash hashes an xattr's name and value without copying the value where it
+// can: a metacopy's value is named by its fs-verity digest, itself a hash.
+// Metacopy and redirect names carry no other kind of value (source
+// trusted.overlay.* names are escaped), so their hashes need not agree with
+// the byte hash the other kinds use.
+func (st *shareTable) hash(l *layout, in *inode, x *xattr) uint64 {
+	var h uint64
+	switch x.kind {
+	case valueMetacopy:
+		if d := in.src.Digest; d != nil {
+			h = wle.Uint64(d) ^ wle.Uint64(d[8:])
+		}
+	case valueRedirect:
+		h = maphash.String(st.seed, in.src.Payload)
+	case valueSource:
+		h = maphash.Bytes(st.seed, in.src.Xattrs[x.src].Value)
+	default:
+		st.bufA = l.appendValue(st.bufA[:0], in, x)
+		h = maphash.Bytes(st.seed, st.bufA)
+	}
+	return h ^ (uint64(x.name)+1)*0x9E3779B97F4A7C15
+}
+
+// equal reports whether two xattrs with the same name and value length
+// have the same value.
+func (st *shareTable) equal(l *layout, ia *inode, a *xattr, ib *inode, b *xattr) bool {
+	switch {
+	case a.kind == valueMetacopy && b.kind == valueMetacopy:
+		return bytes.Equal(ia.src.Digest, ib.src.Digest)
+	case a.kind == valueRedirect && b.kind == valueRedirect:
+		return ia.src.Payload == ib.src.Payload
+	case a.kind == valueSource && b.kind == valueSource:
+		return bytes.Equal(ia.src.Xattrs[a.src].Value, ib.src.Xattrs[b.src].Value)
+	}
+	st.bufA = l.appendValue(st.bufA[:0], ia, a)
+	st.bufB = l.appendValue(st.bufB[:0], ib, b)
+	return bytes.Equal(st.bufA, st.bufB)
 }
 
 // computeShared lays out the shared xattr table (§7.4) from the pairs the
