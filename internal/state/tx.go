@@ -319,6 +319,9 @@ func (s *State) Mounts() ([]MountRecord, error) {
 func parseMountRecord(data []byte) (MountRecord, error) {
 	txt := strings.TrimSpace(string(data))
 	if id, err := strconv.ParseUint(txt, 10, 64); err == nil {
+		if id == 0 {
+			return MountRecord{}, errors.New("transaction id 0")
+		}
 		return MountRecord{Tx: id}, nil
 	}
 	var raw map[string]json.RawMessage
