@@ -112,6 +112,18 @@ func OpenWithObjects(r io.ReaderAt, objects fs.FS) (*Image, error) {
 	return open(r, "", objects)
 }
 
+// OpenBytes is Open on an image held in memory (read or memory-mapped):
+// records are read in place, without copies or a block cache. b must not
+// change while the Image is used.
+func OpenBytes(b []byte, objects fs.FS) (*Image, error) {
+	img, err := open(bytes.NewReader(b), "", objects)
+	if err != nil {
+		return nil, err
+	}
+	img.src = &source{size: int64(len(b)), data: b}
+	return img, nil
+}
+
 // OpenFile opens the image file at path (for tools and tests); the returned
 // close function closes the file.
 func OpenFile(path string, objects fs.FS) (*Image, func() error, error) {

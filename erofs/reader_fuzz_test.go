@@ -48,7 +48,14 @@ func FuzzOpen(f *testing.F) {
 
 // rdExercise reads everything of an image, ignoring errors.
 func rdExercise(data []byte) {
-	img, err := Open(bytes.NewReader(data))
+	// Both sources: the block cache over an io.ReaderAt, and in place.
+	var img *Image
+	var err error
+	if len(data)%2 == 0 {
+		img, err = Open(bytes.NewReader(data))
+	} else {
+		img, err = OpenBytes(data, nil)
+	}
 	if err != nil {
 		if !errors.Is(err, ErrCorrupt) {
 			panic("Open error does not wrap ErrCorrupt: " + err.Error())

@@ -119,6 +119,13 @@ func TestRoundTripAssets(t *testing.T) {
 			if err := tree.Equal(src, got); err != nil {
 				t.Errorf("Tree differs from the parsed dump: %v", err)
 			}
+			inPlace, err := OpenBytes(image, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tree.Equal(got, rdTree(t, inPlace)); err != nil {
+				t.Errorf("OpenBytes gives another tree: %v", err)
+			}
 			rdCompareGoErofs(t, name, image)
 			var out bytes.Buffer
 			if err := img.WriteDump(&out); err != nil {

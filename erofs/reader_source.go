@@ -14,6 +14,7 @@ import (
 type source struct {
 	r    io.ReaderAt
 	size int64
+	data []byte // the whole image, when opened with OpenBytes: no cache
 
 	mu     sync.Mutex
 	blocks map[int64][]byte
@@ -35,6 +36,9 @@ func (s *source) read(off int64, n int) ([]byte, error) {
 	}
 	if n == 0 {
 		return nil, nil
+	}
+	if s.data != nil {
+		return s.data[off : off+int64(n) : off+int64(n)], nil
 	}
 	first, last := off/BlockSize, (off+int64(n)-1)/BlockSize
 	if first == last {
