@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -548,8 +549,12 @@ func (p *dumpParser) parseXattrs(n *tree.Node, path, rest string) error {
 }
 
 // sortXattrsStable sorts by name keeping dump order among equal names
-// (insertion sort: lines carry few xattrs).
+// (insertion sort: lines usually carry few xattrs).
 func sortXattrsStable(xs []tree.Xattr) {
+	if len(xs) > 16 {
+		slices.SortStableFunc(xs, func(a, b tree.Xattr) int { return strings.Compare(a.Name, b.Name) })
+		return
+	}
 	for i := 1; i < len(xs); i++ {
 		for j := i; j > 0 && xs[j-1].Name > xs[j].Name; j-- {
 			xs[j-1], xs[j] = xs[j], xs[j-1]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -336,5 +337,45 @@ func TestStrtoull(t *testing.T) {
 		if got != c.want || ok != c.ok {
 			t.Errorf("strtoull(%q, %d) = %d, %v; want %d, %v", c.s, c.base, got, ok, c.want, c.ok)
 		}
+	}
+}
+
+// TestParseDumpManyXattrs: a line with many xattrs (the sort switches
+// algorithms) keeps the last value of a repeated name.
+func TestParseDumpManyXattrs(t *testing.T) {
+	var line strings.Builder
+	line.WriteString("/ 4096 40755 2 0 0 0 0.0 - - -")
+	for i := 30; i > 0; i-- {
+		fmt.Fprintf(&line, " user.k%02d=a%d", i%20, i)
+	}
+	root, err := parseString(t, line.String()+"\n", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(root.Xattrs) != 20 {
+		t.Fatalf("%d xattrs, want 20", len(root.Xattrs))
+	}
+	for i, x := range root.Xattrs {
+		if want := fmt.Sprintf("user.k%02d", i); x.Name != want {
+			t.Errorf("xattr %d is %s, want %s", i, x.Name, want)
+		}
+	}
+	if v, _ := root.Xattr("user.k05"); string(v) != "a5" {
+		t.Errorf("user.k05 = %q, want the later a5", v)
+	}
+	// The writer sorts and deduplicates the same way when a tree repeats names.
+	root.Xattrs = append(root.Xattrs, tree.Xattr{Name: "user.k05", Value: []byte("a5")}, tree.Xattr{Name: "user.a", Value: []byte("x")})
+	img1, err := BuildImage(root, DefaultWriteOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	root.Xattrs = root.Xattrs[:len(root.Xattrs)-2]
+	root.SetXattr("user.a", []byte("x"))
+	img2, err := BuildImage(root, DefaultWriteOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(img1, img2) {
+		t.Errorf("unsorted xattrs with a repeated name give another image: %s", diffImages(img1, img2))
 	}
 }

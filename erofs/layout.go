@@ -601,8 +601,12 @@ func (b *layoutBuilder) computeXattrs() error {
 	return nil
 }
 
-// sortXattrs sorts by name, stably (few per inode: insertion sort).
+// sortXattrs sorts by name, stably (usually few per inode: insertion sort).
 func sortXattrs(names []xattrName, xs []xattr) {
+	if len(xs) > 16 {
+		slices.SortStableFunc(xs, func(a, b xattr) int { return strings.Compare(names[a.name].name, names[b.name].name) })
+		return
+	}
 	for i := 1; i < len(xs); i++ {
 		for j := i; j > 0 && names[xs[j-1].name].name > names[xs[j].name].name; j-- {
 			xs[j-1], xs[j] = xs[j], xs[j-1]
