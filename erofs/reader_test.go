@@ -263,3 +263,29 @@ func TestOpenRejects(t *testing.T) {
 		}
 	}
 }
+
+// TestTreeErrorNamesPath corrupts one inode and checks that Tree's error
+// names the image file and the path.
+func TestTreeErrorNamesPath(t *testing.T) {
+	b := bytes.Clone(rdGoldens(t)["special.dump"])
+	img := rdOpen(t, b)
+	nid, err := img.Lookup(img.RootNid(), "inline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := img.metaStart + int64(nid)*SlotSize
+	b[off+4], b[off+5] = 0, 0 // i_mode without a file type
+	p := filepath.Join(t.TempDir(), "broken.cfs")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, closeImg, err := OpenFile(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeImg()
+	_, err = img.Tree()
+	if err == nil || !errors.Is(err, ErrCorrupt) || !strings.HasPrefix(err.Error(), p+": /inline: ") {
+		t.Errorf("Tree error %q, want it to start with %q", err, p+": /inline: ")
+	}
+}

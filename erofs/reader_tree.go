@@ -1,6 +1,8 @@
 package erofs
 
 import (
+	"errors"
+	"path"
 	"slices"
 	"strings"
 
@@ -181,6 +183,10 @@ func (b *treeBuilder) children(n *tree.Node, ino *Inode, depth int) error {
 		}
 		c, skip, err := b.node(d.nid, depth+1)
 		if err != nil {
+			var pe *treePathError
+			if !errors.As(err, &pe) {
+				err = &treePathError{image: img.name, path: path.Join(n.Path(), d.name), err: err}
+			}
 			return err
 		}
 		if skip {
@@ -191,3 +197,19 @@ func (b *treeBuilder) children(n *tree.Node, ino *Inode, depth int) error {
 	}
 	return nil
 }
+
+// treePathError names the path at which Tree met a problem.
+type treePathError struct {
+	image, path string
+	err         error
+}
+
+// Error reads "IMAGE: PATH: problem".
+func (e *treePathError) Error() string {
+	msg := e.err.Error()
+	if e.image != "" && strings.HasPrefix(msg, e.image+": ") {
+		return e.image + ": " + e.path + ": " + msg[len(e.image)+2:]
+	}
+	return e.path + ": " + msg
+}
+func (e *treePathError) Unwrap() error { return e.err }
