@@ -155,16 +155,16 @@ func Mount(opts Options) (int, Info, error) {
 		}
 	}
 
-	erofsFd, backing, loopDev, err := mountErofs(opts.Image, acl, opts.NoFileBacked)
-	if err != nil {
+	img := &erofsMount{image: opts.Image, acl: acl, noFileBacked: opts.NoFileBacked, fd: -1}
+	if _, err := img.detached(); err != nil {
 		return -1, info, err
 	}
-	defer unix.Close(erofsFd)
-	info.ImageBacking, info.LoopDevice = backing, loopDev
+	defer img.close()
+	info.ImageBacking, info.LoopDevice = img.backing, img.loopDev
 
 	var errs []error
 	for _, m := range methods {
-		fd, eff, err := mountOverlay(m, erofsFd, opts, want, verity == VerityAuto)
+		fd, eff, err := mountOverlay(m, img, opts, want, verity == VerityAuto)
 		if err == nil {
 			info.Method, info.Verity = m, eff
 			return fd, info, nil
@@ -180,6 +180,39 @@ func Mount(opts Options) (int, Info, error) {
 // errUnsupported marks a method the kernel refused as unknown, so that the
 // next (older) one is worth trying.
 var errUnsupported = errors.New("not supported by this kernel")
+
+// erofsMount is the image's detached EROFS mount, shared by the methods
+// tried in turn. A method that had to attach the mount itself (cloning a
+// detached mount needs Linux 6.15) uses it up; the next one gets a new one.
+type erofsMount struct {
+	image            string
+	acl              bool
+	noFileBacked     bool
+	fd               int
+	used             bool
+	backing, loopDev string
+}
+
+// detached returns a detached mount of the image, mounting it if needed.
+func (e *erofsMount) detached() (int, error) {
+	if e.fd >= 0 && !e.used {
+		return e.fd, nil
+	}
+	e.close()
+	fd, backing, loopDev, err := mountErofs(e.image, e.acl, e.noFileBacked)
+	if err != nil {
+		return -1, err
+	}
+	e.fd, e.used, e.backing, e.loopDev = fd, false, backing, loopDev
+	return fd, nil
+}
+
+func (e *erofsMount) close() {
+	if e.fd >= 0 {
+		unix.Close(e.fd)
+		e.fd = -1
+	}
+}
 
 // composefs header (composefs-format.md): magic, version, flags at byte 8.
 const (
@@ -322,12 +355,12 @@ func fsError(fsfd int, what string, err error) error {
 // mountOverlay builds the overlay with one method. It returns errUnsupported
 // (wrapped) when the kernel does not know the method, so the caller tries
 // the next one.
-func mountOverlay(m Method, erofsFd int, opts Options, verity Verity, auto bool) (int, Verity, error) {
-	fd, err := overlayAttempt(m, erofsFd, opts, verity)
+func mountOverlay(m Method, img *erofsMount, opts Options, verity Verity, auto bool) (int, Verity, error) {
+	fd, err := overlayAttempt(m, img, opts, verity)
 	if err != nil && auto && verity != VerityOff && errors.Is(err, errVerityUnsupported) {
 		// auto: the objects have verity but overlayfs cannot check it.
 		verity = VerityOff
-		fd, err = overlayAttempt(m, erofsFd, opts, verity)
+		fd, err = overlayAttempt(m, img, opts, verity)
 	}
 	return fd, verity, err
 }
@@ -340,24 +373,28 @@ var errVerityUnsupported = errors.New("overlayfs has no verity option (Linux 6.6
 // never enters the caller's mount table (nor propagates from it) and
 // vanishes with the thread. The overlay itself comes back as a detached
 // mount, which belongs to no namespace and can be attached anywhere.
-func overlayAttempt(m Method, erofsFd int, opts Options, verity Verity) (int, error) {
-	if m == MethodDetachedLayer {
-		return overlayAttemptHere(m, erofsFd, opts, verity)
+func overlayAttempt(m Method, img *erofsMount, opts Options, verity Verity) (int, error) {
+	erofsFd, err := img.detached()
+	if err != nil {
+		return -1, err
 	}
-	fd, err := -1, error(nil)
+	if m == MethodDetachedLayer {
+		return overlayAttemptHere(m, img, erofsFd, opts, verity)
+	}
+	fd := -1
 	nsErr := inPrivateMountNS(func() error {
-		fd, err = overlayAttemptHere(m, erofsFd, opts, verity)
+		fd, err = overlayAttemptHere(m, img, erofsFd, opts, verity)
 		return nil
 	})
 	if nsErr != nil {
 		// No private namespace to be had (a restricted container): use a
 		// private temporary mount in ours.
-		return overlayAttemptHere(m, erofsFd, opts, verity)
+		return overlayAttemptHere(m, img, erofsFd, opts, verity)
 	}
 	return fd, err
 }
 
-func overlayAttemptHere(m Method, erofsFd int, opts Options, verity Verity) (int, error) {
+func overlayAttemptHere(m Method, img *erofsMount, erofsFd int, opts Options, verity Verity) (int, error) {
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return -1, fmt.Errorf("fsopen overlay: %w", err)
@@ -383,11 +420,16 @@ func overlayAttemptHere(m Method, erofsFd int, opts Options, verity Verity) (int
 			return -1, unsupportedIf(err, unix.EINVAL)
 		}
 	case MethodLayerKeys, MethodLegacy, MethodLegacyClassic:
-		tmp, err = attachPrivate(erofsFd, opts.TempDir)
+		tmp, err = attachPrivate(img, erofsFd, opts.TempDir)
 		if err != nil {
 			return -1, err
 		}
 		defer tmp.detach()
+		if testAfterAttach != nil {
+			if err := testAfterAttach(m); err != nil {
+				return -1, err
+			}
+		}
 		switch m {
 		case MethodLayerKeys:
 			if err := set("lowerdir+", tmp.dir); err != nil {
@@ -452,11 +494,21 @@ func escapeLayer(p string) string {
 	return r.Replace(p)
 }
 
+// cloneDetached clones a detached mount (open_tree OPEN_TREE_CLONE); a
+// variable so tests can play a kernel before 6.15.
+var cloneDetached = func(fd int) (int, error) {
+	return unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+}
+
+// testAfterAttach, when set by a test, can fail a path-based method after
+// it attached the image, as a kernel refusing the method would.
+var testAfterAttach func(Method) error
+
 // tempMount is the EROFS mount attached on a private temporary directory
 // for the methods that name layers by path.
 type tempMount struct{ dir string }
 
-func attachPrivate(mntFd int, tempDir string) (*tempMount, error) {
+func attachPrivate(img *erofsMount, mntFd int, tempDir string) (*tempMount, error) {
 	if tempDir == "" {
 		tempDir = os.TempDir()
 	}
@@ -465,14 +517,19 @@ func attachPrivate(mntFd int, tempDir string) (*tempMount, error) {
 		return nil, fmt.Errorf("temporary image mount point: %w", err)
 	}
 	// Attach a clone, so the detached original stays usable for the next
-	// method if this one is refused.
-	clone, err := unix.OpenTree(mntFd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	// method if this one is refused. Before Linux 6.15 a detached mount
+	// cannot be cloned (EINVAL): attach the original, used up from then on.
+	src, err := cloneDetached(mntFd)
+	if errors.Is(err, unix.EINVAL) {
+		src, err = unix.Dup(mntFd)
+		img.used = true
+	}
 	if err != nil {
 		os.Remove(dir)
 		return nil, fmt.Errorf("clone the image mount: %w", err)
 	}
-	defer unix.Close(clone)
-	if err := unix.MoveMount(clone, "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+	defer unix.Close(src)
+	if err := unix.MoveMount(src, "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		os.Remove(dir)
 		return nil, fmt.Errorf("attach the image at %s: %w", dir, err)
 	}

@@ -109,6 +109,9 @@ func TestMountMatchesSource(t *testing.T) {
 					f := newFixture(t, dir, "A", build)
 					fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects, Methods: []Method{m},
 						NoFileBacked: where == "forced-loop", TempDir: tmp})
+					if errors.Is(err, errUnsupported) && !methodExpected(m) {
+						t.Skipf("kernel %s lacks method %s: %v", kernelRelease(), m, err)
+					}
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -161,9 +164,14 @@ func TestMountAllMethodsFallBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	// This kernel (6.15+) takes the detached EROFS mount as a layer.
-	if info.Method != MethodDetachedLayer {
-		t.Errorf("default method %s, want %s on this kernel", info.Method, MethodDetachedLayer)
+	// The newest method the kernel has is the one used.
+	for _, m := range AllMethods {
+		if methodExpected(m) {
+			if info.Method != m {
+				t.Errorf("default method %s, want %s on kernel %s", info.Method, m, kernelRelease())
+			}
+			break
+		}
 	}
 	mnt := attach(t, fd)
 	overlaytest.Compare(t, mnt, f.tx)
@@ -398,5 +406,73 @@ func TestMountACL(t *testing.T) {
 	mnt2 := attach(t, fd2)
 	if _, err := unix.Lgetxattr(filepath.Join(mnt2, "etc/conf"), "system.posix_acl_access", make([]byte, 256)); err == nil {
 		t.Error("ACL visible on a noacl mount")
+	}
+}
+
+func kernelRelease() string {
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	return unix.ByteSliceToString(uts.Release[:])
+}
+
+// methodExpected reports whether the running kernel is new enough for m
+// (kernel.md §1): tests skip an unsupported method only on older kernels.
+func methodExpected(m Method) bool {
+	r := kernelRelease()
+	switch m {
+	case MethodDetachedLayer:
+		return kernelAtLeast(r, 6, 15)
+	case MethodLayerKeys:
+		return kernelAtLeast(r, 6, 7)
+	case MethodLegacy:
+		return kernelAtLeast(r, 6, 5)
+	}
+	return true
+}
+
+// TestMountWithoutDetachedClone plays a kernel before 6.15, which cannot
+// clone a detached mount: path-based methods attach the EROFS mount itself,
+// and a method tried after one that used it up gets a fresh mount.
+func TestMountWithoutDetachedClone(t *testing.T) {
+	testenv.RequireMountNS(t)
+	defer func(f func(int) (int, error)) { cloneDetached = f }(cloneDetached)
+	cloneDetached = func(int) (int, error) { return -1, unix.EINVAL }
+	for _, where := range []string{"ext4", "tmpfs"} {
+		dir := t.TempDir()
+		if where == "tmpfs" {
+			dir = onTmpfs(t)
+		}
+		f := newFixture(t, dir, "A", writerBuild)
+		for _, m := range []Method{MethodLayerKeys, MethodLegacy, MethodLegacyClassic} {
+			tmp := t.TempDir()
+			fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects, Methods: []Method{m}, TempDir: tmp})
+			if err != nil {
+				t.Fatalf("%s/%s: %v", where, m, err)
+			}
+			if info.Method != m {
+				t.Errorf("%s/%s: method %s", where, m, info.Method)
+			}
+			overlaytest.Compare(t, attach(t, fd), f.tx)
+			unix.Close(fd)
+			checkNoIntermediate(t, tmp)
+		}
+		// layer-keys attaches (uses up) the image, then is refused: legacy
+		// must still work, on a fresh EROFS mount.
+		testAfterAttach = func(m Method) error {
+			if m == MethodLayerKeys {
+				return fmt.Errorf("%w: injected", errUnsupported)
+			}
+			return nil
+		}
+		fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects, Methods: []Method{MethodLayerKeys, MethodLegacy}})
+		testAfterAttach = nil
+		if err != nil {
+			t.Fatalf("%s: fallback after a used-up image: %v", where, err)
+		}
+		if info.Method != MethodLegacy {
+			t.Errorf("%s: method %s, want legacy", where, info.Method)
+		}
+		overlaytest.Compare(t, attach(t, fd), f.tx)
+		unix.Close(fd)
 	}
 }
