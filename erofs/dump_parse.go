@@ -129,12 +129,20 @@ func dumpName(opts DumpOptions) string {
 
 // dumpParser holds the state of one ParseDump call.
 type dumpParser struct {
-	opts  DumpOptions
-	name  string
-	line  int
-	root  *tree.Node
-	paths map[string]*tree.Node // canonical path ("a/b", root "") → node
-	links []pendingLink
+	opts DumpOptions
+	name string
+	line int
+	root *tree.Node
+	// dirs maps canonical paths ("a/b", root "") to directories. While the
+	// dump lists each directory's entries in increasing order (as dumps
+	// are written), that is all the parser needs: a name greater than the
+	// last one added cannot be a duplicate. At the first entry out of
+	// order, paths maps every path so far, and from then on every path.
+	dirs          map[string]*tree.Node
+	paths         map[string]*tree.Node
+	lastParentKey string
+	lastParent    *tree.Node
+	links         []pendingLink
 
 	nodes []tree.Node // slab of preallocated nodes
 	arena []byte      // slab for small byte values (xattr values, digests)
@@ -150,7 +158,7 @@ type pendingLink struct {
 }
 
 func parseDumpString(s string, opts DumpOptions) (*tree.Node, error) {
-	p := &dumpParser{opts: opts, name: dumpName(opts), paths: make(map[string]*tree.Node, strings.Count(s, "\n")+1)}
+	p := &dumpParser{opts: opts, name: dumpName(opts), dirs: make(map[string]*tree.Node)}
 	if len(s) == 0 {
 		return nil, &DumpError{Name: p.name, Line: 1, Msg: "empty dump: no root directory"}
 	}
@@ -177,10 +185,12 @@ func parseDumpString(s string, opts DumpOptions) (*tree.Node, error) {
 			break
 		}
 	}
+	if p.paths != nil {
+		p.root.Sort()
+	}
 	if err := p.resolveLinks(); err != nil {
 		return nil, err
 	}
-	p.root.Sort()
 	return p.root, nil
 }
 
@@ -424,7 +434,7 @@ func (p *dumpParser) addNode(path string, n *tree.Node, mode uint32) error {
 			return p.errorf("the root must be a directory, MODE is %o", mode)
 		}
 		p.root = n
-		p.paths[""] = n
+		p.dirs[""] = n
 		return nil
 	}
 	if p.root == nil {
@@ -444,13 +454,16 @@ func (p *dumpParser) addNode(path string, n *tree.Node, mode uint32) error {
 	if slash > 0 {
 		parentKey = canonicalPath(path[:slash])
 	}
-	parent := p.paths[parentKey]
-	if parent == nil {
-		return p.errorf("%s: parent directory missing", path)
-	}
-	// Hardlink lines have a cleared Mode: they are never directories.
-	if parent.Mode&tree.TypeMask != tree.TypeDir {
-		return p.errorf("%s: parent is not a directory", path)
+	parent := p.lastParent
+	if parent == nil || parentKey != p.lastParentKey {
+		parent = p.dirs[parentKey]
+		if parent == nil {
+			if p.lookupSlow(parentKey) != nil {
+				return p.errorf("%s: parent is not a directory", path)
+			}
+			return p.errorf("%s: parent directory missing", path)
+		}
+		p.lastParentKey, p.lastParent = parentKey, parent
 	}
 	var key string
 	switch {
@@ -462,13 +475,59 @@ func (p *dumpParser) addNode(path string, n *tree.Node, mode uint32) error {
 		key = parentKey + "/" + name
 		name = key[len(parentKey)+1:]
 	}
-	if _, dup := p.paths[key]; dup {
-		return p.errorf("%s: duplicate path", path)
+	if p.paths == nil {
+		if kids := parent.Children; len(kids) > 0 && kids[len(kids)-1].Name >= name {
+			p.buildPaths()
+		}
 	}
-	p.paths[key] = n
+	if p.paths != nil {
+		if _, dup := p.paths[key]; dup {
+			return p.errorf("%s: duplicate path", path)
+		}
+		p.paths[key] = n
+	}
+	if mode&tree.TypeMask == tree.TypeDir {
+		p.dirs[key] = n
+	}
 	n.Name = name
 	parent.AddChild(n)
 	return nil
+}
+
+// buildPaths maps every path added so far (see dumpParser.dirs).
+func (p *dumpParser) buildPaths() {
+	p.paths = make(map[string]*tree.Node)
+	var walk func(n *tree.Node, key string)
+	walk = func(n *tree.Node, key string) {
+		p.paths[key] = n
+		for _, c := range n.Children {
+			if key == "" {
+				walk(c, c.Name)
+			} else {
+				walk(c, key+"/"+c.Name)
+			}
+		}
+	}
+	walk(p.root, "")
+}
+
+// lookupSlow finds the node at a canonical path by scanning children (for
+// error messages).
+func (p *dumpParser) lookupSlow(key string) *tree.Node {
+	cur := p.root
+	for comp := range strings.SplitSeq(key, "/") {
+		var next *tree.Node
+		for _, c := range cur.Children {
+			if c.Name == comp {
+				next = c
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		cur = next
+	}
+	return cur
 }
 
 // canonicalPath drops empty components and the leading '/' of an
@@ -566,7 +625,9 @@ func (p *dumpParser) resolveLinks() error {
 	links := p.links
 	for i := range links {
 		l := &links[i]
-		target := p.paths[canonicalPath(l.target)]
+		// Children are sorted by now; pending links have no type, so
+		// Lookup does not walk through them.
+		target := p.root.Lookup(l.target)
 		if target == nil {
 			return &DumpError{Name: p.name, Line: l.line, Msg: fmt.Sprintf("%s: hardlink target %s does not exist", l.node.Path(), l.target)}
 		}

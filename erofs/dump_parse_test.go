@@ -203,6 +203,8 @@ func TestParseDumpErrors(t *testing.T) {
 		{"parent not dir", root + "/f 0 100644 1 0 0 0 0.0\n/f/a 0 100644 1 0 0 0 0.0\n", false, "parent is not a directory"},
 		{"duplicate", root + "/a 0 100644 1 0 0 0 0.0\n/a 0 100644 1 0 0 0 0.0\n", false, "test.dump:3: /a: duplicate"},
 		{"duplicate other spelling", root + "/d 4096 40755 2 0 0 0 0.0\n/d/a 0 100644 1 0 0 0 0.0\n//d//a 0 100644 1 0 0 0 0.0\n", false, "duplicate"},
+		{"unsorted duplicate", root + "/b 0 100644 1 0 0 0 0.0\n/a 0 100644 1 0 0 0 0.0\n/c 0 100644 1 0 0 0 0.0\n/b 0 100644 1 0 0 0 0.0\n", false, "test.dump:5: /b: duplicate"},
+		{"duplicate dir", root + "/d 4096 40755 2 0 0 0 0.0\n/d/x 0 100644 1 0 0 0 0.0\n/d 4096 40755 2 0 0 0 0.0\n", false, "test.dump:4: /d: duplicate"},
 		{"long name", root + "/" + strings.Repeat("n", 256) + " 0 100644 1 0 0 0 0.0\n", false, "file name of 256 bytes"},
 		{"content size", root + "/a 3 100644 1 0 0 0 0.0 - ab -\n", false, "CONTENT has 2 bytes, SIZE says 3"},
 		{"bad digest", root + "/a 3 100644 1 0 0 0 0.0 ab/cd - 12\n", false, "DIGEST \"12\""},
@@ -306,6 +308,31 @@ func TestParseDumpFields(t *testing.T) {
 	}
 	if _, err := BuildImage(root, DefaultWriteOptions()); err != nil {
 		t.Errorf("BuildImage: %v", err)
+	}
+}
+
+// TestParseDumpUnsorted: entries may come in any order (parents first);
+// the tree comes out sorted, with hardlinks resolved.
+func TestParseDumpUnsorted(t *testing.T) {
+	dump := "/ 4096 40755 2 0 0 0 0.0\n" +
+		"/z 0 100644 1 0 0 0 0.0\n" +
+		"/d 4096 40755 2 0 0 0 0.0\n" +
+		"/d/y 0 @100644 1 0 0 0 0.0 //a//f\n" +
+		"/a 4096 40755 2 0 0 0 0.0\n" +
+		"/d/b 0 100644 1 0 0 0 0.0\n" +
+		"/a/f 0 100644 2 0 0 0 0.0\n" +
+		"/d/a 0 100644 1 0 0 0 0.0\n"
+	root, err := parseString(t, dump, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	_ = root.Walk(func(n *tree.Node) error { paths = append(paths, n.Path()); return nil })
+	if got, want := strings.Join(paths, " "), "/ /a /a/f /d /d/a /d/b /d/y /z"; got != want {
+		t.Errorf("walk %s, want %s", got, want)
+	}
+	if y := root.Lookup("d/y"); y.LinkTo != root.Lookup("a/f") {
+		t.Errorf("d/y links to %v", y.LinkTo)
 	}
 }
 
