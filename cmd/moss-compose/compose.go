@@ -72,6 +72,19 @@ func runCompose(cmd *cobra.Command, args []string) error {
 			return fmt.Errorf("compose --from: %w", err)
 		}
 	}
+	// Conflicts declared in the packages' metadata are found before any
+	// content is stored.
+	var stoneInputs []state.Input
+	for _, f := range composeFlags.stones {
+		in, err := state.StoneInput(f)
+		if err != nil {
+			return fmt.Errorf("compose: %w", err)
+		}
+		stoneInputs = append(stoneInputs, in)
+	}
+	if err := s.CheckPackageConflicts(composeFlags.from, composeFlags.remove, stoneInputs); err != nil {
+		return fmt.Errorf("compose: %w", err)
+	}
 	im, err := s.NewImporter()
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -49,6 +50,10 @@ func (im *Importer) Stone(ctx context.Context, file string) (Fragment, error) {
 	if err != nil {
 		return Fragment{}, err
 	}
+	return Fragment{Input: stoneInput(p, file), Root: root}, nil
+}
+
+func stoneInput(p *stone.Package, file string) Input {
 	m := p.Meta
 	in := Input{Kind: KindStone, Name: m.Name, Version: fmt.Sprintf("%s-%d-%d", m.Version, m.Release, m.BuildRelease), Source: absPath(file)}
 	for _, d := range m.Provides {
@@ -57,7 +62,66 @@ func (im *Importer) Stone(ctx context.Context, file string) (Fragment, error) {
 	for _, d := range m.Conflicts {
 		in.Conflicts = append(in.Conflicts, d.String())
 	}
-	return Fragment{Input: in, Root: root}, nil
+	return in
+}
+
+// StoneInput reads only a package's metadata (no content is decompressed
+// or stored), as the Input that importing it would give.
+func StoneInput(file string) (Input, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return Input{}, fmt.Errorf("stone: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return Input{}, fmt.Errorf("stone: %w", err)
+	}
+	p, err := stone.Open(f, st.Size(), file)
+	if err != nil {
+		return Input{}, err
+	}
+	if p.Meta == nil {
+		return Input{}, fmt.Errorf("stone %s: no Meta payload", file)
+	}
+	if err := p.Meta.Validate(); err != nil {
+		return Input{}, fmt.Errorf("stone %s: meta: %w", file, err)
+	}
+	return stoneInput(p, file), nil
+}
+
+// CheckPackageConflicts checks, before anything is imported, the conflicts
+// the packages' metadata declare among the inputs a compose would have:
+// those of from (minus remove and minus those the new inputs replace) and
+// the new ones.
+func (s *State) CheckPackageConflicts(from uint64, remove []string, add []Input) error {
+	var all []Input
+	keys := map[string]bool{}
+	for _, in := range add {
+		keys[in.Key()] = true
+	}
+	if from != 0 {
+		base, err := s.Get(from)
+		if err != nil {
+			return err
+		}
+	next:
+		for _, in := range base.Inputs {
+			for _, arg := range remove {
+				if matchesInput(arg, in) {
+					continue next
+				}
+			}
+			if !keys[in.Key()] {
+				all = append(all, in)
+			}
+		}
+	}
+	all = append(all, add...)
+	if cs := PackageConflicts(all); len(cs) > 0 {
+		return &ConflictError{Conflicts: cs}
+	}
+	return nil
 }
 
 // ParseTreeArg splits a --tree argument DIR[:PREFIX].

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/internal/tree"
 )
 
@@ -473,5 +475,66 @@ func TestMountRecords(t *testing.T) {
 	os.WriteFile(filepath.Join(s.Root(), "mounts", "bad"), []byte(`{}`), 0o644)
 	if _, err := s.Mounts(); err == nil || !strings.Contains(err.Error(), "bad") {
 		t.Errorf("bad record: %v", err)
+	}
+}
+
+func TestStonesAndEarlyConflicts(t *testing.T) {
+	stones := testenv.SharedPath(t, "testdata", "stones")
+	s := newState(t)
+	im, err := s.NewImporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	var frags []Fragment
+	for _, f := range []string{"bash-completion-2.11-1-1-x86_64.stone", "pineapple-1-1-1-x86_64.stone"} {
+		fr, err := im.Stone(context.Background(), filepath.Join(stones, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		frags = append(frags, fr)
+	}
+	tx := compose(t, s, ComposeOptions{Add: frags})
+	root, err := s.Tree(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files, links int
+	_ = root.Walk(func(n *tree.Node) error {
+		switch n.Type() {
+		case tree.TypeReg:
+			files++
+		case tree.TypeLink:
+			links++
+		}
+		return nil
+	})
+	if files != 474+2 || links != 271 { // + pienapple and .stateID
+		t.Errorf("%d files, %d symlinks, want 476 and 271", files, links)
+	}
+	pizza, err := StoneInput(filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pizza.Name != "italian-pizza" || pizza.Version != "1-1-1" || !slices.Equal(pizza.Conflicts, []string{"name(pineapple)"}) {
+		t.Fatalf("italian-pizza input %+v", pizza)
+	}
+	var ce *ConflictError
+	if err := s.CheckPackageConflicts(tx.ID, nil, []Input{pizza}); !errors.As(err, &ce) {
+		t.Fatalf("early check: %v", err)
+	}
+	if err := s.CheckPackageConflicts(tx.ID, []string{"pineapple"}, []Input{pizza}); err != nil {
+		t.Fatalf("early check with pineapple removed: %v", err)
+	}
+	// Importing the same package again decompresses nothing new and gives
+	// the same fragment.
+	again, err := im.Stone(context.Background(), filepath.Join(stones, "bash-completion-2.11-1-1-x86_64.stone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := EncodeFragment(again.Root)
+	b, _ := s.readFragment(tx, tx.Inputs[0])
+	if string(a) != string(b) {
+		t.Error("re-imported stone gives another fragment")
 	}
 }
