@@ -227,3 +227,37 @@ func BenchmarkDigest(b *testing.B) {
 	})
 	bench("DigestFile-parallel", func() error { _, err := DigestFile(path); return err })
 }
+
+// FuzzDigest checks the three ways of computing a digest against each
+// other: Sum, streaming writes split at arbitrary points, and the chunked
+// (parallel) ReaderAt path; rep repeats the input so that multi-level trees
+// and the parallel path are reached too.
+func FuzzDigest(f *testing.F) {
+	f.Add([]byte("hello world\n"), uint16(1), uint16(5))
+	f.Add(make([]byte, 4096), uint16(3), uint16(4096))
+	f.Add([]byte{1, 2, 3}, uint16(60000), uint16(1000))
+	f.Fuzz(func(t *testing.T, unit []byte, rep uint16, split uint16) {
+		if len(unit) == 0 {
+			unit = []byte{0}
+		}
+		n := int(rep) % (8*chunkSize/len(unit) + 2)
+		data := bytes.Repeat(unit, n)
+		want := Sum(data)
+		h := New()
+		step := int(split) + 1
+		for p := data; len(p) > 0; {
+			k := min(step, len(p))
+			h.Write(p[:k])
+			p = p[k:]
+		}
+		if got := h.Sum(); got != want {
+			t.Fatalf("streaming (step %d) %x != Sum %x (%d bytes)", step, got, want, len(data))
+		}
+		for _, w := range []int{1, 3} {
+			got, err := digestReaderAt(bytes.NewReader(data), int64(len(data)), w)
+			if err != nil || got != want {
+				t.Fatalf("ReaderAt/%d workers %x, %v != Sum %x (%d bytes)", w, got, err, want, len(data))
+			}
+		}
+	})
+}
