@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -653,7 +654,7 @@ func (p *dumpParser) resolveLinks() error {
 	return nil
 }
 
-// strtoull parses s like C's strtoull(s, &end, base) followed by a check
+// strtoull parses s like C's strtoull(s, &end, base) (base 8 or 10) followed by a check
 // that s is non-empty and fully consumed: optional leading whitespace and
 // sign, at least one digit; a negative value wraps modulo 2^64 and overflow
 // saturates to 2^64-1.
@@ -667,24 +668,23 @@ func strtoull(s string, base uint64) (uint64, bool) {
 		neg = s[i] == '-'
 		i++
 	}
-	if base == 16 && i+1 < len(s) && s[i] == '0' && (s[i+1] == 'x' || s[i+1] == 'X') {
-		i += 2
-	}
 	start := i
 	var v uint64
 	overflow := false
+	// v*base+d overflows exactly when v > cutoff, or v == cutoff and d > cutlim.
+	cutoff, cutlim := uint64(math.MaxUint64/10), uint64(math.MaxUint64%10)
+	if base == 8 {
+		cutoff, cutlim = math.MaxUint64/8, math.MaxUint64%8
+	}
 	for ; i < len(s); i++ {
 		d := uint64(s[i] - '0')
 		if d >= base {
 			break
 		}
-		if !overflow {
-			if v > (^uint64(0)-d)/base {
-				overflow = true
-			} else {
-				v = v*base + d
-			}
+		if v > cutoff || (v == cutoff && d > cutlim) {
+			overflow = true
 		}
+		v = v*base + d
 	}
 	if i == start || i != len(s) {
 		return 0, false
