@@ -32,6 +32,9 @@ func (s *Store) Walk(fn func(d [32]byte, size int64) error) error {
 
 // WalkStrays is Walk that also calls stray, if not nil, with the path
 // (relative to the objects directory) of every entry that is not an object.
+// Strays named ".tmp-*" at the top are the temporary files of writers on
+// filesystems without O_TMPFILE: only remove them while holding the store's
+// exclusive lock (no writer running).
 func (s *Store) WalkStrays(fn func(d [32]byte, size int64) error, stray func(rel string)) error {
 	return s.walk(func(d [32]byte, st *unix.Stat_t) error { return fn(d, st.Size) }, stray)
 }
