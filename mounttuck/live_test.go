@@ -167,7 +167,12 @@ func TestLiveSwitch(t *testing.T) {
 		}()
 	}
 
-	const switches = 1000
+	switches := 1000
+	if os.Getenv("MOSSFS_KVM_GUEST") == "1" {
+		// Under TCG emulation in the kvmtests VM (6.12) a tenth keeps the
+		// suite within the guest's time limit; the host runs all 1,000.
+		switches = 100
+	}
 	for i := range switches {
 		tx := txs[(i+1)%2]
 		fd, _, err := overlay.Mount(overlay.Options{Image: tx.image, ObjectsDir: objects})
@@ -203,7 +208,7 @@ func TestLiveSwitch(t *testing.T) {
 	if a == 0 || b == 0 {
 		t.Errorf("readers saw only one transaction (A %d, B %d)", a, b)
 	}
-	// 1,000 switches from A end on A again.
+	// An even number of switches from A ends on A again.
 	overlaytest.Compare(t, target, txs[0].tx)
 	checkOneMount(t, target)
 }

@@ -476,3 +476,69 @@ func TestMountWithoutDetachedClone(t *testing.T) {
 		unix.Close(fd)
 	}
 }
+
+// enableVerity turns fs-verity on for every file under dir; it skips the
+// test where the kernel or filesystem has none (this host; the VM has it).
+func enableVerity(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return fsverity.Enable(int(f.Fd()))
+	})
+	if errors.Is(err, fsverity.ErrNotSupported) {
+		t.Skipf("no fs-verity on the filesystem of %s (the kvmtests VM runs this): %v", dir, err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMountVerityAuto: with fs-verity on every object, auto means require;
+// the tree reads back whole, and an object whose digest is not the one the
+// image names fails to read (EIO).
+func TestMountVerityAuto(t *testing.T) {
+	testenv.RequireMountNS(t)
+	f := newFixture(t, t.TempDir(), "A", writerBuild)
+	enableVerity(t, f.objects)
+	if !objectsHaveVerity(f.objects) {
+		t.Fatal("objects with fs-verity enabled not detected")
+	}
+	fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Verity != VerityRequire {
+		t.Fatalf("auto verity with verity objects: %q, want require", info.Verity)
+	}
+	overlaytest.Compare(t, attach(t, fd), f.tx)
+	unix.Close(fd)
+
+	// Put another file, with fs-verity, where /bin/tool's object belongs.
+	tool := f.tx.Root.Child("bin").Child("tool")
+	obj := filepath.Join(f.objects, tool.Payload)
+	evil := filepath.Join(t.TempDir(), "evil")
+	os.WriteFile(evil, overlaytest.Content("evil", "/bin/tool", int(tool.Size)), 0o644)
+	enableVerity(t, filepath.Dir(evil))
+	if err := os.Rename(evil, obj); err != nil {
+		t.Fatal(err)
+	}
+	fd, _, err = Mount(Options{Image: f.image, ObjectsDir: f.objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	mnt := attach(t, fd)
+	if _, err := os.ReadFile(filepath.Join(mnt, "bin/tool")); !errors.Is(err, unix.EIO) {
+		t.Errorf("read of an object with the wrong digest: %v, want EIO", err)
+	}
+	if _, err := os.ReadFile(filepath.Join(mnt, "bin/suid")); err != nil {
+		t.Errorf("read of a good object: %v", err)
+	}
+}
