@@ -215,6 +215,9 @@ var stateShowCmd = &cobra.Command{
 var stateDiffCmd = &cobra.Command{
 	Use:   "diff A B",
 	Short: "List packages and files added, removed and changed from transaction A to B",
+	Long: `Diff compares two transactions' inputs (packages and trees added, removed,
+changed) and their images path by path. Human output shows paths under /usr,
+where the image is mounted; --json gives paths relative to the image root.`,
 	Args:  cobra.ExactArgs(2),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		a, err := parseOneID(args[0])
@@ -253,14 +256,15 @@ var stateDiffCmd = &cobra.Command{
 				fmt.Printf("~ %s\n", label(c))
 			}
 		}
+		// The image is mounted at /usr: show paths as the system sees them.
 		for _, p := range d.Added {
-			fmt.Printf("+ %s\n", p)
+			fmt.Printf("+ /usr%s\n", p)
 		}
 		for _, p := range d.Removed {
-			fmt.Printf("- %s\n", p)
+			fmt.Printf("- /usr%s\n", p)
 		}
 		for _, c := range d.Changed {
-			fmt.Printf("~ %s (%s)\n", c.Path, c.What)
+			fmt.Printf("~ /usr%s (%s)\n", c.Path, c.What)
 		}
 		fmt.Fprintf(os.Stderr, "%d→%d: inputs +%d -%d ~%d, paths +%d -%d ~%d\n", a, b,
 			len(d.InputsAdded), len(d.InputsRemoved), len(d.InputsChanged), len(d.Added), len(d.Removed), len(d.Changed))
