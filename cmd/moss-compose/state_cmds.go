@@ -218,7 +218,7 @@ var stateDiffCmd = &cobra.Command{
 	Long: `Diff compares two transactions' inputs (packages and trees added, removed,
 changed) and their images path by path. Human output shows paths under /usr,
 where the image is mounted; --json gives paths relative to the image root.`,
-	Args:  cobra.ExactArgs(2),
+	Args: cobra.ExactArgs(2),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		a, err := parseOneID(args[0])
 		if err != nil {
