@@ -42,23 +42,28 @@ const (
 	maxXattrsText    = 65535     // raw bytes after the fixed fields of a line
 	maxXattrBudget   = 32767     // Σ(7+len(key)+len(value))+12 per inode
 	maxExternalSize  = 1 << 53   // MaxChunks chunks of 2^MaxChunkBits
-	numFixedFields   = 11        // PATH … DIGEST
-	numMandatory     = 8         // PATH … MTIME
-	fieldPath        = 0         // indexes into the fixed fields
-	fieldSize        = 1         //
-	fieldMode        = 2         //
-	fieldNlink       = 3         //
-	fieldUID         = 4         //
-	fieldGID         = 5         //
-	fieldRdev        = 6         //
-	fieldMtime       = 7         //
-	fieldPayload     = 8         //
-	fieldContent     = 9         //
-	fieldDigest      = 10        //
 	digestSize       = 32        // fs-verity SHA-256
 	digestHexLen     = 2 * 32    //
 	nodeSlabSize     = 1024      // nodes allocated at once
 	byteArenaChunk   = 64 * 1024 // bytes allocated at once for small values
+)
+
+// The fixed fields of a line: PATH … MTIME are mandatory, a trailing run
+// of PAYLOAD, CONTENT, DIGEST may be left out.
+const (
+	fieldPath = iota
+	fieldSize
+	fieldMode
+	fieldNlink
+	fieldUID
+	fieldGID
+	fieldRdev
+	fieldMtime
+	fieldPayload
+	fieldContent
+	fieldDigest
+	numFixedFields
+	numMandatory = fieldPayload
 )
 
 var fieldNames = [numFixedFields]string{"PATH", "SIZE", "MODE", "NLINK", "UID", "GID", "RDEV", "MTIME", "PAYLOAD", "CONTENT", "DIGEST"}
@@ -729,9 +734,10 @@ func unescape(s string) (string, error) {
 			b = append(b, c)
 			continue
 		}
+		at := i
 		i++
 		if i >= len(s) {
-			return "", fmt.Errorf("%w: no character after \\ at the end of %q", errEscape, s)
+			return "", fmt.Errorf("%w: no character after \\ at the end", errEscape)
 		}
 		switch s[i] {
 		case '\\':
@@ -744,16 +750,16 @@ func unescape(s string) (string, error) {
 			b = append(b, '\t')
 		case 'x':
 			if i+2 >= len(s) {
-				return "", fmt.Errorf("%w: \\x needs two hex digits in %q", errEscape, s)
+				return "", fmt.Errorf("%w: \\x needs two hex digits (byte %d)", errEscape, at)
 			}
 			hi, lo := unhex(s[i+1]), unhex(s[i+2])
 			if hi < 0 || lo < 0 {
-				return "", fmt.Errorf("%w: \\x%s is not hex in %q", errEscape, s[i+1:i+3], s)
+				return "", fmt.Errorf("%w: %q is not hex (byte %d)", errEscape, s[at:i+3], at)
 			}
 			b = append(b, byte(hi<<4|lo))
 			i += 2
 		default:
-			return "", fmt.Errorf("%w: unsupported escape \\%c in %q", errEscape, s[i], s)
+			return "", fmt.Errorf("%w: unsupported escape %q (byte %d)", errEscape, s[at:i+1], at)
 		}
 	}
 	return string(b), nil
