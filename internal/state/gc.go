@@ -66,9 +66,8 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 	if _, err := s.store.Recover(context.Background(), cas.VerifyOptions{}); err != nil {
 		return nil, fmt.Errorf("gc: recovering the store: %w", err)
 	}
-	// Removals are not synced one by one: make them durable before
-	// deleting what they released, or a power failure could bring back a
-	// transaction whose objects are gone.
+	// Make everything before this gc durable (removals, published
+	// transactions) before deleting what it released.
 	if !opts.DryRun {
 		if err := syncfs(s.root); err != nil {
 			return nil, fmt.Errorf("gc: %w", err)

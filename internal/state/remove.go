@@ -102,9 +102,11 @@ func (s *State) Remove(ids []uint64, force bool) error {
 			return fmt.Errorf("remove transaction %d: %w", id, err)
 		}
 	}
-	// Not fsynced here: a removal lost in a power failure only brings the
-	// transaction back whole. gc makes removals durable (syncfs) before it
-	// deletes anything they released.
+	// The unlinks are durable before the fragments go, so that even a
+	// power failure never leaves metadata whose fragments are gone.
+	if err := fsyncDir(s.txDir()); err != nil {
+		return fmt.Errorf("remove: %w", err)
+	}
 	crash(CPRemoveUnpublish)
 	for _, id := range ids {
 		if err := os.RemoveAll(s.inputsDir(id)); err != nil {
