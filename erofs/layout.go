@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/bits"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/mossfs/mossfs/internal/tree"
 )
@@ -594,7 +596,30 @@ func (b *layoutBuilder) computeXattrs() error {
 				l.hasACL = true
 			}
 			x.vlen = uint16(l.valueLen(in, x))
-			st.insert(l, int32(i), int32(start+j))
+		}
+	}
+	// Hashing reads every value (scattered over the tree's memory): large
+	// trees are hashed by several goroutines, then inserted in order.
+	hashes := make([]uint64, len(l.xattrs))
+	workers := min(runtime.GOMAXPROCS(0), len(l.inodes)/parallelWriteInodes+1)
+	per := (len(l.inodes) + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < len(l.inodes); lo += per {
+		wg.Go(func() {
+			var buf []byte
+			for i := lo; i < min(lo+per, len(l.inodes)); i++ {
+				in := &l.inodes[i]
+				for j := in.xattrStart; j < in.xattrStart+in.nXattrs; j++ {
+					hashes[j], buf = st.hash(l, in, &l.xattrs[j], buf)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range l.inodes {
+		in := &l.inodes[i]
+		for j := in.xattrStart; j < in.xattrStart+in.nXattrs; j++ {
+			st.insert(l, int32(i), j, hashes[j])
 		}
 	}
 	b.share = st
@@ -694,13 +719,13 @@ func newShareTable(capacity int) *shareTable {
 	return &shareTable{slots: make([]uint64, size), mask: uint64(size - 1), seed: maphash.MakeSeed(), owner: make([]int32, 0, capacity)}
 }
 
-// insert adds xattr i of inode owner (indexes must come in order).
-func (st *shareTable) insert(l *layout, owner, i int32) {
+// insert adds xattr i of inode owner, whose hash is h (indexes must come
+// in order).
+func (st *shareTable) insert(l *layout, owner, i int32, h uint64) {
 	st.owner = append(st.owner, owner)
 	xs := l.xattrs
 	x := &xs[i]
 	in := &l.inodes[owner]
-	h := st.hash(l, in, x)
 	tag := h >> 32
 	for p := h & st.mask; ; p = (p + 1) & st.mask {
 		s := st.slots[p]
@@ -731,7 +756,8 @@ func (st *shareTable) insert(l *layout, owner, i int32) {
 // Metacopy and redirect names carry no other kind of value (source
 // trusted.overlay.* names are escaped), so their hashes need not agree with
 // the byte hash the other kinds use.
-func (st *shareTable) hash(l *layout, in *inode, x *xattr) uint64 {
+// buf is scratch space, returned for reuse. hash is safe for concurrent use.
+func (st *shareTable) hash(l *layout, in *inode, x *xattr, buf []byte) (uint64, []byte) {
 	var h uint64
 	switch x.kind {
 	case valueMetacopy:
@@ -743,10 +769,10 @@ func (st *shareTable) hash(l *layout, in *inode, x *xattr) uint64 {
 	case valueSource:
 		h = maphash.Bytes(st.seed, in.src.Xattrs[x.src].Value)
 	default:
-		st.bufA = l.appendValue(st.bufA[:0], in, x)
-		h = maphash.Bytes(st.seed, st.bufA)
+		buf = l.appendValue(buf[:0], in, x)
+		h = maphash.Bytes(st.seed, buf)
 	}
-	return h ^ (uint64(x.name)+1)*0x9E3779B97F4A7C15
+	return h ^ (uint64(x.name)+1)*0x9E3779B97F4A7C15, buf
 }
 
 // equal reports whether two xattrs with the same name and value length
