@@ -205,13 +205,30 @@ func importDirSource(ctx context.Context, dir string) (*tree.Node, *cas.Store, e
 	return root, store, nil
 }
 
-// writeImageFile writes img to path ("-": standard output), through a
-// temporary file in the same directory that is synced and then renamed,
-// so that path is either absent, the old file, or the whole new image.
+// writeImageFile writes img to path ("-": standard output). A new or
+// regular file is written through a temporary file in the same directory
+// that is synced and then renamed, so that path is either absent, the old
+// file, or the whole new image. Anything else (a symlink such as
+// /proc/self/fd/3, which containers/storage passes, a device, a fifo) is
+// opened and written in place, as mkcomposefs's fopen(path, "w") does.
 func writeImageFile(path string, img []byte) error {
 	if path == "-" {
 		if _, err := io.Copy(os.Stdout, bytes.NewReader(img)); err != nil {
 			return fmt.Errorf("write image to standard output: %w", err)
+		}
+		return nil
+	}
+	if st, err := os.Lstat(path); err == nil && !st.Mode().IsRegular() {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			return fmt.Errorf("write image: %w", err)
+		}
+		if _, err := f.Write(img); err != nil {
+			f.Close()
+			return fmt.Errorf("write image %s: %w", path, err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("write image %s: %w", path, err)
 		}
 		return nil
 	}

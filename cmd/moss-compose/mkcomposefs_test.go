@@ -280,3 +280,32 @@ func TestMkcomposefsDirectory(t *testing.T) {
 		t.Errorf("small: %+v", s)
 	}
 }
+
+// TestMkcomposefsProcFd runs the binary the way containers/storage does:
+// the dump on standard input, the image to /proc/self/fd/3, an inherited
+// descriptor of the file it then enables fs-verity on.
+func TestMkcomposefsProcFd(t *testing.T) {
+	bin := mkcomposefsBin(t)
+	positive, _ := mkcomposefsAssets(t)
+	a := positive[0]
+	out, err := os.Create(filepath.Join(t.TempDir(), "image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	cmd := exec.Command(bin, append(a.args(), "--from-file", "-", "/proc/self/fd/3")...)
+	cmd.ExtraFiles = []*os.File{out}
+	cmd.Stdin = bytes.NewReader(a.dump(t))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v: %v\n%s", cmd.Args, err, stderr.String())
+	}
+	img, err := os.ReadFile(out.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sha256Hex(img); got != a.sha256 {
+		t.Errorf("%s: image sha256 %s, want %s", a.name, got, a.sha256)
+	}
+}
