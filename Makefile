@@ -29,7 +29,7 @@ fuzz-short:
 	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 fuzz:
-	FUZZTIME=60s bash scripts/fuzz.sh
+	FUZZTIME=60s FUZZMINIMIZETIME=60s bash scripts/fuzz.sh
 
 # Full-size benchmarks (65k-entry trees); figures go into closing notes.
 bench: deps build
