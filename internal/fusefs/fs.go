@@ -84,7 +84,25 @@ type fileSystem struct {
 	passthrough atomic.Bool
 	backingM    sync.Mutex
 	backing     map[uint64]*backingFile // node ID → registered backing file
+
+	// noOpen is set when passthrough is off: OPEN is answered with ENOSYS,
+	// after which the kernel opens files without asking (no round trip per
+	// open) and keeps their page cache; reads then arrive without a handle
+	// and are served from objs.
+	noOpen bool
+	objsM  sync.Mutex
+	objs   map[uint64]*objFile // node ID → open, checked object
 }
+
+// objFile is an object opened for handle-less reads.
+type objFile struct {
+	file *os.File
+	refs int
+	used uint64 // objsClock at the last use, for eviction
+}
+
+// maxObjFiles bounds the objects kept open for handle-less reads.
+const maxObjFiles = 1024
 
 // handle is one open regular file.
 type handle struct {
@@ -93,13 +111,15 @@ type handle struct {
 	nodeID uint64
 	file   *os.File // external content; nil for inline or empty files
 	inline bool
-	// backed is set when the open registered (or shared) a backing file.
-	backed bool
+	// backing is the registered backing file of a passthrough open.
+	backing *backingFile
 }
 
 type backingFile struct {
 	id   int32
+	file *os.File
 	refs int
+	used uint64
 }
 
 func newFileSystem(opts Options, g *generation) *fileSystem {
@@ -109,6 +129,7 @@ func newFileSystem(opts Options, g *generation) *fileSystem {
 		logger:        opts.Logger,
 		handles:       map[uint64]*handle{},
 		backing:       map[uint64]*backingFile{},
+		objs:          map[uint64]*objFile{},
 	}
 	if f.logger == nil {
 		f.logger = log.New(os.Stderr, "mossfs: ", 0)
@@ -125,6 +146,8 @@ func (f *fileSystem) Init(s *fuse.Server) {
 	f.server = s
 	if !f.opts.NoPassthrough && os.Geteuid() == 0 && s.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 {
 		f.passthrough.Store(true)
+	} else if s.KernelSettings().Flags64()&fuse.CAP_NO_OPEN_SUPPORT != 0 {
+		f.noOpen = true
 	}
 }
 
@@ -464,6 +487,9 @@ func (f *fileSystem) readDir(input *fuse.ReadIn, out *fuse.DirEntryList, plus bo
 
 func (f *fileSystem) Open(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.OpenOut) (st fuse.Status) {
 	defer f.guard(&st)
+	if f.noOpen {
+		return fuse.ENOSYS
+	}
 	if input.Flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return fuse.Status(syscall.EROFS)
 	}
@@ -488,24 +514,26 @@ func (f *fileSystem) Open(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.
 		f.logger.Printf("%s: inode %d has %d bytes of content but no object path", g.image, nid, in.Size)
 		return fuse.EIO
 	default:
-		file, err := f.openObject(g, in)
-		if err != nil {
-			f.logger.Printf("%v", err)
-			// A missing object is ENOENT, as on the overlay; anything else
-			// (a digest mismatch above all) is EIO.
-			if errors.Is(err, fs.ErrNotExist) {
-				return fuse.ENOENT
+		if f.passthrough.Load() {
+			b, st := f.acquireBacking(g, in, input.NodeId)
+			if !st.Ok() {
+				return st
 			}
-			return fuse.EIO
+			if b != nil {
+				h.backing = b
+				out.BackingID = b.id
+				out.OpenFlags = fuse.FOPEN_PASSTHROUGH | fuse.FOPEN_NOFLUSH
+				break
+			}
+		}
+		file, st := f.openObjectStatus(g, in)
+		if !st.Ok() {
+			return st
 		}
 		h.file = file
 	}
-	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
-	if h.file != nil && f.passthrough.Load() {
-		if id, ok := f.addBacking(h); ok {
-			out.BackingID = id
-			out.OpenFlags = fuse.FOPEN_PASSTHROUGH
-		}
+	if h.backing == nil {
+		out.OpenFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
 	}
 	g.refs.Add(1)
 	f.handlesM.Lock()
@@ -514,6 +542,21 @@ func (f *fileSystem) Open(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.
 	f.handles[out.Fh] = h
 	f.handlesM.Unlock()
 	return fuse.OK
+}
+
+// openObjectStatus is openObject with the error logged and turned into the
+// answer the overlay gives: ENOENT for a missing object, EIO otherwise (a
+// digest mismatch above all).
+func (f *fileSystem) openObjectStatus(g *generation, in *Inode) (*os.File, fuse.Status) {
+	file, err := f.openObject(g, in)
+	if err != nil {
+		f.logger.Printf("%v", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fuse.ENOENT
+		}
+		return nil, fuse.EIO
+	}
+	return file, fuse.OK
 }
 
 // openObject opens the object behind an external file and checks it
@@ -537,47 +580,100 @@ func (f *fileSystem) openObject(g *generation, in *Inode) (*os.File, error) {
 	return file, nil
 }
 
-// addBacking registers the handle's file with the kernel for passthrough,
-// or shares the backing file already registered for the node: the kernel
-// allows one backing file per inode.
-func (f *fileSystem) addBacking(h *handle) (int32, bool) {
+// acquireBacking returns the backing file registered for a node, opening,
+// checking and registering its object on first use. The kernel allows one
+// backing file per inode, and registrations are kept across opens (up to
+// maxBacking idle ones), so a warm open costs one round trip and no I/O. It
+// returns nil (and turns passthrough off) when the kernel refuses.
+func (f *fileSystem) acquireBacking(g *generation, in *Inode, id uint64) (*backingFile, fuse.Status) {
+	f.backingM.Lock()
+	if b := f.backing[id]; b != nil {
+		b.refs++
+		b.used = objsClock.Add(1)
+		f.backingM.Unlock()
+		return b, fuse.OK
+	}
+	f.backingM.Unlock()
+	file, st := f.openObjectStatus(g, in)
+	if !st.Ok() {
+		return nil, st
+	}
 	f.backingM.Lock()
 	defer f.backingM.Unlock()
-	if b := f.backing[h.nodeID]; b != nil {
+	if b := f.backing[id]; b != nil {
+		file.Close()
 		b.refs++
-		h.backed = true
-		return b.id, true
+		return b, fuse.OK
 	}
-	id, errno := f.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(h.file.Fd())})
+	bid, errno := f.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(file.Fd())})
 	if errno != 0 {
+		file.Close()
 		if f.passthrough.Swap(false) {
 			f.logger.Printf("FUSE passthrough unavailable (%v): serving reads through the daemon", errno)
 		}
-		return 0, false
+		return nil, fuse.OK
 	}
-	f.backing[h.nodeID] = &backingFile{id: id, refs: 1}
-	h.backed = true
-	return id, true
+	if len(f.backing) >= maxBacking {
+		f.evictBacking(func(uint64) bool { return true })
+	}
+	b := &backingFile{id: bid, file: file, refs: 1, used: objsClock.Add(1)}
+	f.backing[id] = b
+	return b, fuse.OK
 }
 
-func (f *fileSystem) releaseBacking(h *handle) {
+// maxBacking bounds the backing files kept registered.
+const maxBacking = 4096
+
+func (f *fileSystem) releaseBacking(b *backingFile) {
 	f.backingM.Lock()
-	defer f.backingM.Unlock()
-	b := f.backing[h.nodeID]
-	if b == nil {
-		return
-	}
 	b.refs--
-	if b.refs == 0 {
-		delete(f.backing, h.nodeID)
-		if errno := f.server.UnregisterBackingFd(b.id); errno != 0 {
-			f.logger.Printf("releasing backing file %d: %v", b.id, errno)
+	f.backingM.Unlock()
+}
+
+// evictBacking unregisters the least recently used half of the idle
+// backing files whose node ID match accepts. Called with backingM held.
+func (f *fileSystem) evictBacking(match func(id uint64) bool) {
+	type cand struct{ id, used uint64 }
+	var idle []cand
+	for id, b := range f.backing {
+		if b.refs == 0 && match(id) {
+			idle = append(idle, cand{id, b.used})
 		}
 	}
+	slices.SortFunc(idle, func(a, b cand) int { return cmpUint(a.used, b.used) })
+	n := len(idle)/2 + 1
+	if n > len(idle) {
+		n = len(idle)
+	}
+	for _, c := range idle[:n] {
+		f.dropBacking(c.id)
+	}
+}
+
+func (f *fileSystem) dropBacking(id uint64) {
+	b := f.backing[id]
+	if errno := f.server.UnregisterBackingFd(b.id); errno != 0 {
+		f.logger.Printf("releasing backing file %d: %v", b.id, errno)
+	}
+	b.file.Close()
+	delete(f.backing, id)
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 func (f *fileSystem) Read(cancel <-chan struct{}, input *fuse.ReadIn, buf []byte) (r fuse.ReadResult, st fuse.Status) {
 	defer f.guard(&st)
+	if input.Fh == 0 {
+		return f.readNoOpen(input, buf)
+	}
 	f.handlesM.Lock()
 	h := f.handles[input.Fh]
 	f.handlesM.Unlock()
@@ -587,6 +683,10 @@ func (f *fileSystem) Read(cancel <-chan struct{}, input *fuse.ReadIn, buf []byte
 	switch {
 	case h.file != nil:
 		return fuse.ReadResultFd(h.file.Fd(), int64(input.Offset), int(input.Size)), fuse.OK
+	case h.backing != nil:
+		// Passthrough reads never get here; mmap or a kernel that
+		// bypassed passthrough might.
+		return fuse.ReadResultFd(h.backing.file.Fd(), int64(input.Offset), int(input.Size)), fuse.OK
 	case h.inline:
 		n, err := h.gen.src.ReadAt(h.nid, buf[:min(len(buf), int(input.Size))], int64(input.Offset))
 		if err != nil && err != io.EOF {
@@ -606,8 +706,8 @@ func (f *fileSystem) Release(cancel <-chan struct{}, input *fuse.ReleaseIn) {
 	if h == nil {
 		return
 	}
-	if h.backed {
-		f.releaseBacking(h)
+	if h.backing != nil {
+		f.releaseBacking(h.backing)
 	}
 	if h.file != nil {
 		h.file.Close()
@@ -617,7 +717,116 @@ func (f *fileSystem) Release(cancel <-chan struct{}, input *fuse.ReleaseIn) {
 	}
 }
 
-func (f *fileSystem) Flush(cancel <-chan struct{}, input *fuse.FlushIn) fuse.Status { return fuse.OK }
+// Flush is not needed on a read-only file system: ENOSYS makes the kernel
+// stop sending it.
+func (f *fileSystem) Flush(cancel <-chan struct{}, input *fuse.FlushIn) fuse.Status {
+	return fuse.ENOSYS
+}
+
+// readNoOpen serves a read that comes without a handle (see noOpen).
+func (f *fileSystem) readNoOpen(input *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	g, nid, st := f.node(input.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	in, st := g.inode(f, nid)
+	if !st.Ok() {
+		return nil, st
+	}
+	buf = buf[:min(len(buf), int(input.Size))]
+	switch {
+	case in.Mode&tree.TypeMask != tree.TypeReg:
+		return nil, fuse.EINVAL
+	case in.HasInline:
+		n, err := g.src.ReadAt(nid, buf, int64(input.Offset))
+		if err != nil && err != io.EOF {
+			f.logger.Printf("%s: inode %d: %v", g.image, nid, err)
+			return nil, fuse.EIO
+		}
+		return fuse.ReadResultData(buf[:n]), fuse.OK
+	case in.Size == 0:
+		return fuse.ReadResultData(nil), fuse.OK
+	case in.Payload == "":
+		return nil, fuse.EIO
+	}
+	o, st := f.acquireObject(g, in, input.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	defer f.releaseObject(o)
+	n, err := o.file.ReadAt(buf, int64(input.Offset))
+	if err != nil && err != io.EOF {
+		f.logger.Printf("%s: inode %d: reading %s: %v", g.image, nid, in.Payload, err)
+		return nil, fuse.EIO
+	}
+	return fuse.ReadResultData(buf[:n]), fuse.OK
+}
+
+var objsClock atomic.Uint64
+
+// acquireObject returns the open, checked object of a node, opening it on
+// first use. The caller must release it.
+func (f *fileSystem) acquireObject(g *generation, in *Inode, id uint64) (*objFile, fuse.Status) {
+	f.objsM.Lock()
+	if o := f.objs[id]; o != nil {
+		o.refs++
+		o.used = objsClock.Add(1)
+		f.objsM.Unlock()
+		return o, fuse.OK
+	}
+	f.objsM.Unlock()
+	file, err := f.openObject(g, in)
+	if err != nil {
+		f.logger.Printf("%v", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fuse.ENOENT
+		}
+		return nil, fuse.EIO
+	}
+	f.objsM.Lock()
+	defer f.objsM.Unlock()
+	if o := f.objs[id]; o != nil {
+		// Opened concurrently: keep the first.
+		file.Close()
+		o.refs++
+		return o, fuse.OK
+	}
+	if len(f.objs) >= maxObjFiles {
+		f.evictObjects()
+	}
+	o := &objFile{file: file, refs: 1, used: objsClock.Add(1)}
+	f.objs[id] = o
+	return o, fuse.OK
+}
+
+func (f *fileSystem) releaseObject(o *objFile) {
+	f.objsM.Lock()
+	o.refs--
+	f.objsM.Unlock()
+}
+
+// evictObjects closes the least recently used half of the idle objects.
+// Called with objsM held.
+func (f *fileSystem) evictObjects() {
+	type cand struct {
+		id   uint64
+		used uint64
+	}
+	var idle []cand
+	for id, o := range f.objs {
+		if o.refs == 0 {
+			idle = append(idle, cand{id, o.used})
+		}
+	}
+	if len(idle) == 0 {
+		return
+	}
+	slices.SortFunc(idle, func(a, b cand) int { return cmpUint(a.used, b.used) })
+	for _, c := range idle[:len(idle)/2+1] {
+		f.objs[c.id].file.Close()
+		delete(f.objs, c.id)
+	}
+}
 
 func (f *fileSystem) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
 	return fuse.ENOSYS
@@ -638,9 +847,22 @@ func (f *fileSystem) maybeRelease(g *generation) {
 		}
 	}
 	f.tab.Store(nt)
-	if g.closer != nil {
-		g.closer.Close()
+	f.objsM.Lock()
+	for id, o := range f.objs {
+		if id>>genShift == g.id && id != fuse.FUSE_ROOT_ID {
+			o.file.Close()
+			delete(f.objs, id)
+		}
 	}
+	f.objsM.Unlock()
+	f.backingM.Lock()
+	for id, b := range f.backing {
+		if id>>genShift == g.id && id != fuse.FUSE_ROOT_ID && b.refs == 0 {
+			f.dropBacking(id)
+		}
+	}
+	f.backingM.Unlock()
+	g.close()
 }
 
 func (f *fileSystem) current() *generation { return f.tab.Load().cur }

@@ -439,6 +439,19 @@ func (f *fileSystem) closeAll() {
 		delete(f.handles, fh)
 	}
 	f.handlesM.Unlock()
+	f.objsM.Lock()
+	for id, o := range f.objs {
+		o.file.Close()
+		delete(f.objs, id)
+	}
+	f.objsM.Unlock()
+	// The connection is gone, and with it the kernel's registrations.
+	f.backingM.Lock()
+	for id, b := range f.backing {
+		b.file.Close()
+		delete(f.backing, id)
+	}
+	f.backingM.Unlock()
 }
 
 func (g *generation) close() {

@@ -62,16 +62,33 @@ func sampleSource(t testing.TB, marker string) (*overlaytest.Tx, *TreeSource, st
 	return tx, src, objects
 }
 
+// modes are the two ways content is served: passthrough (root, Linux ≥ 6.9)
+// and reads through the daemon without open requests.
+var modes = []struct {
+	name          string
+	noPassthrough bool
+}{{"passthrough", false}, {"daemon-reads", true}}
+
 func TestTreeSourceMatchesSample(t *testing.T) {
 	testenv.RequireMountNS(t)
-	tx, src, objects := sampleSource(t, "a")
-	s := mountOpts(t, Options{Source: src, Objects: objects})
-	overlaytest.Compare(t, s.Target(), tx)
-	t.Logf("passthrough: %v", s.Passthrough())
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			tx, src, objects := sampleSource(t, "a")
+			s := mountOpts(t, Options{Source: src, Objects: objects, NoPassthrough: m.noPassthrough})
+			overlaytest.Compare(t, s.Target(), tx)
+			t.Logf("passthrough: %v", s.Passthrough())
+		})
+	}
 }
 
 func TestCorruptObjectGivesEIO(t *testing.T) {
 	testenv.RequireMountNS(t)
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) { testCorruptObject(t, m.noPassthrough) })
+	}
+}
+
+func testCorruptObject(t *testing.T, noPassthrough bool) {
 	tx, src, objects := sampleSource(t, "a")
 	tool := tx.Root.Lookup("bin/tool")
 	obj := filepath.Join(objects, tool.Payload)
@@ -83,7 +100,7 @@ func TestCorruptObjectGivesEIO(t *testing.T) {
 	if err := os.WriteFile(obj, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := mountOpts(t, Options{Source: src, Objects: objects})
+	s := mountOpts(t, Options{Source: src, Objects: objects, NoPassthrough: noPassthrough})
 	for _, p := range []string{"bin/tool", "etc/tool-hard"} {
 		_, err := os.ReadFile(filepath.Join(s.Target(), p))
 		if !errors.Is(err, syscall.EIO) {
@@ -110,7 +127,7 @@ func TestCorruptObjectGivesEIO(t *testing.T) {
 	if err := os.WriteFile(obj, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s2 := mountOpts(t, Options{Source: src, Objects: objects, NoVerify: true})
+	s2 := mountOpts(t, Options{Source: src, Objects: objects, NoVerify: true, NoPassthrough: noPassthrough})
 	if _, err := os.ReadFile(filepath.Join(s2.Target(), "bin/tool")); err != nil {
 		t.Errorf("NoVerify: %v", err)
 	}
