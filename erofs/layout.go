@@ -223,7 +223,9 @@ func isUserWhiteout(n *tree.Node) bool {
 }
 
 // presize counts what the layout will hold, so that its arrays are
-// allocated once.
+// allocated once. It descends only into children whose Parent is the
+// directory holding them (collect rejects the others), so a malformed tree
+// with a cycle cannot make it recurse forever.
 func (b *layoutBuilder) presize(root *tree.Node) {
 	inodes, dirents, xattrs := 1+256, 256, 256
 	var count func(n *tree.Node)
@@ -236,7 +238,7 @@ func (b *layoutBuilder) presize(root *tree.Node) {
 			}
 			inodes++
 			xattrs += len(c.Xattrs) + 2
-			if c.Mode&tree.TypeMask == tree.TypeDir {
+			if c.Mode&tree.TypeMask == tree.TypeDir && c.Parent == n {
 				xattrs -= len(c.Xattrs) + 2
 				count(c)
 			}

@@ -212,6 +212,13 @@ func TestWriteImageErrors(t *testing.T) {
 			r.Children = append(r.Children, &tree.Node{Name: "x", Mode: tree.TypeReg})
 			return r
 		}, "Parent"},
+		{"cycle", DefaultWriteOptions(), func() *tree.Node {
+			r := dir()
+			a := add(r, tree.NewDir("a", 0o755))
+			b := add(a, tree.NewDir("b", 0o755))
+			b.Children = append(b.Children, a) // a's Parent is the root
+			return r
+		}, "Parent"},
 		{"xattr value", DefaultWriteOptions(), func() *tree.Node {
 			r := dir()
 			r.Xattrs = []tree.Xattr{{Name: "user.x", Value: make([]byte, 70000)}}
