@@ -54,6 +54,8 @@ type entry struct {
 	Size           int64
 	Mtime, Ctime   unix.Timespec
 	Rdev           uint64
+	Blocks         int64
+	Blksize        int64
 	Xattrs         string // name=hex value …, sorted
 	Target         string
 	Content        string // sha256 of the content, or the error reading it (or lstat's)
@@ -75,6 +77,7 @@ func snapshot(t testing.TB, root string) map[string]entry {
 		e := entry{
 			Mode: st.Mode, UID: st.Uid, GID: st.Gid, Nlink: st.Nlink, Ino: st.Ino, Size: st.Size,
 			Mtime: st.Mtim, Ctime: st.Ctim, Rdev: st.Rdev, Xattrs: xattrString(p),
+			Blocks: st.Blocks, Blksize: st.Blksize,
 		}
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFLNK:

@@ -122,6 +122,8 @@ type backingFile struct {
 	used uint64
 }
 
+var _ fuse.RawFileSystem = (*fileSystem)(nil)
+
 func newFileSystem(opts Options, g *generation) *fileSystem {
 	f := &fileSystem{
 		RawFileSystem: fuse.NewDefaultRawFileSystem(),

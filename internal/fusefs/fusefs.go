@@ -12,9 +12,21 @@
 // Source (memory-mapped; a fault on a truncated image answers EIO instead of
 // crashing). Content comes from the object directory: each object is checked
 // against the digest in the image before its first use (once per mount) and
-// a mismatch answers EIO. Reads go through FUSE passthrough where the kernel
-// allows it (Linux ≥ 6.9, root), else through the daemon from the object's
-// file descriptor (spliced); the kernel keeps its page cache across opens.
+// a mismatch answers EIO; a missing object is ENOENT, as on the overlay.
+//
+// Reads take one of two paths. Where the kernel allows FUSE passthrough
+// (Linux ≥ 6.9, root) every open of an external file is answered with the
+// object registered as its backing file, and reads go straight to the
+// object's page cache; registrations are kept across opens. Otherwise the
+// daemon answers OPEN with ENOSYS, so the kernel opens files without asking
+// and keeps their page cache (FUSE no-open mode); reads that miss the cache
+// arrive without a handle and are served from a bounded set of open,
+// checked objects. In that mode an integrity error surfaces on read rather
+// than on open.
+//
+// go-fuse answers a lookup of ".go-fuse-epoll-hack" in the root with a fake
+// file (it teaches the kernel that the file system does not poll, which a
+// Go process reading its own mount needs); nothing lists it.
 //
 // The kernel caches entries and attributes for a year: an image never
 // changes. Switching the tree inside a running daemon (Server.Switch, the
