@@ -274,24 +274,64 @@ func markImages(paths []string) (map[[32]byte]struct{}, error) {
 	return live, nil
 }
 
-// imageObjects lists the objects an image's external files use.
+// imageObjects lists the objects an image's external files use. It walks
+// directories by nid and decodes only regular files' inodes (their
+// redirect), each once, instead of building the whole tree.
 func imageObjects(path string) ([][32]byte, error) {
-	root, err := readImageTree(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("retained image: %w", err)
 	}
+	img, err := erofs.Open(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("retained image %s: %w", path, err)
+	}
 	var out [][32]byte
-	err = root.Walk(func(n *tree.Node) error {
-		if n.LinkTo == nil && n.Payload != "" {
-			d, err := cas.ParsePayload(n.Payload)
-			if err != nil {
-				return fmt.Errorf("retained image %s: %s: %w", path, n.Path(), err)
+	seen := map[uint64]bool{}
+	var walk func(dir uint64, depth int) error
+	walk = func(dir uint64, depth int) error {
+		if depth > 4096 {
+			return fmt.Errorf("retained image %s: directories nested too deep", path)
+		}
+		ents, err := img.ReadDirNid(dir)
+		if err != nil {
+			return fmt.Errorf("retained image %s: %w", path, err)
+		}
+		for _, e := range ents {
+			if seen[e.Nid] || e.Type != 0 && e.Type != tree.TypeDir && e.Type != tree.TypeReg {
+				continue
 			}
-			out = append(out, d)
+			seen[e.Nid] = true
+			typ := e.Type
+			if typ == tree.TypeDir {
+				if err := walk(e.Nid, depth+1); err != nil {
+					return err
+				}
+				continue
+			}
+			ino, err := img.Inode(e.Nid)
+			if err != nil {
+				return fmt.Errorf("retained image %s: %s: %w", path, e.Name, err)
+			}
+			switch ino.Mode & tree.TypeMask {
+			case tree.TypeDir:
+				if err := walk(e.Nid, depth+1); err != nil {
+					return err
+				}
+			case tree.TypeReg:
+				if ino.Payload != "" {
+					d, err := cas.ParsePayload(ino.Payload)
+					if err != nil {
+						return fmt.Errorf("retained image %s: %s: %w", path, e.Name, err)
+					}
+					out = append(out, d)
+				}
+			}
 		}
 		return nil
-	})
-	return out, err
+	}
+	seen[img.RootNid()] = true
+	return out, walk(img.RootNid(), 0)
 }
 
 // readImageTree reads an image file's tree with the erofs reader.

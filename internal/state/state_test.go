@@ -538,3 +538,42 @@ func TestStonesAndEarlyConflicts(t *testing.T) {
 		t.Error("re-imported stone gives another fragment")
 	}
 }
+
+// The gc's nid-level walk finds exactly the payloads of the full tree.
+func TestImageObjectsMatchTree(t *testing.T) {
+	s := newState(t)
+	f := frag(t, s, pkg("a", "1"), file{path: "x/a", content: big("a")}, file{path: "x/y/b", content: big("b")},
+		file{path: "x/small", content: "s"}, file{path: "l", target: "x/a"}, file{path: "z/c", content: big("a")})
+	// A hardlink to x/a.
+	xa := f.Root.Lookup("x/a")
+	f.Root.Lookup("z").AddChild(&tree.Node{Name: "hl", LinkTo: xa})
+	xa.Nlink = 2
+	tx := compose(t, s, ComposeOptions{Add: []Fragment{f}})
+	root, err := s.Tree(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	root.Walk(func(n *tree.Node) error {
+		if n.LinkTo == nil && n.Payload != "" {
+			want[n.Payload] = true
+		}
+		return nil
+	})
+	got, err := imageObjects(s.ImagePath(tx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotSet := map[string]bool{}
+	for _, d := range got {
+		gotSet[cas.Payload(d)] = true
+	}
+	if len(want) != 2 || len(gotSet) != len(want) {
+		t.Fatalf("imageObjects %v, tree %v", gotSet, want)
+	}
+	for p := range want {
+		if !gotSet[p] {
+			t.Errorf("imageObjects lacks %s", p)
+		}
+	}
+}
