@@ -206,7 +206,7 @@ var stateShowCmd = &cobra.Command{
 		}
 		fmt.Printf("  inputs:   %d\n", len(tx.Inputs))
 		for _, in := range tx.Inputs {
-			fmt.Printf("    %-8s %s (%d entries, %s)\n", in.Kind, in.Label(), in.Entries, humanBytes(in.Bytes))
+			fmt.Printf("    %s (%d entries, %s)\n", in.Label(), in.Entries, humanBytes(in.Bytes))
 		}
 		return nil
 	},
