@@ -51,7 +51,19 @@ func harness(t *testing.T) *vm.Env {
 				return
 			}
 		}
-		envErr = envVal.BuildTest("guest.test", "./kvmtests/guest")
+		if envErr = envVal.BuildTest("guest.test", "./kvmtests/guest"); envErr != nil {
+			return
+		}
+		for _, tool := range []string{"mkfs.erofs", "fsverity"} {
+			if envErr = envVal.AddHostTool(tool); envErr != nil {
+				return
+			}
+		}
+		for _, p := range packagesInVM {
+			if envErr = envVal.BuildTest(p.pkg+".test", "./"+p.pkg); envErr != nil {
+				return
+			}
+		}
 	})
 	if errors.Is(envErr, vm.ErrUnavailable) {
 		t.Skip(envErr)
@@ -76,6 +88,9 @@ umount /mnt/disk || rc=1`
 func report(t *testing.T, res *vm.Result) {
 	t.Helper()
 	t.Logf("boot: %.1fs wall, QEMU exit %d", res.Duration.Seconds(), res.ExitCode)
+	if res.Retried {
+		t.Logf("the first attempt died before /init and was retried:\n%s", tail(res.Console, 40))
+	}
 	for _, r := range vm.ParseResults(res.Results) {
 		t.Run(r.Name, func(t *testing.T) {
 			t.Log("\n" + r.Output)

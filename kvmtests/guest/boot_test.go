@@ -110,7 +110,6 @@ func (f *bootFixture) boot(t *testing.T, cmdline string, extra ...string) (*boot
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	t.Logf("mossfs boot %q:\n%s", cmdline, stderr.String())
-	skipKnownOverlayBug(t, stderr.String())
 	if err != nil {
 		return nil, stderr.String(), err
 	}
@@ -392,19 +391,5 @@ func dropCaches(t *testing.T) {
 	unix.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o644); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// knownOverlayBug is the error of overlay.Mount on kernels before 6.15: its
-// layer-keys method clones the detached EROFS mount with
-// open_tree(OPEN_TREE_CLONE), which those kernels refuse (EINVAL) for a
-// mount that is not attached anywhere. It makes every mount fail on the
-// 6.12 guest kernel; the fix belongs in overlay/overlay.go (attachPrivate).
-const knownOverlayBug = "clone the image mount: invalid argument"
-
-func skipKnownOverlayBug(t *testing.T, msgs string) {
-	t.Helper()
-	if strings.Contains(msgs, knownOverlayBug) {
-		t.Skip("KNOWN BUG in overlay.Mount on Linux < 6.15 (open_tree(OPEN_TREE_CLONE) of a detached mount is EINVAL): " + knownOverlayBug)
 	}
 }

@@ -23,6 +23,8 @@ type Env struct {
 	Kernel *Kernel
 	Bins   map[string]string // guest path /bin/<name> → host file
 	KVM    bool
+	// Libs are shared libraries of host tools, at the same paths in the guest.
+	Libs map[string]bool
 }
 
 // RepoRoot returns the directory holding go.mod at or above the working directory.
@@ -62,7 +64,7 @@ func NewEnv(work string) (*Env, error) {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return nil, err
 	}
-	return &Env{Repo: repo, Work: work, Kernel: k, Bins: map[string]string{}, KVM: os.Getenv("MOSSFS_KVM") == "1"}, nil
+	return &Env{Repo: repo, Work: work, Kernel: k, Bins: map[string]string{}, Libs: map[string]bool{}, KVM: os.Getenv("MOSSFS_KVM") == "1"}, nil
 }
 
 func goCmd(dir string, args ...string) *exec.Cmd {
@@ -89,6 +91,34 @@ func (e *Env) BuildTest(name, pkg string) error {
 		return fmt.Errorf("go test -c %s: %v\n%s", pkg, err, o)
 	}
 	e.Bins[name] = out
+	return nil
+}
+
+// AddHostTool puts a dynamically linked host program into the guest's
+// /bin together with the shared libraries ldd lists for it (at their host
+// paths), so that tests using it as an oracle (mkfs.erofs, fsverity) run
+// in the VM too. A missing tool is an error.
+func (e *Env) AddHostTool(name string) error {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return fmt.Errorf("host tool %s: %w", name, err)
+	}
+	out, err := exec.Command("ldd", p).Output()
+	if err != nil {
+		// Not dynamic (or no ldd): the binary alone.
+		e.Bins[name] = p
+		return nil
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+			e.Libs[f[2]] = true
+		case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+			e.Libs[f[0]] = true // the dynamic loader
+		}
+	}
+	e.Bins[name] = p
 	return nil
 }
 
@@ -141,6 +171,9 @@ func (e *Env) Run(ctx context.Context, b Boot) (*Result, error) {
 	for name, p := range e.Bins {
 		ir.FileFrom("bin/"+name, 0o755, p)
 	}
+	for lib := range e.Libs {
+		ir.FileFrom(lib, 0o755, lib)
+	}
 	for _, m := range e.Kernel.Modules {
 		ir.FileFrom("lib/modules/"+m+".ko", 0o644, filepath.Join(e.Kernel.ModuleDir, m+".ko"))
 	}
@@ -156,5 +189,23 @@ func (e *Env) Run(ctx context.Context, b Boot) (*Result, error) {
 	}
 	m := &Machine{Kernel: e.Kernel, Initrd: initrd, Disks: b.Disks, Append: b.Append,
 		Timeout: b.Timeout, Dir: dir, KVM: e.KVM, Watch: b.Watch}
-	return m.Run(ctx)
+	res, err := m.Run(ctx)
+	if err == nil && !res.Killed && !strings.Contains(res.Results, BeginMarker) {
+		// The guest died before /init ran (an emulation hiccup under TCG,
+		// not something under test: nothing of ours has run). Once more.
+		first := res
+		if res, err = m.Run(ctx); err == nil {
+			res.Console = "--- first attempt died before /init (retried) ---\n" + tail(first.Console, 30) + "\n--- retry ---\n" + res.Console
+			res.Retried = true
+		}
+	}
+	return res, err
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

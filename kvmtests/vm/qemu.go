@@ -15,7 +15,9 @@ import (
 	"time"
 )
 
-// Machine describes one QEMU boot.
+// Machine describes one QEMU boot. The kernel always gets no_timer_check:
+// under TCG on a busy host the IO-APIC timer check can fail spuriously and
+// panic the guest ("IO-APIC + timer doesn't work!").
 type Machine struct {
 	Kernel  *Kernel
 	Initrd  string
@@ -35,6 +37,7 @@ type Machine struct {
 type Result struct {
 	ExitCode int  // QEMU's exit status: 1 guest reported pass, 3 fail, 0 no report
 	Killed   bool // Watch asked for a power cut
+	Retried  bool // the first attempt died before /init and was repeated
 	TimedOut bool
 	Duration time.Duration
 	Console  string // ttyS0: kernel messages and anything else on the console
@@ -65,7 +68,7 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 		"-serial", "file:" + console, "-serial", "file:" + results,
 		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
 		"-kernel", m.Kernel.Vmlinuz, "-initrd", m.Initrd,
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 " + m.Append)}
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 no_timer_check " + m.Append)}
 	if m.KVM {
 		args = append([]string{"-enable-kvm"}, args...)
 	} else {
