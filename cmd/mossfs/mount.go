@@ -46,12 +46,18 @@ mossfs mount is already at TARGET it is replaced atomically, as by switch.`,
 		if err != nil {
 			return err
 		}
+		if f.foreground {
+			if f.driver == "overlay" {
+				return fmt.Errorf("--foreground serves with the FUSE driver; the overlay needs no process")
+			}
+			return mountForeground(f.root, src, target)
+		}
 		unlock, err := mountrec.Lock(f.root)
 		if err != nil {
 			return err
 		}
 		defer unlock()
-		rec, err := mountAt(f.root, src, target, f.driver, f.verity, f.foreground)
+		rec, err := mountAt(f.root, src, target, f.driver, f.verity)
 		if err != nil {
 			return err
 		}
@@ -66,8 +72,43 @@ func init() {
 	fl.StringVar(&mountFlags.driver, "driver", "auto", "auto, overlay or fuse")
 	fl.StringVar(&mountFlags.verity, "verity", "auto", "object fs-verity checks: require, on, off or auto (require when the objects have fs-verity)")
 	fl.StringVar(&mountFlags.objects, "objects", "", "object directory for an image file (default <root>/cas/objects)")
-	fl.BoolVar(&mountFlags.foreground, "foreground", false, "FUSE driver: serve in the foreground")
+	fl.BoolVar(&mountFlags.foreground, "foreground", false, "serve with the FUSE driver in the foreground until unmounted")
 	rootCmd.AddCommand(mountCmd)
+}
+
+// mountForeground serves src at target with the FUSE driver in this
+// process until it is unmounted. The record exists while it serves; the
+// switch lock is held only around the changes, not while serving.
+func mountForeground(root string, src mountSource, target string) error {
+	unlock, err := mountrec.Lock(root)
+	if err != nil {
+		return err
+	}
+	if cur, mounted, err := currentMount(target); err != nil || mounted {
+		unlock()
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%s: %s %s is mounted there; --foreground needs an empty target", target, cur.FSType, cur.Source)
+	}
+	rec := mountrec.Record{Target: target, Tx: src.tx, Image: src.digest, ImagePath: src.image, Objects: src.objects, Driver: "fuse"}
+	if src.tx != 0 || src.digest != "" {
+		err = mountrec.Write(root, rec)
+	}
+	unlock()
+	if err != nil {
+		return err
+	}
+	serr := mountFUSE(src.image, src.objects, target, true)
+	unlock, err = mountrec.Lock(root)
+	if err == nil {
+		// Only if the target did not get another record meanwhile.
+		if r, ok, _ := mountrec.Get(root, target); ok && r.Driver == "fuse" && r.Tx == rec.Tx && r.Image == rec.Image {
+			err = mountrec.Remove(root, target)
+		}
+		unlock()
+	}
+	return errors.Join(serr, err)
 }
 
 // defaultRoot is the state root used without --root.
@@ -203,7 +244,7 @@ func currentMount(target string) (mounttuck.MountEntry, bool, error) {
 
 // mountAt mounts src at target with the driver, replacing a mossfs mount
 // already there, and records the mount. The caller holds the mount lock.
-func mountAt(root string, src mountSource, target, driver, verity string, foreground bool) (mountrec.Record, error) {
+func mountAt(root string, src mountSource, target, driver, verity string) (mountrec.Record, error) {
 	rec := mountrec.Record{Target: target, Tx: src.tx, Image: src.digest, ImagePath: src.image, Objects: src.objects}
 	v, err := overlay.ParseVerity(verity)
 	if err != nil {
@@ -238,7 +279,7 @@ func mountAt(root string, src mountSource, target, driver, verity string, foregr
 		if mounted {
 			err = switchFUSE(src.image, src.objects, target)
 		} else {
-			err = mountFUSE(src.image, src.objects, target, foreground)
+			err = mountFUSE(src.image, src.objects, target, false)
 		}
 		if err != nil {
 			if overlayErr != nil {

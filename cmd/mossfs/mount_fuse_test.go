@@ -3,9 +3,11 @@ package main
 import (
 	"os"
 	"testing"
+	"time"
 
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/testenv"
+	"github.com/mossfs/mossfs/mounttuck"
 	"github.com/mossfs/mossfs/overlay/overlaytest"
 	"golang.org/x/sys/unix"
 )
@@ -54,5 +56,54 @@ func TestMountCommandFUSEDriver(t *testing.T) {
 	mustRun(t, "umount", "--root", s.root, target)
 	if n := mountCount(t, target); n != 0 {
 		t.Fatalf("%d mounts left after umount", n)
+	}
+}
+
+// TestMountCommandFUSEForeground serves in this process until unmounted;
+// the record exists exactly while it serves.
+func TestMountCommandFUSEForeground(t *testing.T) {
+	testenv.RequireMountNS(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no FUSE: %v", err)
+	}
+	s := newStateRoot(t)
+	target := scratchTarget(t)
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := run("mount", "--root", s.root, "--foreground", "2", target)
+		done <- err
+	}()
+	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	for i := 0; ; i++ {
+		if m, _ := mounttuck.MountsAt(target); len(m) == 1 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("mount --foreground returned before mounting: %v", err)
+		default:
+		}
+		if i == 1000 {
+			t.Fatal("no FUSE mount after 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	overlaytest.Compare(t, target, s.txs[2])
+	if rec, ok, _ := mountrec.Get(s.root, target); !ok || rec.Tx != 2 || rec.Driver != "fuse" {
+		t.Fatalf("record while serving: %+v %v", rec, ok)
+	}
+	if err := unix.Unmount(target, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("mount --foreground: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("mount --foreground still serving 30 s after the unmount")
+	}
+	if _, ok, _ := mountrec.Get(s.root, target); ok {
+		t.Fatal("record left after the foreground server ended")
 	}
 }

@@ -85,7 +85,7 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
-	rec, err := mountAt(root, src, t, driver, verity, false)
+	rec, err := mountAt(root, src, t, driver, verity)
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
