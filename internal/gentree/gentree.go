@@ -20,8 +20,8 @@ import (
 // Spec sizes a generated tree.
 type Spec struct {
 	Dirs, Files, Symlinks int
-	TotalBytes           int64 // total content of all regular files
-	Seed                 uint64
+	TotalBytes            int64 // total content of all regular files
+	Seed                  uint64
 }
 
 // Full is the 65,000-entry tree the issues measure against: 3,000
