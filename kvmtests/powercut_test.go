@@ -89,6 +89,20 @@ cat /tmp/cas.out >&3
 echo "KVMTEST FAIL compose-loop-ended" >&3; rc=1
 `
 		}
+		if trial == len(fracs) && len(durable) > 0 {
+			// The last boot also boots the newest durable transaction the
+			// real way: mossfs boot reads moss.tx from /proc/cmdline.
+			last := durable[len(durable)-1]
+			b := fmt.Sprintf(`mkdir -p /mnt/disk/pc/usr
+if /bin/mossfs boot --sysroot /mnt/disk/pc >&3 2>&3 && [ "$(cat /mnt/disk/pc/usr/.stateID)" = %[1]s ]; then
+  echo "KVMTEST PASS boot-from-proc-cmdline" >&3
+else
+  echo "KVMTEST FAIL boot-from-proc-cmdline (wanted transaction %[1]s)" >&3; rc=1
+fi
+umount /mnt/disk/pc/usr
+`, last)
+			body += b
+		}
 		body += `umount /mnt/disk || rc=1`
 		c := &cutter{}
 		b := vm.Boot{Name: fmt.Sprintf("powercut-%d", trial), Body: body, Disks: []string{disk, casDisk},
@@ -96,6 +110,8 @@ echo "KVMTEST FAIL compose-loop-ended" >&3; rc=1
 		if trial < len(fracs) {
 			c.frac = fracs[trial]
 			b.Watch = c.watch
+		} else if len(durable) > 0 {
+			b.Append = "moss.tx=" + durable[len(durable)-1] + " moss.fallback=1"
 		}
 		res := boot(t, env, b)
 		t.Run(fmt.Sprintf("boot%d", trial), func(t *testing.T) {
