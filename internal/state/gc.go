@@ -66,9 +66,15 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 	if _, err := s.store.Recover(context.Background(), cas.VerifyOptions{}); err != nil {
 		return nil, fmt.Errorf("gc: recovering the store: %w", err)
 	}
-	// No syncfs needed first: removals fsync their unlinks and published
-	// transactions are durable, so nothing a crash could bring back
-	// references what gc deletes.
+	// Removals unlink metadata without fsync: make them durable before
+	// deleting what they released, or a power failure could bring back a
+	// transaction whose fragments or objects are gone. (Published
+	// transactions are durable already.)
+	if !opts.DryRun {
+		if err := fsyncDir(s.txDir()); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+	}
 	res := &GCResult{DryRun: opts.DryRun, Transactions: []uint64{}, Images: []string{},
 		ImagesRemoved: []string{}, InputsRemoved: []uint64{}}
 

@@ -64,11 +64,10 @@ func (s *State) Protected() (map[uint64]string, error) {
 	return why, nil
 }
 
-// Remove deletes transactions: first their metadata (after which they no
-// longer exist), then their fragments. Images and objects are left for gc.
-// Because a transaction comes back if its unlinked metadata was not yet
-// durable, the fragments are removed only after the metadata; a crash in
-// between leaves fragments that gc removes.
+// Remove deletes transactions: it unlinks their metadata, after which they
+// no longer exist. Their fragments, images and objects are left for gc,
+// which first makes the unlinks durable: a removal a power failure undoes
+// brings the transaction back whole, never half.
 // Without force, removing the active or a mounted transaction is refused
 // and nothing is removed. Unknown ids are an error (nothing removed).
 func (s *State) Remove(ids []uint64, force bool) error {
@@ -102,17 +101,7 @@ func (s *State) Remove(ids []uint64, force bool) error {
 			return fmt.Errorf("remove transaction %d: %w", id, err)
 		}
 	}
-	// The unlinks are durable before the fragments go, so that even a
-	// power failure never leaves metadata whose fragments are gone.
-	if err := fsyncDir(s.txDir()); err != nil {
-		return fmt.Errorf("remove: %w", err)
-	}
 	crash(CPRemoveUnpublish)
-	for _, id := range ids {
-		if err := os.RemoveAll(s.inputsDir(id)); err != nil {
-			return fmt.Errorf("remove transaction %d: %w", id, err)
-		}
-	}
 	return nil
 }
 

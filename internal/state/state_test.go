@@ -320,13 +320,14 @@ func TestRemovePruneProtect(t *testing.T) {
 	if ids, _ := s.IDs(); !slices.Equal(ids, []uint64{2, 4, 5}) {
 		t.Fatalf("ids %v", ids)
 	}
-	if _, err := os.Stat(s.inputsDir(1)); !os.IsNotExist(err) {
-		t.Errorf("inputs of 1 still there: %v", err)
-	}
-	// gc keeps the images of 2 (mounted), 4 and 5 and their objects.
+	// gc keeps the images of 2 (mounted), 4 and 5 and their objects, and
+	// removes the fragments of 1 and 3.
 	res, err := s.GC(GCOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.inputsDir(1)); !os.IsNotExist(err) || !slices.Equal(res.InputsRemoved, []uint64{1, 3}) {
+		t.Errorf("inputs of 1 still there (%v), gc removed inputs of %v", err, res.InputsRemoved)
 	}
 	if len(res.ImagesRemoved) != 2 || res.ObjectsRemoved != 2 || res.ObjectsLive != 3 {
 		t.Errorf("gc %+v", res)
