@@ -74,6 +74,7 @@ type fileSystem struct {
 	nextGen uint64
 
 	verified sync.Map // verifyKey → *verifyEntry
+	panics   atomic.Int64
 
 	handlesM sync.Mutex
 	handles  map[uint64]*handle
@@ -158,7 +159,13 @@ func (f *fileSystem) Init(s *fuse.Server) {
 // bad request never takes the daemon and its mount down.
 func (f *fileSystem) guard(st *fuse.Status) {
 	if r := recover(); r != nil {
-		f.logger.Printf("internal error (answering EIO): %v\n%s", r, debug.Stack())
+		// The first stack is worth reading; a truncated image faults on
+		// every request, so later ones are only counted in the message.
+		if n := f.panics.Add(1); n == 1 {
+			f.logger.Printf("internal error (answering EIO): %v\n%s", r, debug.Stack())
+		} else if n&(n-1) == 0 {
+			f.logger.Printf("internal error (answering EIO, %d so far): %v", n, r)
+		}
 		*st = fuse.EIO
 	}
 }

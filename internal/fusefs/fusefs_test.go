@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/internal/tree"
 	"github.com/mossfs/mossfs/overlay/overlaytest"
@@ -227,4 +228,34 @@ func deleteChild(cs []*tree.Node, name string) []*tree.Node {
 		}
 	}
 	return out
+}
+
+// TestTruncatedImage: the image is memory-mapped; truncating it under a
+// running mount makes reads of the lost part fault. Those requests must
+// answer EIO and the server must keep serving.
+func TestTruncatedImage(t *testing.T) {
+	testenv.RequireMountNS(t)
+	img, objects := gentreeImage(t, gentree.Small)
+	s := mountOpts(t, Options{Image: img, Objects: objects})
+	if err := os.Truncate(img, 4096); err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for _, e := range gentree.List(gentree.Small) {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(s.Target(), e.Path), &st); err != nil {
+			if !errors.Is(err, syscall.EIO) {
+				t.Fatalf("%s: %v, want EIO", e.Path, err)
+			}
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Fatal("every lookup succeeded on a truncated image")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.Target(), &st); err != nil {
+		t.Fatalf("the server stopped answering: %v", err)
+	}
+	t.Logf("%d lookups failed with EIO", failed)
 }
