@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/bootcmd"
 	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/sign"
@@ -167,7 +168,20 @@ func runBoot(cmd *cobra.Command, args []string) error {
 		if _, err := os.Stat(tmp); err != nil {
 			tmp = ""
 		}
-		fd, info, err := overlay.Mount(overlay.Options{Image: img, ObjectsDir: st.Store().ObjectsDir(), Verity: verity, TempDir: tmp})
+		objects := st.Store().ObjectsDir()
+		want := verity
+		if want == overlay.VerityAuto && (c.HasDigest || pub != nil) {
+			// A pinned or signed image is trusted, and so are the digests it
+			// names: require them whenever the kernel can check them, not
+			// only when the objects look verity-enabled (an object with its
+			// verity stripped must read as EIO, not silently unchecked).
+			want = pinnedVerity(objects)
+		}
+		fd, info, err := overlay.Mount(overlay.Options{Image: img, ObjectsDir: objects, Verity: want, TempDir: tmp})
+		if err != nil && want == overlay.VerityRequire && verity == overlay.VerityAuto && strings.Contains(err.Error(), "no verity option") {
+			bootLog("overlayfs cannot check fs-verity digests (Linux 6.6+ needed): mounting without object verification")
+			fd, info, err = overlay.Mount(overlay.Options{Image: img, ObjectsDir: objects, Verity: overlay.VerityOff, TempDir: tmp})
+		}
 		if err != nil {
 			return fmt.Errorf("mount: %w", err)
 		}
@@ -204,4 +218,37 @@ func runBoot(cmd *cobra.Command, args []string) error {
 		return cli.PrintJSON(os.Stdout, out)
 	}
 	return nil
+}
+
+// pinnedVerity is the object policy for a pinned or signed image: require
+// when the object store's filesystem has fs-verity (an object measures, or
+// reports it has none enabled), off when the kernel or filesystem lacks it.
+func pinnedVerity(objects string) overlay.Verity {
+	fans, _ := os.ReadDir(objects)
+	for _, fan := range fans {
+		if !fan.IsDir() || len(fan.Name()) != 2 {
+			continue
+		}
+		ents, _ := os.ReadDir(filepath.Join(objects, fan.Name()))
+		for _, e := range ents {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			f, err := os.Open(filepath.Join(objects, fan.Name(), e.Name()))
+			if err != nil {
+				continue
+			}
+			_, err = fsverity.Measure(int(f.Fd()))
+			f.Close()
+			if err == nil || errors.Is(err, fsverity.ErrNotEnabled) {
+				if err != nil {
+					bootLog("warning: object %s has no fs-verity; objects without it will read as EIO (verity=require)", e.Name())
+				}
+				return overlay.VerityRequire
+			}
+			bootLog("warning: no fs-verity on %s (%v): object content is not verified", objects, err)
+			return overlay.VerityOff
+		}
+	}
+	return overlay.VerityRequire
 }

@@ -56,6 +56,7 @@ func newBootFixture(t *testing.T, disk string) *bootFixture {
 	src := filepath.Join(disk, "bootsrc")
 	os.MkdirAll(filepath.Join(src, "share"), 0o755)
 	os.WriteFile(filepath.Join(src, "share", "data.bin"), f.data, 0o644)
+	os.WriteFile(filepath.Join(src, "share", "extra.bin"), pattern(32<<10, 8), 0o644)
 	for i := 1; i <= 3; i++ {
 		os.WriteFile(filepath.Join(src, "release"), []byte(fmt.Sprintf("release %d\n", i)), 0o644)
 		args := []string{"compose", "--root", f.state, "--tree", src, "-q", "--json"}
@@ -287,6 +288,39 @@ func TestBoot(t *testing.T) {
 		}
 		if isMountPoint(t, filepath.Join(f.sysroot, "usr")) {
 			t.Error("/usr mounted although boot failed")
+		}
+	})
+	t.Run("pinned-requires-verity", func(t *testing.T) {
+		// An object whose fs-verity was stripped (same content, replaced
+		// by a copy without verity): a pinned or signed boot still mounts
+		// with verity=require, so it reads as EIO instead of unchecked.
+		extra := pattern(32<<10, 8)
+		d := fsverity.Sum(extra)
+		h := hex.EncodeToString(d[:])
+		obj := filepath.Join(f.state, "cas", "objects", h[:2], h[2:])
+		tmp := obj + ".tmp"
+		if err := os.WriteFile(tmp, extra, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, obj); err != nil {
+			t.Fatal(err)
+		}
+		defer enableVerity(t, obj)
+		for _, c := range []struct {
+			cmdline string
+			extra   []string
+		}{
+			{"moss.tx=2 moss.digest=sha256:" + f.images[2], nil},
+			{"moss.tx=2", []string{"--pubkey", pubA}},
+		} {
+			r, _, err := f.boot(t, c.cmdline, c.extra...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.expect(t, r, 2)
+			if _, err := os.ReadFile(filepath.Join(f.sysroot, "usr", "share", "extra.bin")); !errors.Is(err, syscall.EIO) {
+				t.Errorf("%s %v: object without verity read gave %v, want EIO", c.cmdline, c.extra, err)
+			}
 		}
 	})
 	t.Run("tampered-image-falls-back", func(t *testing.T) {
