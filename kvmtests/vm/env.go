@@ -49,6 +49,9 @@ func NewEnv(work string) (*Env, error) {
 	if _, err := QEMUPath(); err != nil {
 		return nil, fmt.Errorf("%w: qemu-system-x86_64 not found (apt-get install qemu-system-x86)", ErrUnavailable)
 	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		return nil, fmt.Errorf("the guest's /init needs a static /bin/busybox on the host (apt-get install busybox-static): %w", err)
+	}
 	repo, err := RepoRoot()
 	if err != nil {
 		return nil, err
