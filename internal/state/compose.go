@@ -48,7 +48,7 @@ func matchesInput(arg string, in Input) bool {
 }
 
 type pendingFragment struct {
-	data     []byte // encoded dump, nil if linked from the base
+	data     []byte // the encoded dump (written when it cannot be linked)
 	linkFrom string // path of the base transaction's fragment
 }
 

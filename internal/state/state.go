@@ -10,7 +10,8 @@
 //	images/<64 hex>             one image per transaction, named by its fs-verity digest
 //	transactions/next           the id counter (decimal; ids are never reused)
 //	transactions/<id>.json      metadata: id, parent, time, image, inputs, counts
-//	transactions/<id>.inputs/   one fragment (composefs dump) per input
+//	transactions/<id>.inputs/   one fragment (composefs dump) per input, named
+//	                            <sha256>.dump, hardlinked between transactions
 //	active                      the active transaction id (decimal)
 //	mounts/<name>.json          mount records, written by the mount helper
 //	pins/<name>                 gc roots: a transaction id or sha256:<image hex>
@@ -22,10 +23,17 @@
 //
 // Atomicity: a transaction exists exactly when transactions/<id>.json exists.
 // Compose writes objects, the image, the fragments and the counter under
-// temporary or not-yet-referenced names, makes them durable with one syncfs,
-// and only then renames the metadata into place. A crash at any point leaves
-// either the old state or the complete new transaction, plus garbage that gc
-// removes (it holds the exclusive lock, so no compose is in flight then).
+// temporary or not-yet-referenced names, makes them durable with one syncfs
+// (or, when it adds no new objects, with fsyncs of just its own files), and
+// only then renames the metadata into place. Remove only unlinks metadata.
+// A crash at any point leaves either the old state or the complete new
+// transaction, plus garbage that gc removes (it holds the exclusive lock, so
+// no compose is in flight then, and first makes removals durable).
+//
+// Inputs: every transaction records each package's layout and each tree as
+// a fragment, so that compose --from, --remove, upgrades, conflict checks
+// and "which input owns this path" need no original sources. Images are
+// the truth for what a transaction holds: diff and gc read them.
 package state
 
 import (
