@@ -88,12 +88,12 @@ type bootRejection struct {
 	Reason string `json:"reason"`
 }
 
-func bootLog(format string, a ...any) {
-	fmt.Fprintf(os.Stderr, "mossfs boot: "+format+"\n", a...)
-}
-
 func runBoot(cmd *cobra.Command, args []string) error {
 	fl := bootFlags
+	// Messages go to stderr, which in an initramfs is the console.
+	bootLog := func(format string, a ...any) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "mossfs boot: "+format+"\n", a...)
+	}
 	if fl.root == "" {
 		fl.root = filepath.Join(fl.sysroot, strings.TrimPrefix(state.DefaultRoot, "/"))
 	}
@@ -127,7 +127,7 @@ func runBoot(cmd *cobra.Command, args []string) error {
 		bootLog("%v", err)
 	}
 	cands := params.Candidates(active)
-	if params.TX == 0 && active != 0 {
+	if params.TX == 0 && active != 0 && !params.TXMalformed {
 		bootLog("no moss.tx= on the command line: booting the active transaction %d", active)
 	}
 	out := bootOutcome{Target: fl.target, Problems: params.Problems, DryRun: fl.dryRun, Fallbacks: params.Fallback, Rejected: []bootRejection{}}
@@ -175,7 +175,7 @@ func runBoot(cmd *cobra.Command, args []string) error {
 			// names: require them whenever the kernel can check them, not
 			// only when the objects look verity-enabled (an object with its
 			// verity stripped must read as EIO, not silently unchecked).
-			want = pinnedVerity(objects)
+			want = pinnedVerity(objects, bootLog)
 		}
 		fd, info, err := overlay.Mount(overlay.Options{Image: img, ObjectsDir: objects, Verity: want, TempDir: tmp})
 		if err != nil && want == overlay.VerityRequire && verity == overlay.VerityAuto && strings.Contains(err.Error(), "no verity option") {
@@ -215,7 +215,7 @@ func runBoot(cmd *cobra.Command, args []string) error {
 	}
 	bootLog("%s transaction %d (%s) image %s at %s%s", how, chosen.ID, chosen.Role, out.Image, fl.target, detail)
 	if fl.json {
-		return cli.PrintJSON(os.Stdout, out)
+		return cli.PrintJSON(cmd.OutOrStdout(), out)
 	}
 	return nil
 }
@@ -223,7 +223,7 @@ func runBoot(cmd *cobra.Command, args []string) error {
 // pinnedVerity is the object policy for a pinned or signed image: require
 // when the object store's filesystem has fs-verity (an object measures, or
 // reports it has none enabled), off when the kernel or filesystem lacks it.
-func pinnedVerity(objects string) overlay.Verity {
+func pinnedVerity(objects string, bootLog func(string, ...any)) overlay.Verity {
 	fans, _ := os.ReadDir(objects)
 	for _, fan := range fans {
 		if !fan.IsDir() || len(fan.Name()) != 2 {

@@ -103,6 +103,9 @@ type Params struct {
 	HasDigest bool
 	// Fallback lists the transactions to try after TX, in order.
 	Fallback []uint64
+	// TXMalformed is set when moss.tx/moss.fstx was given but could not be
+	// parsed (and no valid one was given).
+	TXMalformed bool
 	// Problems are malformed mossfs parameters; they were ignored, and boot
 	// reports them on the console.
 	Problems []string
@@ -120,6 +123,7 @@ func Parse(cmdline string) Params {
 			id, err := ParseID(w.Value)
 			if err != nil {
 				p.Problems = append(p.Problems, fmt.Sprintf("%s=%s: %v", w.Key, w.Value, err))
+				p.TXMalformed = true
 				continue
 			}
 			if w.Key == "moss.tx" {
@@ -155,6 +159,9 @@ func Parse(cmdline string) Params {
 		p.TX, p.TXKey = tx, "moss.tx"
 	case fstx != 0:
 		p.TX, p.TXKey = fstx, "moss.fstx"
+	}
+	if p.TX != 0 {
+		p.TXMalformed = false
 	}
 	return p
 }
@@ -198,7 +205,9 @@ type Candidate struct {
 
 // Candidates lists the transactions to try in order: the requested one
 // (or, if none was requested, active, the state's active transaction; 0 for
-// none), then each fallback, without repeats.
+// none), then each fallback, without repeats. When the requested id was
+// malformed, the fallbacks come first and the active transaction is only
+// the last resort: the command line asked for something else.
 func (p Params) Candidates(active uint64) []Candidate {
 	var out []Candidate
 	seen := map[uint64]bool{}
@@ -211,6 +220,12 @@ func (p Params) Candidates(active uint64) []Candidate {
 	}
 	if p.TX != 0 {
 		add(Candidate{ID: p.TX, Role: p.TXKey, Digest: p.Digest, HasDigest: p.HasDigest})
+	} else if p.TXMalformed {
+		for _, f := range p.Fallback {
+			add(Candidate{ID: f, Role: "fallback"})
+		}
+		add(Candidate{ID: active, Role: "active"})
+		return out
 	} else {
 		// A pinned digest without moss.tx pins the active transaction.
 		add(Candidate{ID: active, Role: "active", Digest: p.Digest, HasDigest: p.HasDigest})

@@ -99,6 +99,14 @@ func TestCandidatesAndSelect(t *testing.T) {
 	if len(c) != 2 || c[0].ID != 4 || c[0].Role != "active" {
 		t.Errorf("active: %+v", c)
 	}
+	// A malformed moss.tx: fallbacks first, the active one as last resort.
+	c = Parse(`moss.tx=x7 moss.fallback=2`).Candidates(4)
+	if len(c) != 2 || c[0].ID != 2 || c[1].ID != 4 || c[1].Role != "active" {
+		t.Errorf("malformed tx: %+v", c)
+	}
+	if p := Parse(`moss.tx=x7 moss.fstx=3`); p.TX != 3 || p.TXMalformed {
+		t.Errorf("valid fstx beside malformed tx: %+v", p)
+	}
 	if c := Parse(``).Candidates(0); len(c) != 0 {
 		t.Errorf("nothing: %+v", c)
 	}
