@@ -72,16 +72,16 @@ running kernel's command line without its mossfs parameters.`,
 			return err
 		}
 		if blsFlags.json {
-			return cli.PrintJSON(os.Stdout, res)
+			return cli.PrintJSON(cmd.OutOrStdout(), res)
 		}
 		for _, n := range res.Written {
-			fmt.Println("wrote  ", n)
+			fmt.Fprintln(cmd.OutOrStdout(), "wrote  ", n)
 		}
 		for _, n := range res.Kept {
-			fmt.Println("kept   ", n, "(default)")
+			fmt.Fprintln(cmd.OutOrStdout(), "kept   ", n, "(default)")
 		}
 		for _, n := range res.Removed {
-			fmt.Println("removed", n)
+			fmt.Fprintln(cmd.OutOrStdout(), "removed", n)
 		}
 		return nil
 	},
