@@ -11,7 +11,9 @@
 //  3. real boot: the initramfs runs mossfs boot (checks digest and
 //     signature, mounts the transaction at /sysroot/usr with verity) and
 //     switch_root's into the root filesystem, whose init — run by the
-//     transaction's /usr/bin/sh — prints what it sees.
+//     transaction's /usr/bin/sh — prints what it sees;
+//  4. the image of the default transaction is tampered with on the disk and
+//     the same entry boots again: mossfs boot falls back to transaction 1.
 package main
 
 import (
@@ -134,7 +136,29 @@ func run() error {
 	if !res.Passed() {
 		return fmt.Errorf("boot failed (exit %d):\n%s", res.ExitCode, tail(res.Console, 40))
 	}
-	fmt.Printf("\ndemo-boot: done (2 boots, %.1fs of VM time)\n", vmTime.Seconds())
+
+	step("Boot 3: the same entry after transaction 2's image was tampered with on disk")
+	var img string
+	for _, f := range strings.Fields(options) {
+		if h, ok := strings.CutPrefix(f, "moss.digest=sha256:"); ok {
+			img = "/.moss/images/" + h
+		}
+	}
+	if err := tamper(disk, img, work); err != nil {
+		return err
+	}
+	fmt.Printf("flipped one byte of %s (debugfs, as someone with the disk could)\n", img)
+	res, err = env.Run(context.Background(), vm.Boot{Name: "fallback", Body: bootBody, Disks: []string{disk},
+		Append: options, Files: map[string][]byte{"etc/mossfs.pub": []byte(pub)}})
+	if err != nil {
+		return err
+	}
+	vmTime += res.Duration
+	printResults(res)
+	if !res.Passed() {
+		return fmt.Errorf("fallback boot failed (exit %d):\n%s", res.ExitCode, tail(res.Console, 40))
+	}
+	fmt.Printf("\ndemo-boot: done (3 boots, %.1fs of VM time)\n", vmTime.Seconds())
 	return nil
 }
 
@@ -229,4 +253,27 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// tamper flips a byte in the middle of a file inside the ext4 image,
+// replacing the file through debugfs (no mount needed).
+func tamper(disk, path, work string) error {
+	local := filepath.Join(work, "tampered")
+	if out, err := exec.Command("debugfs", "-R", "dump "+path+" "+local, disk).CombinedOutput(); err != nil {
+		return fmt.Errorf("debugfs dump %s: %v: %s", path, err, out)
+	}
+	data, err := os.ReadFile(local)
+	if err != nil || len(data) == 0 {
+		return fmt.Errorf("tamper %s: %v (%d bytes)", path, err, len(data))
+	}
+	data[len(data)/2] ^= 0xff
+	if err := os.WriteFile(local, data, 0o644); err != nil {
+		return err
+	}
+	for _, cmd := range []string{"rm " + path, "write " + local + " " + path} {
+		if out, err := exec.Command("debugfs", "-w", "-R", cmd, disk).CombinedOutput(); err != nil {
+			return fmt.Errorf("debugfs %s: %v: %s", cmd, err, out)
+		}
+	}
+	return nil
 }
