@@ -411,3 +411,34 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// StandardEntryDirs are where boot loaders look for BLS entries, relative
+// to the root directory: $BOOT and the ESP as systemd-boot mounts them.
+var StandardEntryDirs = []string{"boot/loader/entries", "efi/loader/entries", "boot/efi/loader/entries"}
+
+// FindEntryDirs returns the standard entries directories under root
+// ("/" on a running system) that hold at least one mossfs entry.
+func FindEntryDirs(root string) []string {
+	var out []string
+	for _, d := range StandardEntryDirs {
+		dir := filepath.Join(root, d)
+		if ents, err := Entries(dir); err == nil && len(ents) > 0 {
+			out = append(out, dir)
+		}
+	}
+	return out
+}
+
+// SetDefaultFound makes tx the default in every entries directory
+// FindEntryDirs finds under root and returns them: what mossfs switch and
+// rollback call after a switch, so the next boot starts the transaction
+// now running. No mossfs entries anywhere is not an error (nothing to do).
+func SetDefaultFound(root string, tx uint64) ([]string, error) {
+	dirs := FindEntryDirs(root)
+	for _, d := range dirs {
+		if err := SetDefault(d, tx); err != nil {
+			return dirs, err
+		}
+	}
+	return dirs, nil
+}

@@ -122,3 +122,25 @@ func TestStripOptions(t *testing.T) {
 		t.Errorf("%q", got)
 	}
 }
+
+func TestSetDefaultFound(t *testing.T) {
+	root := t.TempDir()
+	if dirs, err := SetDefaultFound(root, 2); err != nil || len(dirs) != 0 {
+		t.Errorf("no entries anywhere: %v %v", dirs, err)
+	}
+	esp := filepath.Join(root, "efi", "loader", "entries")
+	if _, err := Sync(esp, txs(1, 2), Config{Linux: "/k"}); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(root, "boot", "loader", "entries"), 0o755) // no mossfs entries: left alone
+	dirs, err := SetDefaultFound(root, 1)
+	if err != nil || len(dirs) != 1 || dirs[0] != esp {
+		t.Fatalf("%v %v", dirs, err)
+	}
+	if d, _ := Default(esp); d != "mossfs-1.conf" {
+		t.Errorf("default %q", d)
+	}
+	if _, err := os.Stat(filepath.Join(root, "boot", "loader", "loader.conf")); err == nil {
+		t.Error("loader.conf written where there are no mossfs entries")
+	}
+}
