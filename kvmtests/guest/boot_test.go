@@ -379,6 +379,10 @@ func TestBoot(t *testing.T) {
 		if !errors.Is(err, syscall.EIO) {
 			t.Errorf("tampered object read: %v, want EIO", err)
 		}
+		// It is fs-verity's Merkle tree that caught it.
+		if log := dmesg(t); !strings.Contains(log, "FILE CORRUPTED") {
+			t.Errorf("no fs-verity corruption report in the kernel log:\n%s", log)
+		}
 	})
 }
 
@@ -426,4 +430,14 @@ func dropCaches(t *testing.T) {
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// dmesg returns the kernel log (busybox dmesg).
+func dmesg(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("dmesg").CombinedOutput()
+	if err != nil {
+		t.Fatalf("dmesg: %v", err)
+	}
+	return string(out)
 }

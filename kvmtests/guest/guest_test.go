@@ -153,6 +153,9 @@ func TestOverlayVerityRequire(t *testing.T) {
 			if !errors.Is(err, syscall.EIO) {
 				t.Errorf("tampered object: read gave %v, want EIO", err)
 			}
+			if log := dmesg(t); !strings.Contains(log, "wrong fs-verity digest") {
+				t.Errorf("no overlayfs digest mismatch in the kernel log:\n%s", log)
+			}
 			// A digest in the metacopy needs a lower file with verity in both modes.
 			if _, err = os.ReadFile(filepath.Join(target, "noverity")); !errors.Is(err, syscall.EIO) {
 				t.Errorf("object without verity: read gave %v, want EIO", err)
