@@ -208,11 +208,36 @@ func TestBoot(t *testing.T) {
 		f.expect(t, r, 1)
 	})
 	t.Run("pinned-digest", func(t *testing.T) {
+		// With fs-verity on the image, boot takes the kernel's measurement
+		// instead of hashing the image itself.
+		enableVerity(t, filepath.Join(f.state, "images", f.images[3]))
 		r, _, err := f.boot(t, "moss.tx=3 moss.digest=sha256:"+f.images[3])
 		if err != nil {
 			t.Fatal(err)
 		}
 		f.expect(t, r, 3)
+		if !r.Measured {
+			t.Error("image digest was computed although the image has fs-verity")
+		}
+	})
+	t.Run("read-only-root", func(t *testing.T) {
+		// The initramfs usually has the root filesystem read-only.
+		ro := "/mnt/rosysroot"
+		os.MkdirAll(ro, 0o755)
+		if err := unix.Mount(f.sysroot, ro, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Unmount(ro, unix.MNT_DETACH)
+		if err := unix.Mount("", ro, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+			t.Fatal(err)
+		}
+		rof := *f
+		rof.sysroot, rof.state = ro, filepath.Join(ro, ".moss")
+		r, _, err := rof.boot(t, "moss.tx=1", "--pubkey", pubA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rof.expect(t, r, 1)
 	})
 	t.Run("missing-falls-back", func(t *testing.T) {
 		r, msgs, err := f.boot(t, "moss.tx=9 moss.fallback=8,2")
