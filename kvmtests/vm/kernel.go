@@ -72,6 +72,11 @@ func FetchKernel(cacheDir, meta string, modules []string) (*Kernel, error) {
 		return k, nil
 	}
 	if err := download(cacheDir, meta, pkg, modules); err != nil {
+		// A newer kernel was announced but cannot be fetched (stale package
+		// lists, no network): an older cached one still does the job.
+		if k, cerr := newestCached(cacheDir, meta, modules); cerr == nil {
+			return k, nil
+		}
 		return nil, err
 	}
 	return loadCached(dir, modules)
