@@ -174,22 +174,29 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 		Size: uint64(len(idText)), Content: idText, Mtime: tree.Timespec{Sec: when.Unix()}})
 	root.SortChildren()
 
-	if err := s.writeInputs(id, inputs, pending, targeted); err != nil {
-		return nil, err
-	}
-	crash(CPComposeInputs)
+	// The fragments are written beside the image writer.
+	inputsDone := make(chan error, 1)
+	go func() {
+		err := s.writeInputs(id, inputs, pending, targeted)
+		if err == nil {
+			crash(CPComposeInputs)
+		}
+		inputsDone <- err
+	}()
 
 	counts := make(chan Counts, 1)
 	go func() { counts <- CountTree(root) }() // beside the writer: both only read
 	img, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
 	tx := &Transaction{ID: id, Time: when, Inputs: inputs, Counts: <-counts}
 	if err != nil {
+		<-inputsDone
 		return nil, fmt.Errorf("compose: building image: %w", err)
 	}
-	digest := fsverity.Sum(img)
-	imageHex := hex.EncodeToString(digest[:])
-	imgPath := filepath.Join(s.ImagesDir(), imageHex)
-	if err := writeFileAtomic(imgPath, img, targeted); err != nil {
+	imageHex, err := s.writeImage(img, targeted)
+	if ierr := <-inputsDone; err == nil {
+		err = ierr
+	}
+	if err != nil {
 		return nil, fmt.Errorf("compose: %w", err)
 	}
 	crash(CPComposeImage)
@@ -215,6 +222,38 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	}
 	res.Tx = tx
 	return res, nil
+}
+
+// writeImage stores an image under images/<fs-verity digest>, the digest
+// computed while the bytes are written to a temporary file.
+func (s *State) writeImage(img []byte, durable bool) (string, error) {
+	digest := make(chan [32]byte, 1)
+	go func() { digest <- fsverity.Sum(img) }()
+	f, err := os.CreateTemp(s.ImagesDir(), ".tmp-image-")
+	if err != nil {
+		<-digest
+		return "", err
+	}
+	_, err = f.Write(img)
+	if err == nil && durable {
+		err = f.Sync()
+	}
+	err = errors.Join(err, f.Chmod(0o644), f.Close())
+	d := <-digest
+	imageHex := hex.EncodeToString(d[:])
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(s.ImagesDir(), imageHex))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("writing image: %w", err)
+	}
+	if durable {
+		if err := fsyncDir(s.ImagesDir()); err != nil {
+			return "", err
+		}
+	}
+	return imageHex, nil
 }
 
 // checkObjects makes sure every external file's object is in the store.
