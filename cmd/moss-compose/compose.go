@@ -53,6 +53,16 @@ type composeOutput struct {
 	Image string          `json:"image_path"`
 }
 
+// conflictError wraps a compose error; with --json, conflicts are also
+// printed as {"conflicts": [...], "more": N} on stdout.
+func conflictError(err error) error {
+	var ce *state.ConflictError
+	if errors.As(err, &ce) && composeFlags.json {
+		cli.PrintJSON(os.Stdout, map[string]any{"conflicts": ce.Conflicts, "more": ce.More})
+	}
+	return fmt.Errorf("compose: %w", err)
+}
+
 func runCompose(cmd *cobra.Command, args []string) error {
 	if len(composeFlags.remove) > 0 && composeFlags.from == 0 {
 		return errors.New("compose: --remove needs --from")
@@ -72,24 +82,18 @@ func runCompose(cmd *cobra.Command, args []string) error {
 			return fmt.Errorf("compose --from: %w", err)
 		}
 	}
-	// Conflicts declared in the packages' metadata are found before any
-	// content is stored.
-	var stoneInputs []state.Input
-	for _, f := range composeFlags.stones {
-		in, err := state.StoneInput(f)
-		if err != nil {
-			return fmt.Errorf("compose: %w", err)
-		}
-		stoneInputs = append(stoneInputs, in)
-	}
-	if err := s.CheckPackageConflicts(composeFlags.from, composeFlags.remove, stoneInputs); err != nil {
-		return fmt.Errorf("compose: %w", err)
-	}
 	im, err := s.NewImporter()
 	if err != nil {
 		return err
 	}
 	defer im.Close()
+	// Conflicts that can be told from the packages' metadata and layouts
+	// are found before any content is stored.
+	if len(composeFlags.stones) > 0 {
+		if err := im.PreCheck(composeFlags.from, composeFlags.remove, composeFlags.stones); err != nil {
+			return conflictError(err)
+		}
+	}
 	frags, err := importAll(cmdContext(cmd), im, composeFlags.stones, composeFlags.trees, composeFlags.quiet || composeFlags.json)
 	if err != nil {
 		return fmt.Errorf("compose: %w", err)
@@ -97,11 +101,7 @@ func runCompose(cmd *cobra.Command, args []string) error {
 	added := describeInputs(frags)
 	res, err := s.Compose(state.ComposeOptions{From: composeFlags.from, Remove: composeFlags.remove, Add: frags})
 	if err != nil {
-		var ce *state.ConflictError
-		if errors.As(err, &ce) && composeFlags.json {
-			cli.PrintJSON(os.Stdout, map[string]any{"conflicts": ce.Conflicts, "more": ce.More})
-		}
-		return fmt.Errorf("compose: %w", err)
+		return conflictError(err)
 	}
 	if composeFlags.json {
 		return cli.PrintJSON(os.Stdout, composeOutput{ComposeResult: res, Added: added, Image: s.ImagePath(res.Tx)})

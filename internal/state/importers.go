@@ -2,6 +2,8 @@ package state
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/dirimport"
 	"github.com/mossfs/mossfs/internal/stone"
+	"github.com/mossfs/mossfs/internal/tree"
 )
 
 // Importer puts inputs' contents into the state's store and returns them
@@ -88,6 +91,99 @@ func StoneInput(file string) (Input, error) {
 		return Input{}, fmt.Errorf("stone %s: meta: %w", file, err)
 	}
 	return stoneInput(p, file), nil
+}
+
+// PreCheck looks for conflicts before any content is stored: it merges the
+// inputs a compose would have — those of from (minus remove and minus those
+// the new packages replace) and the packages in stoneFiles, read without
+// their content — and reports every conflict it can decide: declared
+// package conflicts, paths of different types, modes, owners or symlink
+// targets, and different content where it is known (two new packages
+// compare by XXH3-128; a new package's content the known-content index
+// maps). Content it cannot compare yet (new to the store, against a base
+// file) is left to Compose's own check after the import.
+func (im *Importer) PreCheck(from uint64, remove []string, stoneFiles []string) error {
+	s := im.s
+	pending := map[string]bool{} // stand-in digests, hex
+	var frags []Fragment
+	keys := map[string]bool{}
+	for _, file := range stoneFiles {
+		f, err := os.Open(file)
+		if err != nil {
+			return fmt.Errorf("stone: %w", err)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("stone: %w", err)
+		}
+		p, err := stone.Open(f, st.Size(), file)
+		f.Close() // the content is not read
+		if err != nil {
+			return err
+		}
+		if p.Meta == nil {
+			return fmt.Errorf("stone %s: no Meta payload", file)
+		}
+		if err := p.Meta.Validate(); err != nil {
+			return fmt.Errorf("stone %s: meta: %w", file, err)
+		}
+		digests := map[stone.XXH128][32]byte{}
+		for _, e := range p.Layout {
+			if e.Type != stone.LayoutRegular || e.Digest == stone.EmptyXXH128 {
+				continue
+			}
+			if d, ok := im.known.Lookup(e.Digest); ok && s.store.Has(d) {
+				digests[e.Digest] = d
+				continue
+			}
+			d := sha256.Sum256(append([]byte("mossfs pending content "), e.Digest[:]...))
+			digests[e.Digest] = d
+			pending[hex.EncodeToString(d[:])] = true
+		}
+		root, err := p.Tree(digests)
+		if err != nil {
+			return err
+		}
+		in := stoneInput(p, file)
+		keys[in.Key()] = true
+		frags = append(frags, Fragment{Input: in, Root: root})
+	}
+	var kept []Input
+	var base *Transaction
+	if from != 0 {
+		var err error
+		if base, err = s.Get(from); err != nil {
+			return err
+		}
+	next:
+		for _, in := range base.Inputs {
+			for _, arg := range remove {
+				if matchesInput(arg, in) {
+					continue next
+				}
+			}
+			if !keys[in.Key()] {
+				kept = append(kept, in)
+			}
+		}
+	}
+	if len(kept) > 0 {
+		_, roots, err := s.loadFragments(base, kept, true)
+		if err != nil {
+			return err
+		}
+		var bf []Fragment
+		for i, in := range kept {
+			bf = append(bf, Fragment{Input: in, Root: roots[i]})
+		}
+		frags = append(bf, frags...)
+	}
+	_, err := merge(frags, func(a, b *tree.Node) bool {
+		// Same size, one side not yet hashed: cannot tell.
+		return a.Size == b.Size && pending[hex.EncodeToString(a.Digest)] != pending[hex.EncodeToString(b.Digest)]
+	})
+	return err
 }
 
 // CheckPackageConflicts checks, before anything is imported, the conflicts

@@ -95,7 +95,14 @@ func PackageConflicts(inputs []Input) []Conflict {
 // A .stateID at a fragment's root is dropped: the transaction writes its own.
 // All conflicts (up to a limit) are returned together as a *ConflictError.
 func Merge(frags []Fragment) (*tree.Node, error) {
-	m := merger{owner: map[*tree.Node]int{}, remap: map[*tree.Node]*tree.Node{}, frags: frags}
+	return merge(frags, nil)
+}
+
+// merge is Merge; undecided, if set, tells content it cannot compare yet
+// (the pre-check's stand-in digests): such content differences are no
+// conflict.
+func merge(frags []Fragment, undecided func(a, b *tree.Node) bool) (*tree.Node, error) {
+	m := merger{owner: map[*tree.Node]int{}, remap: map[*tree.Node]*tree.Node{}, frags: frags, undecided: undecided}
 	var inputs []Input
 	for _, f := range frags {
 		inputs = append(inputs, f.Input)
@@ -149,6 +156,7 @@ type merger struct {
 	remap     map[*tree.Node]*tree.Node
 	conflicts []Conflict
 	more      int
+	undecided func(a, b *tree.Node) bool
 }
 
 func (m *merger) conflict(c Conflict) {
@@ -240,6 +248,9 @@ func (m *merger) mergeEntry(e, c *tree.Node, i int) {
 		m.conflict(Conflict{Path: e.Path(), A: m.label(m.ownerOf(e)), B: m.label(i), Reason: "directory vs " + typeName(c.Inode().Mode)})
 	default:
 		if why := entryDiff(e.Inode(), c.Inode()); why != "" {
+			if why == "content" && m.undecided != nil && m.undecided(e.Inode(), c.Inode()) {
+				return
+			}
 			m.conflict(Conflict{Path: e.Path(), A: m.label(m.ownerOf(e)), B: m.label(i), Reason: why})
 			return
 		}

@@ -578,3 +578,52 @@ func TestImageObjectsMatchTree(t *testing.T) {
 		}
 	}
 }
+
+// Conflicts a package's layout shows are found before its content is stored.
+func TestPreCheck(t *testing.T) {
+	stones := testenv.SharedPath(t, "testdata", "stones")
+	bc := filepath.Join(stones, "bash-completion-2.11-1-1-x86_64.stone")
+	s := newState(t)
+	// A base whose tree has a regular file where bash-completion has a directory.
+	compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, Input{Kind: KindTree, Name: "/srv/t"}, file{path: "share/bash-completion", content: "x"})}})
+	im, err := s.NewImporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	objects := func() int {
+		n := 0
+		s.Store().Walk(func([32]byte, int64) error { n++; return nil })
+		return n
+	}
+	before := objects()
+	err = im.PreCheck(1, nil, []string{bc})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || ce.Conflicts[0].Path != "/share/bash-completion" || !strings.Contains(ce.Conflicts[0].Reason, "directory") {
+		t.Fatalf("PreCheck = %v", err)
+	}
+	if objects() != before {
+		t.Fatal("PreCheck stored objects")
+	}
+	// Declared package conflicts, among new packages.
+	err = im.PreCheck(0, nil, []string{filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"), filepath.Join(stones, "pineapple-1-1-1-x86_64.stone")})
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "name(pineapple)") {
+		t.Fatalf("PreCheck of conflicting packages = %v", err)
+	}
+	// Content: a base with bash-completion's 7z file changed. New content
+	// cannot be compared before it is hashed; once the index knows it, the
+	// conflict is found up front.
+	if err := im.PreCheck(0, nil, []string{bc}); err != nil {
+		t.Fatal(err)
+	}
+	fr, err := im.Stone(context.Background(), bc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := frag(t, s, Input{Kind: KindTree, Name: "/srv/u"}, file{path: "share/bash-completion/completions/7z", mode: tree.TypeReg | 0o644, content: big("7z")})
+	tx := compose(t, s, ComposeOptions{Add: []Fragment{other}})
+	if err := im.PreCheck(tx.ID, nil, []string{bc}); !errors.As(err, &ce) || ce.Conflicts[0].Reason != "content" {
+		t.Fatalf("PreCheck with known content = %v", err)
+	}
+	_ = fr
+}
