@@ -15,6 +15,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/internal/testenv"
 )
 
 // buildMossCompose builds the real moss-compose binary for the test.
@@ -43,10 +44,19 @@ type crashOp struct {
 }
 
 type crashRun struct {
-	root  string
-	trees []string
-	rng   *rand.Rand
-	ids   []uint64 // existing transactions
+	root   string
+	trees  []string
+	stones []string
+	rng    *rand.Rand
+	ids    []uint64 // existing transactions
+}
+
+// randomInput returns --tree DIR:/t<i> or, now and then, --stone FILE.
+func (c *crashRun) randomInput() []string {
+	if c.rng.IntN(4) == 0 {
+		return []string{"--stone", c.stones[c.rng.IntN(len(c.stones))]}
+	}
+	return []string{"--tree", c.randomTree()}
 }
 
 // randomTree returns a --tree argument: tree i always goes to /t<i>, so a
@@ -58,7 +68,7 @@ func (c *crashRun) randomTree() string {
 
 var crashOps = []crashOp{
 	{name: "import", points: []string{state.CPImportObjects},
-		args: func(c *crashRun) []string { return []string{"import", "-q", "--tree", c.randomTree()} }},
+		args: func(c *crashRun) []string { return append([]string{"import", "-q"}, c.randomInput()...) }},
 	{name: "compose", points: []string{state.CPComposeAlloc, state.CPComposeInputs, state.CPComposeImage, state.CPComposeSynced, state.CPComposePublish},
 		args: func(c *crashRun) []string {
 			a := []string{"compose", "-q"}
@@ -68,7 +78,7 @@ var crashOps = []crashOp{
 			if len(a) > 2 && c.rng.IntN(3) == 0 {
 				return a // no new input: the fsync (not syncfs) path
 			}
-			return append(a, "--tree", c.randomTree())
+			return append(a, c.randomInput()...)
 		}},
 	{name: "remove", points: []string{state.CPRemoveUnpublish, state.CPGCImages, state.CPGCSweep},
 		args: func(c *crashRun) []string {
@@ -82,8 +92,8 @@ var crashOps = []crashOp{
 		args: func(c *crashRun) []string { return []string{"gc", "-q", "--wait"} }},
 }
 
-// TestCrash kills a real moss-compose with SIGKILL during import, compose,
-// remove and gc, at named crash points (the critical windows) and at random
+// TestCrash kills a real moss-compose with SIGKILL during import, compose
+// (of trees and .stone packages), remove and gc, at named crash points (the critical windows) and at random
 // times, and checks after each kill that the state is consistent: it
 // opens, no object is corrupt, every retained transaction's image is intact
 // and references only present objects, its fragments are readable, no half
@@ -100,6 +110,8 @@ func TestCrash(t *testing.T) {
 	bin := buildMossCompose(t)
 	dir := t.TempDir()
 	c := &crashRun{root: filepath.Join(dir, "moss"), rng: rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))}
+	stones := testenv.SharedPath(t, "testdata", "stones")
+	c.stones = []string{filepath.Join(stones, "bash-completion-2.11-1-1-x86_64.stone"), filepath.Join(stones, "pineapple-1-1-1-x86_64.stone")}
 	for i := range 4 {
 		d := filepath.Join(dir, "tree"+strconv.Itoa(i))
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -133,6 +145,10 @@ func TestCrash(t *testing.T) {
 	var maxID uint64 // highest id ever seen published
 	seen := map[uint64]string{}
 	killedAt := map[string]int{}
+	opTime := map[string]time.Duration{}
+	for _, op := range crashOps {
+		opTime[op.name] = 40 * time.Millisecond
+	}
 	stats := map[string]int{}
 	for trial := range trials {
 		s, err := state.Open(c.root)
@@ -159,7 +175,10 @@ func TestCrash(t *testing.T) {
 		case mode == 7:
 			// Some runs complete, so that the state grows and changes.
 			desc += "@none"
+			start := time.Now()
 			killed, out, err = run(nil, args...)
+			// Random kills aim within a run's usual length.
+			opTime[op.name] = (3*opTime[op.name] + time.Since(start)) / 4
 		case mode < 4:
 			// A named crash point, in the critical window.
 			cp := op.points[c.rng.IntN(len(op.points))]
@@ -175,7 +194,7 @@ func TestCrash(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(time.Duration(c.rng.IntN(40_000)) * time.Microsecond)
+			time.Sleep(time.Duration(c.rng.Int64N(int64(opTime[op.name]) + 1)))
 			cmd.Process.Signal(syscall.SIGKILL)
 			err = cmd.Wait()
 			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
