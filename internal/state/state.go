@@ -91,9 +91,10 @@ func Open(root string) (*State, error) {
 	}
 	s := &State{root: root}
 	for _, d := range []string{"images", "transactions", "mounts", "pins"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return nil, fmt.Errorf("open state: %w", err)
-		}
+		// Best effort: a state root on a read-only file system (the
+		// initramfs reading /sysroot) opens too; readers cope with
+		// missing directories.
+		_ = os.MkdirAll(filepath.Join(root, d), 0o755)
 	}
 	st, err := cas.Open(filepath.Join(root, "cas"))
 	if err != nil {
