@@ -405,8 +405,61 @@ var stateVerifyCmd = &cobra.Command{
 	},
 }
 
+var statePinCmd = &cobra.Command{
+	Use:   "pin NAME TX|sha256:HEX",
+	Short: "Keep a transaction or an image from removal and gc under a name (<root>/pins/NAME)",
+	Args:  cobra.ExactArgs(2),
+	RunE: func(cmd *cobra.Command, args []string) error {
+		s, err := state.Open(stateFlags.root)
+		if err != nil {
+			return err
+		}
+		v := args[1]
+		if !strings.HasPrefix(v, "sha256:") {
+			id, err := parseOneID(v)
+			if err != nil {
+				return err
+			}
+			if _, err := s.Get(id); err != nil {
+				return err
+			}
+		}
+		if err := s.Pin(args[0], v); err != nil {
+			return err
+		}
+		if _, _, err := s.Pins(); err != nil {
+			s.Unpin(args[0])
+			return err
+		}
+		if stateFlags.json {
+			return cli.PrintJSON(os.Stdout, map[string]string{"pin": args[0], "value": v})
+		}
+		fmt.Printf("pinned %s as %s\n", v, args[0])
+		return nil
+	},
+}
+
+var stateUnpinCmd = &cobra.Command{
+	Use:   "unpin NAME",
+	Short: "Remove a pin",
+	Args:  cobra.ExactArgs(1),
+	RunE: func(cmd *cobra.Command, args []string) error {
+		s, err := state.Open(stateFlags.root)
+		if err != nil {
+			return err
+		}
+		if err := s.Unpin(args[0]); err != nil {
+			return err
+		}
+		if stateFlags.json {
+			return cli.PrintJSON(os.Stdout, map[string]string{"unpinned": args[0]})
+		}
+		return nil
+	},
+}
+
 func init() {
-	for _, c := range []*cobra.Command{stateListCmd, stateShowCmd, stateDiffCmd, stateRemoveCmd, statePruneCmd, stateVerifyCmd} {
+	for _, c := range []*cobra.Command{stateListCmd, stateShowCmd, stateDiffCmd, stateRemoveCmd, statePruneCmd, stateVerifyCmd, statePinCmd, stateUnpinCmd} {
 		addStateFlags(c)
 	}
 	stateShowCmd.Flags().StringVar(&stateFlags.owner, "owner", "", "print the inputs that provide this path")

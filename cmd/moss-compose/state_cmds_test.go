@@ -235,6 +235,15 @@ func TestStateCommands(t *testing.T) {
 		t.Errorf("import: %+v", imp)
 	}
 
+	// A pinned transaction is protected too.
+	mc(t, true, cmd("state", "pin", "keep", "5")...)
+	mc(t, false, cmd("state", "pin", "bad", "sha256:xyz")...)
+	errOut = mc(t, false, cmd("state", "remove", "5")...)
+	if !strings.Contains(errOut, "pinned") {
+		t.Errorf("remove of a pinned transaction: %s", errOut)
+	}
+	mc(t, true, cmd("state", "unpin", "keep")...)
+
 	// prune keeps the newest (and never the active one). Importing the
 	// tree again restores the quarantined object.
 	os.Remove(filepath.Join(root, "mounts", "usr.json"))

@@ -42,7 +42,11 @@ func (s *State) Protected() (map[uint64]string, error) {
 		return nil, err
 	}
 	for _, id := range pinned {
-		why[id] = "pinned"
+		if old, ok := why[id]; ok {
+			why[id] = old + ", pinned"
+		} else {
+			why[id] = "pinned"
+		}
 	}
 	mounts, err := s.Mounts()
 	if err != nil {
