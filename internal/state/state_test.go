@@ -627,3 +627,32 @@ func TestPreCheck(t *testing.T) {
 	}
 	_ = fr
 }
+
+func TestParseCrashPoints(t *testing.T) {
+	m := parseCrashPoints("a, b@3,c@x,")
+	if len(m) != 3 || m["a"].at != 1 || m["b"].at != 3 || m["c"].at != 1 {
+		t.Fatalf("parseCrashPoints = %v", m)
+	}
+	if parseCrashPoints("") != nil {
+		t.Fatal("empty env arms crash points")
+	}
+}
+
+// Two inputs shipping the same file keep one inode; a hardlink to the
+// dropped copy follows the kept one.
+func TestMergeSharedFileHardlink(t *testing.T) {
+	s := newState(t)
+	a := frag(t, s, pkg("a", "1"), file{path: "f", content: big("same")})
+	b := frag(t, s, pkg("b", "1"), file{path: "f", content: big("same")})
+	bf := b.Root.Lookup("f")
+	b.Root.AddChild(&tree.Node{Name: "g", LinkTo: bf})
+	b.Root.Sort()
+	root, err := Merge([]Fragment{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, g := root.Lookup("f"), root.Lookup("g")
+	if f == nil || g == nil || g.LinkTo != f {
+		t.Fatalf("f = %p, g.LinkTo = %p", f, g.LinkTo)
+	}
+}
