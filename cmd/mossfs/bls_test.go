@@ -9,14 +9,13 @@ import (
 
 	"github.com/mossfs/mossfs/internal/bls"
 	"github.com/mossfs/mossfs/internal/bootcmd"
-	"github.com/spf13/pflag"
 )
 
 func TestBLSCommand(t *testing.T) {
 	b := newBootState(t)
 	entries := filepath.Join(t.TempDir(), "loader", "entries")
 	runBLS := func(args ...string) (string, error) {
-		blsCmd.Flags().VisitAll(func(f *pflag.Flag) { f.Value.Set(f.DefValue); f.Changed = false })
+		blsCmd.Flags().VisitAll(resetFlag)
 		var out bytes.Buffer
 		rootCmd.SetOut(&out)
 		defer rootCmd.SetOut(nil)

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/bls"
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/sign"
 	"github.com/mossfs/mossfs/internal/state"
@@ -23,15 +24,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// resetFlag restores a flag's default between in-process runs; a slice
+// flag's DefValue ("[]") would otherwise be parsed as one element.
+func resetFlag(f *pflag.Flag) {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		sv.Replace(nil)
+	} else {
+		f.Value.Set(f.DefValue)
+	}
+	f.Changed = false
+}
+
 // run executes mossfs with args in-process, every flag reset to its
 // default first, and returns stdout and stderr.
 func run(args ...string) (string, string, error) {
 	var reset func(c *cobra.Command)
 	reset = func(c *cobra.Command) {
-		c.Flags().VisitAll(func(f *pflag.Flag) {
-			f.Value.Set(f.DefValue)
-			f.Changed = false
-		})
+		c.Flags().VisitAll(resetFlag)
 		for _, s := range c.Commands() {
 			reset(s)
 		}
@@ -244,19 +253,35 @@ func TestSwitchAndRollback(t *testing.T) {
 		}
 		return id
 	}
+	// Boot entries for 1 and 2 (as mossfs bls writes them), default 1.
+	entries := filepath.Join(t.TempDir(), "loader", "entries")
+	if _, err := bls.Sync(entries, []bls.Transaction{{ID: 1}, {ID: 2}}, bls.Config{Linux: "/vmlinuz", Options: "root=/dev/vda"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bls.SetDefault(entries, 1); err != nil {
+		t.Fatal(err)
+	}
+	bootDefault := func(want uint64) {
+		t.Helper()
+		if d, err := bls.Default(entries); err != nil || d != bls.EntryName(want) {
+			t.Fatalf("boot default %q (%v), want %s", d, err, bls.EntryName(want))
+		}
+	}
 	sw("switch", "1")
 	overlaytest.Compare(t, target, s.txs[1])
-	sw("switch", "2")
+	sw("switch", "2", "--bls-dir", entries)
 	overlaytest.Compare(t, target, s.txs[2])
 	if a := active(); a != 2 {
 		t.Fatalf("active %d, want 2", a)
 	}
+	bootDefault(2)
 	// 2's parent is 1.
-	sw("rollback")
+	sw("rollback", "--bls-dir", entries)
 	overlaytest.Compare(t, target, s.txs[1])
 	if a := active(); a != 1 {
 		t.Fatalf("after rollback active %d, want 1", a)
 	}
+	bootDefault(1)
 	// 3 has no parent: rollback goes to the previously active one.
 	sw("switch", "3")
 	sw("rollback")

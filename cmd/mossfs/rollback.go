@@ -8,6 +8,7 @@ import (
 
 var rollbackFlags struct {
 	root, target, pubkey, driver, verity string
+	blsDirs                              []string
 }
 
 var rollbackCmd = &cobra.Command{
@@ -23,7 +24,7 @@ was active before the last switch.`,
 		if err != nil {
 			return err
 		}
-		return switchTo(cmd, f.root, prev, f.target, f.pubkey, f.driver, f.verity)
+		return switchTo(cmd, f.root, prev, f.target, f.pubkey, f.driver, f.verity, f.blsDirs)
 	},
 }
 
@@ -34,6 +35,7 @@ func init() {
 	fl.StringVar(&rollbackFlags.pubkey, "pubkey", "", "require a valid signature by this Ed25519 public key (PEM)")
 	fl.StringVar(&rollbackFlags.driver, "driver", "auto", "auto, overlay or fuse")
 	fl.StringVar(&rollbackFlags.verity, "verity", "auto", "require, on, off or auto")
+	fl.StringSliceVar(&rollbackFlags.blsDirs, "bls-dir", nil, "BLS entries directory whose default entry becomes the transaction (default: the standard ones under / that hold mossfs entries)")
 	rootCmd.AddCommand(rollbackCmd)
 }
 

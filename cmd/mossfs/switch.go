@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/mossfs/mossfs/internal/bls"
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/sign"
 	"github.com/spf13/cobra"
@@ -12,6 +13,7 @@ import (
 
 var switchFlags struct {
 	root, target, pubkey, driver, verity string
+	blsDirs                              []string
 }
 
 var switchCmd = &cobra.Command{
@@ -21,7 +23,8 @@ var switchCmd = &cobra.Command{
 
 The new tree is mounted detached and slid beneath the current mount, which is
 then detached: programs that open files afterwards see the new transaction,
-programs holding files open keep the old one until they let go. With
+programs holding files open keep the old one until they let go. The boot
+loader's default entry (BLS, see mossfs bls) becomes TX too. With
 --pubkey the transaction's signature must verify first.`,
 	Args: cobra.ExactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
@@ -33,7 +36,7 @@ programs holding files open keep the old one until they let go. With
 		if err != nil {
 			return fmt.Errorf("switch: transaction id %q: %w", args[0], err)
 		}
-		return switchTo(cmd, f.root, id, f.target, f.pubkey, f.driver, f.verity)
+		return switchTo(cmd, f.root, id, f.target, f.pubkey, f.driver, f.verity, f.blsDirs)
 	},
 }
 
@@ -44,6 +47,7 @@ func init() {
 	fl.StringVar(&switchFlags.pubkey, "pubkey", "", "require a valid signature by this Ed25519 public key (PEM)")
 	fl.StringVar(&switchFlags.driver, "driver", "auto", "auto, overlay or fuse")
 	fl.StringVar(&switchFlags.verity, "verity", "auto", "require, on, off or auto")
+	fl.StringSliceVar(&switchFlags.blsDirs, "bls-dir", nil, "BLS entries directory whose default entry becomes TX (default: the standard ones under / that hold mossfs entries)")
 	rootCmd.AddCommand(switchCmd)
 }
 
@@ -56,7 +60,10 @@ func previousActivePath(root string) string {
 // switchTo mounts transaction id at target (replacing what mossfs mounted
 // there), records the mount and makes id the active transaction; the
 // previously active one is remembered for rollback.
-func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver, verity string) error {
+//
+// The boot loader's default entry follows (see setBootDefault), so that a
+// reboot starts the transaction now running instead of silently going back.
+func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver, verity string, blsDirs []string) error {
 	unlock, err := mountrec.Lock(root)
 	if err != nil {
 		return err
@@ -98,5 +105,28 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 		return fmt.Errorf("switch: mounted, but recording the active transaction failed: %w", err)
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "switched %s to transaction %d (%s, verity %s)\n", t, id, rec.Driver, orDash(rec.Verity))
+	dirs, err := setBootDefault(id, blsDirs)
+	for _, d := range dirs {
+		fmt.Fprintf(cmd.ErrOrStderr(), "boot default in %s: transaction %d\n", d, id)
+	}
+	if err != nil {
+		return fmt.Errorf("switch: switched to transaction %d, but the next boot would not start it: %w", id, err)
+	}
 	return nil
+}
+
+// setBootDefault makes transaction id the default boot entry in dirs, or,
+// with none given, in every standard entries directory under / that holds
+// mossfs entries (none is not an error: the system may not boot via BLS).
+// It returns the directories it changed.
+func setBootDefault(id uint64, dirs []string) ([]string, error) {
+	if len(dirs) == 0 {
+		return bls.SetDefaultFound("/", id)
+	}
+	for i, d := range dirs {
+		if err := bls.SetDefault(d, id); err != nil {
+			return dirs[:i], err
+		}
+	}
+	return dirs, nil
 }
