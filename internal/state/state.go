@@ -37,6 +37,7 @@
 package state
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -243,7 +244,24 @@ var ErrBusy = errors.New("the store is in use by another process")
 // Lock takes the store lock shared: held by import and compose for their
 // whole run, so that gc (exclusive) never sees objects, images or fragments
 // of a compose that is still in flight.
-func (s *State) Lock() (*Lock, error) { return s.lockBoth(false, true) }
+//
+// A batch of objects that a crashed writer never synced may hold torn
+// objects that Has would trust; before an import could skip content because
+// of one, such a store is recovered (cas Recover) under the exclusive lock.
+func (s *State) Lock() (*Lock, error) {
+	if s.store.NeedsRecovery() {
+		lk, err := s.lockBoth(true, true)
+		if err != nil {
+			return nil, err
+		}
+		_, err = s.store.Recover(context.Background(), cas.VerifyOptions{})
+		lk.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("recovering the store after a crash: %w", err)
+		}
+	}
+	return s.lockBoth(false, true)
+}
 
 // LockExclusive takes the store lock exclusive (gc), waiting for imports
 // and composes to finish.

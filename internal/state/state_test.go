@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/fsverity"
@@ -654,5 +656,46 @@ func TestMergeSharedFileHardlink(t *testing.T) {
 	f, g := root.Lookup("f"), root.Lookup("g")
 	if f == nil || g == nil || g.LinkTo != f {
 		t.Fatalf("f = %p, g.LinkTo = %p", f, g.LinkTo)
+	}
+}
+
+// TestLockRecoversCrashedBatch: a writer that crashed before syncing left a
+// batch marker and a torn object. The next import's Lock re-hashes the
+// batch and quarantines the torn object, so the import stores the content
+// again instead of trusting Has.
+func TestLockRecoversCrashedBatch(t *testing.T) {
+	s := newState(t)
+	content := []byte(big("torn by a power cut "))
+	d := fsverity.Sum(content)
+	obj := s.Store().ObjectPath(d)
+	if err := os.MkdirAll(filepath.Dir(obj), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(obj, make([]byte, len(content)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pending := filepath.Join(s.Store().Root(), "pending")
+	if err := os.MkdirAll(pending, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	marker := fmt.Sprintf("%d\n", time.Now().Add(-time.Minute).UnixNano())
+	if err := os.WriteFile(filepath.Join(pending, "crashed"), []byte(marker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Store().NeedsRecovery() || !s.Store().Has(d) {
+		t.Fatal("set-up: no recovery needed or torn object not present")
+	}
+	lk, err := s.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Store().Has(d) || s.Store().NeedsRecovery() {
+		t.Fatal("after Lock: torn object still trusted or marker left")
+	}
+	f := frag(t, s, pkg("a", "1"), file{path: "lib/a", content: string(content)})
+	lk.Unlock()
+	compose(t, s, ComposeOptions{Add: []Fragment{f}})
+	if err := s.Store().Verify(d); err != nil {
+		t.Fatalf("object after re-import: %v", err)
 	}
 }
