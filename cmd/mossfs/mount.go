@@ -272,10 +272,10 @@ func mountAt(root string, src mountSource, target, driver, verity string) (mount
 		fmt.Fprintf(os.Stderr, "mossfs: the kernel overlay cannot mount this here (%v); using FUSE\n", err)
 		fallthrough
 	case "fuse":
-		if v == overlay.VerityRequire || v == overlay.VerityOn {
-			// The FUSE server checks every object's digest as it opens it.
-			rec.Verity = "digest-check"
-		}
+		// The FUSE server always checks each object's digest before it first
+		// serves it (EIO on mismatch), whatever --verity asks for: that is
+		// the integrity it gives, with or without kernel fs-verity.
+		rec.Verity = "digest-check"
 		if mounted {
 			err = switchFUSE(src.image, src.objects, target)
 		} else {

@@ -32,7 +32,7 @@ func TestMountCommandFUSEDriver(t *testing.T) {
 	mustRun(t, "mount", "--root", s.root, "--driver", "fuse", "1", target)
 	overlaytest.Compare(t, target, s.txs[1])
 	rec, ok, err := mountrec.Get(s.root, target)
-	if err != nil || !ok || rec.Tx != 1 || rec.Driver != "fuse" {
+	if err != nil || !ok || rec.Tx != 1 || rec.Driver != "fuse" || rec.Verity != "digest-check" {
 		t.Fatalf("record %+v %v %v", rec, ok, err)
 	}
 	rep := status(t, s.root)
