@@ -62,6 +62,9 @@ echo "  a conflicting package is refused before anything is written:"
 "$BIN/moss-compose" compose --root "$R" --from 1 --stone "$STONES/italian-pizza-1-1-1-x86_64.stone" 2>&1 | sed 's/^/    /' || true
 run "$BIN/moss-compose" state list --root "$R"
 run "$BIN/moss-compose" state diff --root "$R" 1 2
+run "$BIN/moss-compose" state show --root "$R" 2 --owner share/bash-completion/bash_completion
+run "$BIN/moss-compose" state verify --root "$R"
+run "$BIN/moss-compose" gc --root "$R" --dry-run
 
 step "3. Mount transaction 1, switch live to 2 while readers run, status"
 mkdir -p "$work/usr"
@@ -80,6 +83,8 @@ unshare -m --propagation private bash -euc '
   echo "switched: .stateID = $(cat "$T/.stateID")"
   wait
   "$B/mossfs" status --root "$R"
+  echo "removing the mounted, active transaction is refused:"
+  "$B/moss-compose" state remove --root "$R" 2 2>&1 | sed "s/^/  /" || true
   echo "mounts at the target: $(grep -c " $T " /proc/self/mountinfo)"
   "$B/mossfs" umount --root "$R" "$T"
   echo; echo "The same transaction through the FUSE driver (what a kernel without data-only overlay layers, or a user who is not root, gets):"
