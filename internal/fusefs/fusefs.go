@@ -207,7 +207,10 @@ func (s *Server) mountAsRoot(opts Options, mo *fuse.MountOptions) (err error) {
 			return fmt.Errorf("fuse mount: fsconfig %s=%s: %w", kv[0], kv[1], err)
 		}
 	}
-	for _, flag := range []string{"allow_other", "default_permissions"} {
+	// "ro" makes the super block read-only, not only the mount: the kernel
+	// then never invalidates atime after a passthrough read, which would
+	// cost a GETATTR round trip at the next stat of every file read.
+	for _, flag := range []string{"ro", "allow_other", "default_permissions"} {
 		if err := unix.FsconfigSetFlag(fsFd, flag); err != nil {
 			unix.Close(devFd)
 			return fmt.Errorf("fuse mount: fsconfig %s: %w", flag, err)
