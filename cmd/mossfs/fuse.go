@@ -53,7 +53,7 @@ type fuseServeOpts struct {
 	image, objects, target string
 	beneath                bool
 	noVerify               bool
-	noPassthrough          bool
+	passthrough            bool
 	debug                  bool
 	readyFd                int
 	logFile                string
@@ -67,8 +67,8 @@ func (o fuseServeOpts) args() []string {
 	if o.noVerify {
 		a = append(a, "--no-verify")
 	}
-	if o.noPassthrough {
-		a = append(a, "--no-passthrough")
+	if o.passthrough {
+		a = append(a, "--passthrough")
 	}
 	if o.logFile != "" {
 		a = append(a, "--log", o.logFile)
@@ -118,14 +118,14 @@ func (o fuseServeOpts) startDaemon() error {
 // nil, receives "ready" or "error: …" once the outcome is known.
 func (o fuseServeOpts) run(ready *os.File) error {
 	logger := log.New(os.Stderr, "mossfs: ", 0)
-	if os.Getenv("MOSSFS_FUSE_NO_PASSTHROUGH") == "1" {
-		// Open-free reads through the daemon: faster than passthrough for
-		// trees of many small files (see internal/fusefs).
-		o.noPassthrough = true
+	if os.Getenv("MOSSFS_FUSE_PASSTHROUGH") == "1" {
+		// How mossfs mount, switch and rollback ask their daemon for FUSE
+		// passthrough (see internal/fusefs for when it pays).
+		o.passthrough = true
 	}
 	s, err := fusefs.Mount(fusefs.Options{
 		Image: o.image, Objects: o.objects, Target: o.target,
-		Beneath: o.beneath, NoVerify: o.noVerify, NoPassthrough: o.noPassthrough,
+		Beneath: o.beneath, NoVerify: o.noVerify, Passthrough: o.passthrough,
 		Debug: o.debug, Logger: logger,
 	})
 	if ready != nil {
@@ -222,7 +222,7 @@ func init() {
 	f.StringVar(&fuseServe.target, "target", "", "mount point")
 	f.BoolVar(&fuseServe.beneath, "beneath", false, "mount beneath the mount at the target and unmount that one (root)")
 	f.BoolVar(&fuseServe.noVerify, "no-verify", false, "serve objects without checking their digests")
-	f.BoolVar(&fuseServe.noPassthrough, "no-passthrough", false, "serve all reads through the daemon")
+	f.BoolVar(&fuseServe.passthrough, "passthrough", false, "use FUSE passthrough for file content where the kernel allows it (root, Linux ≥ 6.9); also MOSSFS_FUSE_PASSTHROUGH=1")
 	f.BoolVar(&fuseServe.debug, "debug", false, "log every FUSE request")
 	f.IntVar(&fuseServe.readyFd, "ready-fd", 0, "descriptor to report readiness on")
 	f.StringVar(&fuseServe.logFile, "log", "", "log file of the background daemon")

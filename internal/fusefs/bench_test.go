@@ -122,8 +122,8 @@ func BenchmarkFUSEvsOverlay(b *testing.B) {
 		mount := func(b *testing.B) mounted {
 			target := b.TempDir()
 			args := []string{"--image", f.image, "--objects", f.objects, "--target", target}
-			if pt.off {
-				args = append(args, "--no-passthrough")
+			if !pt.off {
+				args = append(args, "--passthrough")
 			}
 			if pt.noVerify {
 				args = append(args, "--no-verify")

@@ -279,8 +279,24 @@ func TestConformance(t *testing.T) {
 	for _, ti := range conformanceImages(t) {
 		t.Run(ti.name, func(t *testing.T) {
 			kernel := snapshot(t, mountOverlay(t, ti.image, ti.objects))
-			s := mountOpts(t, Options{Image: ti.image, Objects: ti.objects})
-			compareSnapshots(t, snapshot(t, s.Target()), kernel)
+			for _, m := range modes {
+				s := mountOpts(t, Options{Image: ti.image, Objects: ti.objects, Passthrough: m.passthrough})
+				got := snapshot(t, s.Target())
+				if !s.Passthrough() {
+					// Without open requests (no-open mode) the daemon first
+					// hears of a file at its first read: a missing or bad
+					// object fails that read, where the overlay fails the
+					// open, with the same errno.
+					for p, e := range got {
+						if rest, ok := strings.CutPrefix(e.Content, "read: "); ok && kernel[p].Content == "open: "+rest {
+							e.Content = kernel[p].Content
+							got[p] = e
+						}
+					}
+				}
+				compareSnapshots(t, got, kernel)
+				s.Unmount()
+			}
 		})
 	}
 }

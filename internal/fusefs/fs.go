@@ -147,7 +147,7 @@ func (f *fileSystem) String() string { return "mossfs" }
 
 func (f *fileSystem) Init(s *fuse.Server) {
 	f.server = s
-	if !f.opts.NoPassthrough && os.Geteuid() == 0 && s.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 {
+	if f.opts.Passthrough && os.Geteuid() == 0 && s.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 {
 		f.passthrough.Store(true)
 	} else if s.KernelSettings().Flags64()&fuse.CAP_NO_OPEN_SUPPORT != 0 {
 		f.noOpen = true

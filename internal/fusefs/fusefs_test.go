@@ -3,6 +3,7 @@ package fusefs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log"
 	"os"
 	"path/filepath"
@@ -66,18 +67,25 @@ func sampleSource(t testing.TB, marker string) (*overlaytest.Tx, *TreeSource, st
 // modes are the two ways content is served: passthrough (root, Linux ≥ 6.9)
 // and reads through the daemon without open requests.
 var modes = []struct {
-	name          string
-	noPassthrough bool
-}{{"passthrough", false}, {"daemon-reads", true}}
+	name        string
+	passthrough bool
+}{{"passthrough", true}, {"daemon-reads", false}}
 
 func TestTreeSourceMatchesSample(t *testing.T) {
 	testenv.RequireMountNS(t)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			tx, src, objects := sampleSource(t, "a")
-			s := mountOpts(t, Options{Source: src, Objects: objects, NoPassthrough: m.noPassthrough})
+			s := mountOpts(t, Options{Source: src, Objects: objects, Passthrough: m.passthrough})
 			overlaytest.Compare(t, s.Target(), tx)
 			t.Logf("passthrough: %v", s.Passthrough())
+			if !m.passthrough && os.Geteuid() == 0 {
+				// Reads through the daemon get a 1 MiB readahead.
+				ra := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(s.Dev()), unix.Minor(s.Dev()))
+				if b, err := os.ReadFile(ra); err != nil || strings.TrimSpace(string(b)) != "1024" {
+					t.Errorf("%s: %q %v, want 1024", ra, b, err)
+				}
+			}
 		})
 	}
 }
@@ -85,11 +93,11 @@ func TestTreeSourceMatchesSample(t *testing.T) {
 func TestCorruptObjectGivesEIO(t *testing.T) {
 	testenv.RequireMountNS(t)
 	for _, m := range modes {
-		t.Run(m.name, func(t *testing.T) { testCorruptObject(t, m.noPassthrough) })
+		t.Run(m.name, func(t *testing.T) { testCorruptObject(t, m.passthrough) })
 	}
 }
 
-func testCorruptObject(t *testing.T, noPassthrough bool) {
+func testCorruptObject(t *testing.T, passthrough bool) {
 	tx, src, objects := sampleSource(t, "a")
 	tool := tx.Root.Lookup("bin/tool")
 	obj := filepath.Join(objects, tool.Payload)
@@ -101,7 +109,7 @@ func testCorruptObject(t *testing.T, noPassthrough bool) {
 	if err := os.WriteFile(obj, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := mountOpts(t, Options{Source: src, Objects: objects, NoPassthrough: noPassthrough})
+	s := mountOpts(t, Options{Source: src, Objects: objects, Passthrough: passthrough})
 	for _, p := range []string{"bin/tool", "etc/tool-hard"} {
 		_, err := os.ReadFile(filepath.Join(s.Target(), p))
 		if !errors.Is(err, syscall.EIO) {
@@ -128,7 +136,7 @@ func testCorruptObject(t *testing.T, noPassthrough bool) {
 	if err := os.WriteFile(obj, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s2 := mountOpts(t, Options{Source: src, Objects: objects, NoVerify: true, NoPassthrough: noPassthrough})
+	s2 := mountOpts(t, Options{Source: src, Objects: objects, NoVerify: true, Passthrough: passthrough})
 	if _, err := os.ReadFile(filepath.Join(s2.Target(), "bin/tool")); err != nil {
 		t.Errorf("NoVerify: %v", err)
 	}
