@@ -248,16 +248,21 @@ var ErrBusy = errors.New("the store is in use by another process")
 // A batch of objects that a crashed writer never synced may hold torn
 // objects that Has would trust; before an import could skip content because
 // of one, such a store is recovered (cas Recover) under the exclusive lock.
+// That lock is only tried: if others hold the store (or this process does,
+// as when Compose runs under a caller's Lock) recovery is left to the next
+// Lock or gc rather than risk waiting on ourselves.
 func (s *State) Lock() (*Lock, error) {
 	if s.store.NeedsRecovery() {
-		lk, err := s.lockBoth(true, true)
-		if err != nil {
+		lk, err := s.lockBoth(true, false)
+		switch {
+		case err == nil:
+			_, err = s.store.Recover(context.Background(), cas.VerifyOptions{})
+			lk.Unlock()
+			if err != nil {
+				return nil, fmt.Errorf("recovering the store after a crash: %w", err)
+			}
+		case !errors.Is(err, ErrBusy):
 			return nil, err
-		}
-		_, err = s.store.Recover(context.Background(), cas.VerifyOptions{})
-		lk.Unlock()
-		if err != nil {
-			return nil, fmt.Errorf("recovering the store after a crash: %w", err)
 		}
 	}
 	return s.lockBoth(false, true)

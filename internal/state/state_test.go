@@ -699,3 +699,38 @@ func TestLockRecoversCrashedBatch(t *testing.T) {
 		t.Fatalf("object after re-import: %v", err)
 	}
 }
+
+// TestLockNestedWithStaleMarker: Lock under a Lock this process already
+// holds (Compose inside a command's Lock) must not wait on itself when a
+// crashed writer's marker asks for recovery.
+func TestLockNestedWithStaleMarker(t *testing.T) {
+	s := newState(t)
+	outer, err := s.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outer.Unlock()
+	pending := filepath.Join(s.Store().Root(), "pending")
+	if err := os.MkdirAll(pending, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pending, "crashed"), []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		inner, err := s.Lock()
+		if err == nil {
+			inner.Unlock()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nested Lock waits on this process's own lock")
+	}
+}
