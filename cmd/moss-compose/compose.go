@@ -87,10 +87,11 @@ func runCompose(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer im.Close()
-	// Conflicts that can be told from the packages' metadata and layouts
-	// are found before any content is stored.
-	if len(composeFlags.stones) > 0 {
-		if err := im.PreCheck(composeFlags.from, composeFlags.remove, composeFlags.stones); err != nil {
+	// Conflicts that can be told from the packages' metadata and layouts,
+	// and from the trees (hashed, not stored), are found before any content
+	// is stored. A lone tree on an empty base cannot conflict.
+	if len(composeFlags.stones) > 0 || len(composeFlags.trees) > 1 || (len(composeFlags.trees) == 1 && composeFlags.from != 0) {
+		if err := im.PreCheck(cmdContext(cmd), composeFlags.from, composeFlags.remove, composeFlags.stones, composeFlags.trees); err != nil {
 			return conflictError(err)
 		}
 	}

@@ -102,11 +102,29 @@ func StoneInput(file string) (Input, error) {
 // compare by XXH3-128; a new package's content the known-content index
 // maps). Content it cannot compare yet (new to the store, against a base
 // file) is left to Compose's own check after the import.
-func (im *Importer) PreCheck(from uint64, remove []string, stoneFiles []string) error {
+//
+// Trees (DIR[:PREFIX] arguments) are read and hashed without storing
+// anything, so their conflicts, content included, are all found here; the
+// price is hashing each tree twice (here and when it is imported).
+func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, stoneFiles, treeArgs []string) error {
 	s := im.s
 	pending := map[string]bool{} // stand-in digests, hex
 	var frags []Fragment
 	keys := map[string]bool{}
+	for _, arg := range treeArgs {
+		dir, prefix := ParseTreeArg(arg)
+		root, err := dirimport.Import(ctx, dir, dirimport.Options{})
+		if err != nil {
+			return err
+		}
+		placed, err := PlaceAt(root, prefix)
+		if err != nil {
+			return err
+		}
+		in := Input{Kind: KindTree, Name: absPath(dir), Prefix: prefix, Source: absPath(dir)}
+		keys[in.Key()] = true
+		frags = append(frags, Fragment{Input: in, Root: placed})
+	}
 	for _, file := range stoneFiles {
 		f, err := os.Open(file)
 		if err != nil {

@@ -599,7 +599,7 @@ func TestPreCheck(t *testing.T) {
 		return n
 	}
 	before := objects()
-	err = im.PreCheck(1, nil, []string{bc})
+	err = im.PreCheck(context.Background(), 1, nil, []string{bc}, nil)
 	var ce *ConflictError
 	if !errors.As(err, &ce) || ce.Conflicts[0].Path != "/share/bash-completion" || !strings.Contains(ce.Conflicts[0].Reason, "directory") {
 		t.Fatalf("PreCheck = %v", err)
@@ -608,14 +608,14 @@ func TestPreCheck(t *testing.T) {
 		t.Fatal("PreCheck stored objects")
 	}
 	// Declared package conflicts, among new packages.
-	err = im.PreCheck(0, nil, []string{filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"), filepath.Join(stones, "pineapple-1-1-1-x86_64.stone")})
+	err = im.PreCheck(context.Background(), 0, nil, []string{filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"), filepath.Join(stones, "pineapple-1-1-1-x86_64.stone")}, nil)
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "name(pineapple)") {
 		t.Fatalf("PreCheck of conflicting packages = %v", err)
 	}
 	// Content: a base with bash-completion's 7z file changed. New content
 	// cannot be compared before it is hashed; once the index knows it, the
 	// conflict is found up front.
-	if err := im.PreCheck(0, nil, []string{bc}); err != nil {
+	if err := im.PreCheck(context.Background(), 0, nil, []string{bc}, nil); err != nil {
 		t.Fatal(err)
 	}
 	fr, err := im.Stone(context.Background(), bc)
@@ -624,10 +624,33 @@ func TestPreCheck(t *testing.T) {
 	}
 	other := frag(t, s, Input{Kind: KindTree, Name: "/srv/u"}, file{path: "share/bash-completion/completions/7z", mode: tree.TypeReg | 0o644, content: big("7z")})
 	tx := compose(t, s, ComposeOptions{Add: []Fragment{other}})
-	if err := im.PreCheck(tx.ID, nil, []string{bc}); !errors.As(err, &ce) || ce.Conflicts[0].Reason != "content" {
+	if err := im.PreCheck(context.Background(), tx.ID, nil, []string{bc}, nil); !errors.As(err, &ce) || ce.Conflicts[0].Reason != "content" {
 		t.Fatalf("PreCheck with known content = %v", err)
 	}
 	_ = fr
+
+	// Trees are hashed, not stored: a tree whose file's content differs
+	// from the base's is refused without an object written.
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "completions"), 0o755)
+	if err := os.WriteFile(filepath.Join(dir, "completions", "7z"), []byte(big("another 7z")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before = objects()
+	err = im.PreCheck(context.Background(), tx.ID, nil, nil, []string{dir + ":share/bash-completion"})
+	if !errors.As(err, &ce) || ce.Conflicts[0].Reason != "content" || ce.Conflicts[0].Path != "/share/bash-completion/completions/7z" {
+		t.Fatalf("PreCheck of a conflicting tree = %v", err)
+	}
+	if objects() != before {
+		t.Fatal("PreCheck of a tree stored objects")
+	}
+	// The same content is no conflict.
+	if err := os.WriteFile(filepath.Join(dir, "completions", "7z"), []byte(big("7z")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := im.PreCheck(context.Background(), tx.ID, nil, nil, []string{dir + ":share/bash-completion"}); err != nil {
+		t.Fatalf("PreCheck of an agreeing tree = %v", err)
+	}
 }
 
 func TestParseCrashPoints(t *testing.T) {
