@@ -92,6 +92,19 @@ func TestStateCommands(t *testing.T) {
 	if !strings.Contains(errOut, "italian-pizza") || !strings.Contains(errOut, "pineapple") {
 		t.Errorf("conflict message: %s", errOut)
 	}
+	// A tree whose file differs from bash-completion's: refused before any
+	// of its content is stored.
+	clash := filepath.Join(t.TempDir(), "clash")
+	os.MkdirAll(filepath.Join(clash, "completions"), 0o755)
+	os.WriteFile(filepath.Join(clash, "completions", "7z"), []byte(strings.Repeat("not the 7z completion\n", 20)), 0o644)
+	objectsBefore := countFiles(t, filepath.Join(root, "cas", "objects"))
+	errOut = mc(t, false, cmd("compose", "-q", "--from", "2", "--tree", clash+":share/bash-completion")...)
+	if !strings.Contains(errOut, "/share/bash-completion/completions/7z") || !strings.Contains(errOut, "content") {
+		t.Errorf("tree conflict message: %s", errOut)
+	}
+	if n := countFiles(t, filepath.Join(root, "cas", "objects")); n != objectsBefore {
+		t.Errorf("a refused tree left %d objects in the store (had %d)", n, objectsBefore)
+	}
 	// A tree at a prefix.
 	extra := filepath.Join(t.TempDir(), "extra")
 	os.MkdirAll(filepath.Join(extra, "sub"), 0o755)
@@ -259,4 +272,22 @@ func TestStateCommands(t *testing.T) {
 	if !slices.Equal(ids, []uint64{5, 7}) {
 		t.Errorf("after prune: %v", ids)
 	}
+}
+
+func countFiles(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
