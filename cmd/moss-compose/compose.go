@@ -11,24 +11,29 @@ import (
 )
 
 var composeFlags struct {
-	root   string
-	from   uint64
-	stones []string
-	trees  []string
-	remove []string
-	json   bool
-	quiet  bool
+	root    string
+	from    uint64
+	stones  []string
+	trees   []string
+	dumps   []string
+	objects string
+	xattrs  []string
+	remove  []string
+	json    bool
+	quiet   bool
 }
 
 var composeCmd = &cobra.Command{
-	Use:   "compose [--from TX] [--stone FILE]... [--tree DIR[:PREFIX]]... [--remove PKG]...",
+	Use:   "compose [--from TX] [--stone FILE]... [--tree DIR[:PREFIX]]... [--dump FILE[:PREFIX]]... [--remove PKG]...",
 	Short: "Build a new transaction (an EROFS image of /usr) and print its id",
 	Long: `Compose builds a new transaction from the inputs of --from (if given), minus
 the inputs named by --remove, plus the given packages and trees, and prints
 its id. A package with the name of a base input replaces it (an upgrade); a
 tree replaces a base tree with the same directory and prefix. The image is a
 /usr tree: stones' paths sit at its root, and --tree DIR:PREFIX places DIR at
-PREFIX (default: the root). Conflicts (one path, two inputs, different
+PREFIX (default: the root), as --dump FILE:PREFIX does a composefs dump's
+tree (contents from the store or the digest store given with --objects).
+Conflicts (one path, two inputs, different
 content; or a package's Conflicts record) stop the compose before any
 transaction, image or metadata is written.`,
 	Args: cobra.NoArgs,
@@ -41,6 +46,9 @@ func init() {
 	fl.Uint64Var(&composeFlags.from, "from", 0, "start from this transaction's inputs")
 	fl.StringArrayVar(&composeFlags.stones, "stone", nil, "add a .stone package (repeatable)")
 	fl.StringArrayVar(&composeFlags.trees, "tree", nil, "add a directory, DIR[:PREFIX] (repeatable)")
+	fl.StringArrayVar(&composeFlags.dumps, "dump", nil, "add a composefs dump's tree, FILE[:PREFIX] (repeatable)")
+	fl.StringVar(&composeFlags.objects, "objects", "", "digest store holding the contents of the dumps' files")
+	fl.StringSliceVar(&composeFlags.xattrs, "xattrs", nil, "keep only these xattr namespaces of directories (user,security,trusted,system)")
 	fl.StringArrayVar(&composeFlags.remove, "remove", nil, "leave out this input of --from: a package name or tree directory (repeatable)")
 	fl.BoolVar(&composeFlags.json, "json", false, "print the new transaction as JSON")
 	fl.BoolVarP(&composeFlags.quiet, "quiet", "q", false, "no progress display")
@@ -90,12 +98,14 @@ func runCompose(cmd *cobra.Command, args []string) error {
 	// Conflicts that can be told from the packages' metadata and layouts,
 	// and from the trees (hashed, not stored), are found before any content
 	// is stored. A lone tree on an empty base cannot conflict.
-	if len(composeFlags.stones) > 0 || len(composeFlags.trees) > 1 || (len(composeFlags.trees) == 1 && composeFlags.from != 0) {
-		if err := im.PreCheck(cmdContext(cmd), composeFlags.from, composeFlags.remove, composeFlags.stones, composeFlags.trees); err != nil {
+	im.XattrNamespaces = composeFlags.xattrs
+	add := state.NewInputs{Stones: composeFlags.stones, Trees: composeFlags.trees, Dumps: composeFlags.dumps}
+	if n := len(add.Stones) + len(add.Trees) + len(add.Dumps); len(add.Stones) > 0 || n > 1 || (n == 1 && composeFlags.from != 0) {
+		if err := im.PreCheck(cmdContext(cmd), composeFlags.from, composeFlags.remove, add); err != nil {
 			return conflictError(err)
 		}
 	}
-	frags, err := importAll(cmdContext(cmd), im, composeFlags.stones, composeFlags.trees, composeFlags.quiet || composeFlags.json)
+	frags, err := importAll(cmdContext(cmd), im, add, composeFlags.objects, composeFlags.quiet || composeFlags.json)
 	if err != nil {
 		return fmt.Errorf("compose: %w", err)
 	}

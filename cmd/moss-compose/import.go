@@ -12,21 +12,27 @@ import (
 )
 
 var importFlags struct {
-	root   string
-	stones []string
-	trees  []string
-	json   bool
-	quiet  bool
+	root    string
+	stones  []string
+	trees   []string
+	dumps   []string
+	objects string
+	xattrs  []string
+	json    bool
+	quiet   bool
 }
 
 var importCmd = &cobra.Command{
-	Use:   "import [--stone FILE]... [--tree DIR]... [FILE|DIR]...",
-	Short: "Put the contents of .stone packages and directories into the store, without composing",
-	Long: `Import stores the file contents of .stone packages and directories in the
-content store of the state root (creating it if needed), so that a later
-compose finds them there. Positional arguments ending in .stone are packages,
-other arguments directories. Objects no transaction uses are removed by the
-next gc.`,
+	Use:   "import [--stone FILE]... [--tree DIR]... [--dump FILE]... [FILE|DIR]...",
+	Short: "Put the contents of .stone packages, directories and dumps into the store, without composing",
+	Long: `Import stores the file contents of .stone packages, directories and composefs
+dumps in the content store of the state root (creating it if needed), so
+that a later compose finds them there. Positional arguments ending in .stone
+are packages, those ending in .dump or .dump.gz composefs dumps, other
+arguments directories. A dump names its files' contents by digest: those the
+store lacks are taken from the digest store given with --objects (e.g. one
+written by mkcomposefs --digest-store) and checked against their digests.
+Objects no transaction uses are removed by the next gc.`,
 	RunE: runImport,
 }
 
@@ -35,6 +41,9 @@ func init() {
 	fl.StringVar(&importFlags.root, "root", state.DefaultRoot, "state root")
 	fl.StringArrayVar(&importFlags.stones, "stone", nil, "a .stone package to import (repeatable)")
 	fl.StringArrayVar(&importFlags.trees, "tree", nil, "a directory to import (repeatable)")
+	fl.StringArrayVar(&importFlags.dumps, "dump", nil, "a composefs dump to import (repeatable)")
+	fl.StringVar(&importFlags.objects, "objects", "", "digest store holding the contents of the dumps' files")
+	fl.StringSliceVar(&importFlags.xattrs, "xattrs", nil, "keep only these xattr namespaces of directories (user,security,trusted,system)")
 	fl.BoolVar(&importFlags.json, "json", false, "print the result as JSON")
 	fl.BoolVarP(&importFlags.quiet, "quiet", "q", false, "no progress display")
 	rootCmd.AddCommand(importCmd)
@@ -52,21 +61,26 @@ type importedInput struct {
 	Bytes   uint64 `json:"bytes"`
 }
 
-// splitInputs sorts positional arguments into stones and trees.
-func splitInputs(args []string, stones, trees []string) ([]string, []string) {
+// splitInputs sorts positional arguments into stones, dumps and trees.
+func splitInputs(args []string, in state.NewInputs) state.NewInputs {
 	for _, a := range args {
-		if strings.HasSuffix(a, ".stone") {
-			stones = append(stones, a)
-		} else {
-			trees = append(trees, a)
+		switch {
+		case strings.HasSuffix(a, ".stone"):
+			in.Stones = append(in.Stones, a)
+		case strings.HasSuffix(a, ".dump") || strings.HasSuffix(a, ".dump.gz"):
+			in.Dumps = append(in.Dumps, a)
+		default:
+			in.Trees = append(in.Trees, a)
 		}
 	}
-	return stones, trees
+	return in
 }
 
-// importAll imports stones and trees (DIR[:PREFIX]) with im, showing
-// progress, and returns their fragments in order: stones, then trees.
-func importAll(ctx context.Context, im *state.Importer, stones, trees []string, quiet bool) ([]state.Fragment, error) {
+// importAll imports stones, trees (DIR[:PREFIX]) and dumps (FILE[:PREFIX],
+// contents from the store or the digest store objects) with im, showing
+// progress, and returns their fragments in order: stones, trees, dumps.
+func importAll(ctx context.Context, im *state.Importer, in state.NewInputs, objects string, quiet bool) ([]state.Fragment, error) {
+	stones, trees := in.Stones, in.Trees
 	var frags []state.Fragment
 	prog := cli.NewProgress(quiet)
 	defer prog.Wait()
@@ -99,6 +113,19 @@ func importAll(ctx context.Context, im *state.Importer, stones, trees []string, 
 		frags = append(frags, fr)
 	}
 	im.Progress = nil
+	if len(in.Dumps) > 0 {
+		bar := prog.AddBar("dumps", int64(len(in.Dumps)), false)
+		for _, d := range in.Dumps {
+			file, prefix := state.ParseTreeArg(d)
+			fr, err := im.Dump(ctx, file, prefix, objects)
+			if err != nil {
+				bar.SetTotal(-1, true)
+				return nil, err
+			}
+			frags = append(frags, fr)
+			bar.Add(1)
+		}
+	}
 	return frags, nil
 }
 
@@ -113,9 +140,9 @@ func describeInputs(frags []state.Fragment) []importedInput {
 }
 
 func runImport(cmd *cobra.Command, args []string) error {
-	stones, trees := splitInputs(args, importFlags.stones, importFlags.trees)
-	if len(stones)+len(trees) == 0 {
-		return fmt.Errorf("import: nothing to import (give --stone FILE or --tree DIR)")
+	in := splitInputs(args, state.NewInputs{Stones: importFlags.stones, Trees: importFlags.trees, Dumps: importFlags.dumps})
+	if len(in.Stones)+len(in.Trees)+len(in.Dumps) == 0 {
+		return fmt.Errorf("import: nothing to import (give --stone FILE, --tree DIR or --dump FILE)")
 	}
 	s, err := state.Create(importFlags.root)
 	if err != nil {
@@ -131,7 +158,8 @@ func runImport(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer im.Close()
-	frags, err := importAll(cmdContext(cmd), im, stones, trees, importFlags.quiet || importFlags.json)
+	im.XattrNamespaces = importFlags.xattrs
+	frags, err := importAll(cmdContext(cmd), im, in, importFlags.objects, importFlags.quiet || importFlags.json)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}

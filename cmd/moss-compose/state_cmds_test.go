@@ -12,6 +12,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -290,4 +291,57 @@ func countFiles(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestComposeDumpAndXattrs: a dump written by our mkcomposefs mode (image,
+// then info dump) joins a transaction at a prefix with its contents taken
+// from the digest store; --xattrs keeps only the named namespaces of a tree.
+func TestComposeDumpAndXattrs(t *testing.T) {
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	os.MkdirAll(filepath.Join(src, "lib"), 0o755)
+	big := strings.Repeat("library bytes\n", 100)
+	os.WriteFile(filepath.Join(src, "lib", "libx.so"), []byte(big), 0o644)
+	if err := unix.Setxattr(filepath.Join(src, "lib", "libx.so"), "user.origin", []byte("test"), 0); err != nil {
+		t.Skipf("user xattrs not supported here: %v", err)
+	}
+	digestStore := filepath.Join(tmp, "objects")
+	img := filepath.Join(tmp, "x.cfs")
+	mc(t, true, "mkcomposefs", "--digest-store="+digestStore, src, img)
+	dump := filepath.Join(tmp, "x.dump")
+	if err := os.WriteFile(dump, []byte(mc(t, true, "info", "dump", img)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(tmp, "moss")
+	// Without the digest store its contents are nowhere.
+	if errOut := mc(t, false, "compose", "-q", "--root", root, "--dump", dump+":opt/x"); !strings.Contains(errOut, "/lib/libx.so") {
+		t.Errorf("missing objects: %s", errOut)
+	}
+	if out := mc(t, true, "compose", "-q", "--root", root, "--dump", dump+":opt/x", "--objects", digestStore); out != "1\n" {
+		t.Fatalf("compose --dump printed %q", out)
+	}
+	mc(t, true, "compose", "-q", "--root", root, "--from", "1", "--tree", src+":keep")
+	mc(t, true, "compose", "-q", "--root", root, "--from", "2", "--tree", src+":drop", "--xattrs", "security")
+	s, err := state.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.Get(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := s.Tree(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]bool{"opt/x/lib/libx.so": true, "keep/lib/libx.so": true, "drop/lib/libx.so": false} {
+		n := tr.Lookup(p)
+		if n == nil {
+			t.Fatalf("%s missing from transaction 3", p)
+		}
+		if _, ok := n.Xattr("user.origin"); ok != want {
+			t.Errorf("%s: user.origin present %v, want %v", p, ok, want)
+		}
+	}
+	mc(t, true, "state", "verify", "--root", root)
 }

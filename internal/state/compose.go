@@ -44,7 +44,7 @@ func matchesInput(arg string, in Input) bool {
 	if arg == in.Name || arg == in.Label() || arg == in.Key() {
 		return true
 	}
-	return in.Kind == KindTree && filepath.Clean(arg) == filepath.Clean(in.Name)
+	return (in.Kind == KindTree || in.Kind == KindDump) && filepath.Clean(arg) == filepath.Clean(in.Name)
 }
 
 type pendingFragment struct {

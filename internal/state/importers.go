@@ -1,15 +1,20 @@
 package state
 
 import (
+	"bufio"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 
+	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/internal/dirimport"
 	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/mossfs/mossfs/internal/tree"
@@ -23,6 +28,10 @@ type Importer struct {
 	known *stone.KnownIndex
 	// Progress, if set, is called as tree files are stored.
 	Progress func(files, bytes int64)
+	// XattrNamespaces, if not empty, keeps only the xattrs of these
+	// namespaces ("user", "security", "trusted", "system") of imported
+	// trees.
+	XattrNamespaces []string
 }
 
 // NewImporter opens the known-content index under the state root.
@@ -93,6 +102,13 @@ func StoneInput(file string) (Input, error) {
 	return stoneInput(p, file), nil
 }
 
+// NewInputs are the inputs a compose adds, as given on its command line.
+type NewInputs struct {
+	Stones []string // .stone files
+	Trees  []string // DIR[:PREFIX]
+	Dumps  []string // FILE[:PREFIX], composefs dumps
+}
+
 // PreCheck looks for conflicts before any content is stored: it merges the
 // inputs a compose would have — those of from (minus remove and minus those
 // the new packages replace) and the packages in stoneFiles, read without
@@ -105,15 +121,40 @@ func StoneInput(file string) (Input, error) {
 //
 // Trees (DIR[:PREFIX] arguments) are read and hashed without storing
 // anything, so their conflicts, content included, are all found here; the
-// price is hashing each tree twice (here and when it is imported).
-func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, stoneFiles, treeArgs []string) error {
+// price is hashing each tree twice (here and when it is imported). Dumps
+// carry their digests and are compared as they are.
+func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, add NewInputs) error {
 	s := im.s
+	stoneFiles := add.Stones
 	pending := map[string]bool{} // stand-in digests, hex
 	var frags []Fragment
 	keys := map[string]bool{}
-	for _, arg := range treeArgs {
+	for _, arg := range add.Dumps {
+		file, prefix := ParseTreeArg(arg)
+		root, err := readDumpFile(file)
+		if err != nil {
+			return err
+		}
+		root.Walk(func(n *tree.Node) error {
+			if n.LinkTo == nil && n.Mode&tree.TypeMask == tree.TypeReg && n.Payload != "" && len(n.Digest) != 32 {
+				// No digest in the dump: known only once hashed.
+				d := sha256.Sum256([]byte("mossfs pending content " + file + n.Path()))
+				n.Digest = d[:]
+				pending[hex.EncodeToString(d[:])] = true
+			}
+			return nil
+		})
+		placed, err := PlaceAt(root, prefix)
+		if err != nil {
+			return err
+		}
+		in := Input{Kind: KindDump, Name: absPath(file), Prefix: prefix, Source: absPath(file)}
+		keys[in.Key()] = true
+		frags = append(frags, Fragment{Input: in, Root: placed})
+	}
+	for _, arg := range add.Trees {
 		dir, prefix := ParseTreeArg(arg)
-		root, err := dirimport.Import(ctx, dir, dirimport.Options{})
+		root, err := dirimport.Import(ctx, dir, dirimport.Options{XattrNamespaces: im.XattrNamespaces})
 		if err != nil {
 			return err
 		}
@@ -250,7 +291,7 @@ func ParseTreeArg(arg string) (dir, prefix string) {
 // Tree imports a directory placed at prefix inside the image ("/" = its
 // root, whose metadata then becomes the image root's).
 func (im *Importer) Tree(ctx context.Context, dir, prefix string) (Fragment, error) {
-	root, err := dirimport.Import(ctx, dir, dirimport.Options{Sink: im.s.store, Progress: im.Progress})
+	root, err := dirimport.Import(ctx, dir, dirimport.Options{Sink: im.s.store, Progress: im.Progress, XattrNamespaces: im.XattrNamespaces})
 	if err != nil {
 		return Fragment{}, err
 	}
@@ -267,4 +308,93 @@ func absPath(p string) string {
 		return a
 	}
 	return p
+}
+
+// Dump reads a composefs dump (composefs-dump(5), gzip-compressed or not)
+// and places its tree at prefix. Its external files name their content by
+// digest: content the store holds is used as it is; the rest is taken from
+// objects, a digest store (mkcomposefs --digest-store, containers/storage)
+// in which the dump's payload paths are looked up beneath the directory,
+// and must hash to the dump's digest. Payloads are renamed to the store's
+// layout. A file whose content is nowhere is an error naming it.
+func (im *Importer) Dump(ctx context.Context, file, prefix, objects string) (Fragment, error) {
+	root, err := readDumpFile(file)
+	if err != nil {
+		return Fragment{}, err
+	}
+	var objRoot *os.Root
+	if objects != "" {
+		if objRoot, err = os.OpenRoot(objects); err != nil {
+			return Fragment{}, fmt.Errorf("dump %s: digest store: %w", file, err)
+		}
+		defer objRoot.Close()
+	}
+	err = root.Walk(func(n *tree.Node) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if n.LinkTo != nil || n.Mode&tree.TypeMask != tree.TypeReg || n.Payload == "" {
+			return nil
+		}
+		var want [32]byte
+		known := len(n.Digest) == 32
+		if known {
+			copy(want[:], n.Digest)
+			if im.s.store.Has(want) {
+				n.Payload = cas.Payload(want)
+				return nil
+			}
+		}
+		if objRoot == nil {
+			return fmt.Errorf("dump %s: %s: its content (%s) is not in the store; give the digest store that holds it", file, n.Path(), n.Payload)
+		}
+		f, err := objRoot.Open(n.Payload) // stays beneath the digest store
+		if err != nil {
+			return fmt.Errorf("dump %s: %s: %w", file, n.Path(), err)
+		}
+		got, err := im.s.store.PutFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("dump %s: %s: %w", file, n.Path(), err)
+		}
+		if known && got != want {
+			return fmt.Errorf("dump %s: %s: object %s in %s has digest %x, the dump says %x", file, n.Path(), n.Payload, objects, got, want)
+		}
+		n.Digest, n.Payload = got[:], cas.Payload(got)
+		return nil
+	})
+	if err != nil {
+		return Fragment{}, err
+	}
+	prefix = path.Clean("/" + prefix)
+	placed, err := PlaceAt(root, prefix)
+	if err != nil {
+		return Fragment{}, err
+	}
+	return Fragment{Input: Input{Kind: KindDump, Name: absPath(file), Prefix: prefix, Source: absPath(file)}, Root: placed}, nil
+}
+
+// readDumpFile parses a composefs dump file, gunzipping it if it starts
+// with the gzip magic.
+func readDumpFile(file string) (*tree.Node, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("dump: %w", err)
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 1<<16)
+	var r io.Reader = br
+	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("dump %s: %w", file, err)
+		}
+		defer zr.Close()
+		r = zr
+	}
+	root, err := erofs.ParseDump(r, erofs.DumpOptions{Name: file})
+	if err != nil {
+		return nil, err
+	}
+	return root, nil
 }

@@ -1,6 +1,8 @@
 package state
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/internal/tree"
@@ -599,7 +602,7 @@ func TestPreCheck(t *testing.T) {
 		return n
 	}
 	before := objects()
-	err = im.PreCheck(context.Background(), 1, nil, []string{bc}, nil)
+	err = im.PreCheck(context.Background(), 1, nil, NewInputs{Stones: []string{bc}})
 	var ce *ConflictError
 	if !errors.As(err, &ce) || ce.Conflicts[0].Path != "/share/bash-completion" || !strings.Contains(ce.Conflicts[0].Reason, "directory") {
 		t.Fatalf("PreCheck = %v", err)
@@ -608,14 +611,14 @@ func TestPreCheck(t *testing.T) {
 		t.Fatal("PreCheck stored objects")
 	}
 	// Declared package conflicts, among new packages.
-	err = im.PreCheck(context.Background(), 0, nil, []string{filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"), filepath.Join(stones, "pineapple-1-1-1-x86_64.stone")}, nil)
+	err = im.PreCheck(context.Background(), 0, nil, NewInputs{Stones: []string{filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"), filepath.Join(stones, "pineapple-1-1-1-x86_64.stone")}})
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "name(pineapple)") {
 		t.Fatalf("PreCheck of conflicting packages = %v", err)
 	}
 	// Content: a base with bash-completion's 7z file changed. New content
 	// cannot be compared before it is hashed; once the index knows it, the
 	// conflict is found up front.
-	if err := im.PreCheck(context.Background(), 0, nil, []string{bc}, nil); err != nil {
+	if err := im.PreCheck(context.Background(), 0, nil, NewInputs{Stones: []string{bc}}); err != nil {
 		t.Fatal(err)
 	}
 	fr, err := im.Stone(context.Background(), bc)
@@ -624,7 +627,7 @@ func TestPreCheck(t *testing.T) {
 	}
 	other := frag(t, s, Input{Kind: KindTree, Name: "/srv/u"}, file{path: "share/bash-completion/completions/7z", mode: tree.TypeReg | 0o644, content: big("7z")})
 	tx := compose(t, s, ComposeOptions{Add: []Fragment{other}})
-	if err := im.PreCheck(context.Background(), tx.ID, nil, []string{bc}, nil); !errors.As(err, &ce) || ce.Conflicts[0].Reason != "content" {
+	if err := im.PreCheck(context.Background(), tx.ID, nil, NewInputs{Stones: []string{bc}}); !errors.As(err, &ce) || ce.Conflicts[0].Reason != "content" {
 		t.Fatalf("PreCheck with known content = %v", err)
 	}
 	_ = fr
@@ -637,7 +640,7 @@ func TestPreCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	before = objects()
-	err = im.PreCheck(context.Background(), tx.ID, nil, nil, []string{dir + ":share/bash-completion"})
+	err = im.PreCheck(context.Background(), tx.ID, nil, NewInputs{Trees: []string{dir + ":share/bash-completion"}})
 	if !errors.As(err, &ce) || ce.Conflicts[0].Reason != "content" || ce.Conflicts[0].Path != "/share/bash-completion/completions/7z" {
 		t.Fatalf("PreCheck of a conflicting tree = %v", err)
 	}
@@ -648,7 +651,7 @@ func TestPreCheck(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "completions", "7z"), []byte(big("7z")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := im.PreCheck(context.Background(), tx.ID, nil, nil, []string{dir + ":share/bash-completion"}); err != nil {
+	if err := im.PreCheck(context.Background(), tx.ID, nil, NewInputs{Trees: []string{dir + ":share/bash-completion"}}); err != nil {
 		t.Fatalf("PreCheck of an agreeing tree = %v", err)
 	}
 }
@@ -755,5 +758,105 @@ func TestLockNestedWithStaleMarker(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("nested Lock waits on this process's own lock")
+	}
+}
+
+// TestDumpImport: a composefs dump's tree joins a transaction at a prefix;
+// contents come from a digest store (checked against the dump's digests)
+// or the store itself; missing, wrong and escaping objects are refused with
+// the file named.
+func TestDumpImport(t *testing.T) {
+	s := newState(t)
+	digestStore := t.TempDir()
+	content := []byte(big("from a digest store "))
+	d := fsverity.Sum(content)
+	obj := filepath.Join(digestStore, cas.Payload(d))
+	os.MkdirAll(filepath.Dir(obj), 0o755)
+	if err := os.WriteFile(obj, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeDump := func(name, payload string, digest []byte, gz bool) string {
+		t.Helper()
+		root := tree.NewDir("", 0o755)
+		bin := tree.NewDir("bin", 0o755)
+		root.AddChild(bin)
+		bin.AddChild(&tree.Node{Name: "tool", Mode: tree.TypeReg | 0o755, Nlink: 1, Size: uint64(len(content)), Payload: payload, Digest: digest})
+		bin.AddChild(&tree.Node{Name: "small", Mode: tree.TypeReg | 0o644, Nlink: 1, Size: 3, Content: []byte("hi\n")})
+		var b bytes.Buffer
+		if err := erofs.WriteDump(&b, root); err != nil {
+			t.Fatal(err)
+		}
+		data := b.Bytes()
+		if gz {
+			var z bytes.Buffer
+			zw := gzip.NewWriter(&z)
+			zw.Write(data)
+			zw.Close()
+			data = z.Bytes()
+		}
+		p := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	im, err := s.NewImporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	ctx := context.Background()
+
+	good := writeDump("a.dump.gz", cas.Payload(d), d[:], true)
+	if _, err := im.Dump(ctx, good, "/opt/a", ""); err == nil || !strings.Contains(err.Error(), "/bin/tool") {
+		t.Fatalf("dump with its object nowhere: %v", err)
+	}
+	f, err := im.Dump(ctx, good, "/opt/a", digestStore)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := compose(t, s, ComposeOptions{Add: []Fragment{f}})
+	got, err := s.Tree(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tool := got.Lookup("opt/a/bin/tool")
+	if tool == nil || tool.Payload != cas.Payload(d) || got.Lookup("opt/a/bin/small") == nil {
+		t.Fatalf("composed tree lacks the dump's files: %+v", tool)
+	}
+	if err := s.Store().Verify(d); err != nil {
+		t.Fatal(err)
+	}
+	if tx.Inputs[0].Kind != KindDump || tx.Inputs[0].Prefix != "/opt/a" {
+		t.Errorf("input %+v", tx.Inputs[0])
+	}
+	// Now in the store: no digest store needed.
+	if _, err := im.Dump(ctx, good, "/", ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// A payload naming a differently named file whose content is wrong.
+	other := []byte(big("something else "))
+	os.WriteFile(filepath.Join(digestStore, "wrong"), other, 0o644)
+	d2 := fsverity.Sum([]byte(big("never stored ")))
+	if _, err := im.Dump(ctx, writeDump("b.dump", "wrong", d2[:], false), "/", digestStore); err == nil || !strings.Contains(err.Error(), "digest") {
+		t.Fatalf("dump whose object does not match: %v", err)
+	}
+	// A payload escaping the digest store.
+	if _, err := im.Dump(ctx, writeDump("c.dump", "../../etc/passwd", d2[:], false), "/", digestStore); err == nil || !strings.Contains(err.Error(), "/bin/tool") {
+		t.Fatalf("dump escaping its digest store: %v", err)
+	}
+	// Garbage.
+	bad := filepath.Join(t.TempDir(), "bad.dump")
+	os.WriteFile(bad, []byte("/ 0 40755 2 0 0 0 0.0 - - -\n/x nonsense\n"), 0o644)
+	if _, err := im.Dump(ctx, bad, "/", ""); err == nil || !strings.Contains(err.Error(), "bad.dump") {
+		t.Fatalf("malformed dump: %v", err)
+	}
+	// Pre-check: the dump against a base where /opt/a/bin/tool differs.
+	f2 := frag(t, s, Input{Kind: KindTree, Name: "/srv/x", Prefix: "/"}, file{path: "opt/a/bin/tool", mode: tree.TypeReg | 0o755, content: big("a different tool")})
+	tx2 := compose(t, s, ComposeOptions{Add: []Fragment{f2}})
+	var ce *ConflictError
+	if err := im.PreCheck(ctx, tx2.ID, nil, NewInputs{Dumps: []string{good + ":/opt/a"}}); !errors.As(err, &ce) || ce.Conflicts[0].Reason != "content" {
+		t.Fatalf("PreCheck of a conflicting dump = %v", err)
 	}
 }

@@ -29,6 +29,10 @@ type Transaction struct {
 const (
 	KindStone = "stone"
 	KindTree  = "tree"
+	// KindDump is a composefs dump (composefs-dump(5)): a tree whose
+	// contents are named by digest and taken from the store or a digest
+	// store (mkcomposefs --digest-store, containers/storage).
+	KindDump = "dump"
 )
 
 // Input is one input of a transaction: a package or a tree, recorded as a
@@ -61,8 +65,8 @@ type Input struct {
 // Key identifies an input for replacement: a newer input with the same key
 // replaces an older one (package upgrade, re-imported tree).
 func (in Input) Key() string {
-	if in.Kind == KindTree {
-		return "tree:" + in.Prefix + ":" + in.Name
+	if in.Kind == KindTree || in.Kind == KindDump {
+		return in.Kind + ":" + in.Prefix + ":" + in.Name
 	}
 	return in.Kind + ":" + in.Name
 }
@@ -75,11 +79,11 @@ func (in Input) Label() string {
 			return in.Name + "-" + in.Version
 		}
 		return in.Name
-	case KindTree:
+	case KindTree, KindDump:
 		if in.Prefix != "" && in.Prefix != "/" {
-			return "tree " + in.Name + " at " + in.Prefix
+			return in.Kind + " " + in.Name + " at " + in.Prefix
 		}
-		return "tree " + in.Name
+		return in.Kind + " " + in.Name
 	}
 	return in.Kind + " " + in.Name
 }
