@@ -12,6 +12,7 @@ import (
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/bootcmd"
 	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/sign"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/mounttuck"
@@ -193,6 +194,7 @@ func runBoot(cmd *cobra.Command, args []string) error {
 			return fmt.Errorf("mount: %w", err)
 		}
 		out.Mount = &info
+		recordBoot(st, fl.root, fl.sysroot, fl.target, tx, active, info, img, objects, bootLog)
 		return nil
 	}
 	chosen, failed, err := bootcmd.Select(cands, try, func(s string) { bootLog("%s", s) })
@@ -218,6 +220,32 @@ func runBoot(cmd *cobra.Command, args []string) error {
 		return cli.PrintJSON(cmd.OutOrStdout(), out)
 	}
 	return nil
+}
+
+// recordBoot makes the state root describe what boot mounted, as mossfs
+// mount and switch do: a mount record for the target as it will be seen
+// after switch_root (with this boot's id, so that it goes stale at the next
+// boot) and, if boot chose another one (a fallback, or moss.tx naming a
+// transaction that was not active), tx as the active transaction. Both are
+// best effort: a root file system mounted read-only in the initramfs only
+// costs a message, never the boot.
+func recordBoot(st *state.State, root, sysroot, target string, tx *state.Transaction, active uint64, info overlay.Info, img, objects string, bootLog func(string, ...any)) {
+	after := func(p string) string {
+		if rel, err := filepath.Rel(sysroot, p); err == nil && filepath.IsLocal(rel) {
+			return "/" + rel
+		}
+		return p
+	}
+	rec := mountrec.Record{Target: after(target), Tx: tx.ID, Image: tx.Image, ImagePath: after(img), Objects: after(objects),
+		Driver: "overlay", Verity: string(info.Verity), Method: string(info.Method)}
+	if err := mountrec.Write(root, rec); err != nil {
+		bootLog("note: cannot record the mount in %s (%v); mossfs status will not name it", root, err)
+	}
+	if tx.ID != active {
+		if err := st.SetActive(tx.ID); err != nil {
+			bootLog("note: cannot record transaction %d as the active one (%v)", tx.ID, err)
+		}
+	}
 }
 
 // pinnedVerity is the object policy for a pinned or signed image: require

@@ -14,6 +14,7 @@ import (
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/sign"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
@@ -186,5 +187,14 @@ func TestBootMountsUsr(t *testing.T) {
 	}
 	if !strings.Contains(msgs, "mounted transaction 2 (fallback)") {
 		t.Errorf("console:\n%s", msgs)
+	}
+	// The state root says what runs: a record of /usr (as seen after
+	// switch_root) from this boot, and 2 as the active transaction.
+	rec, ok, err := mountrec.Get(b.root, "/usr")
+	if err != nil || !ok || rec.Tx != 2 || rec.BootID == "" || rec.BootID != mountrec.BootID() || rec.Stale() {
+		t.Errorf("mount record %+v %v %v", rec, ok, err)
+	}
+	if a, err := readActive(b.root); err != nil || a != 2 {
+		t.Errorf("active %d %v, want 2", a, err)
 	}
 }

@@ -382,3 +382,34 @@ func TestCheckCommand(t *testing.T) {
 	}
 	t.Logf("\n%s", text)
 }
+
+// TestStatusRecordOfEarlierBoot: a record written during an earlier boot is
+// shown as such, never as the mount now at its target.
+func TestStatusRecordOfEarlierBoot(t *testing.T) {
+	root := t.TempDir()
+	if err := mountrec.Write(root, mountrec.Record{Target: "/", Tx: 4, Driver: "overlay", BootID: "00000000-0000-0000-0000-000000000000"}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := collectStatus(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, m := range rep.Mounts {
+		if m.Tx == 4 {
+			found = true
+			if !m.EarlierBoot || m.Mounted || m.Target != "/" {
+				t.Errorf("stale record shown as %+v", m)
+			}
+		} else if m.Target == "/" && m.Recorded {
+			t.Errorf("the record of an earlier boot was attached to the mount at /: %+v", m)
+		}
+	}
+	if !found {
+		t.Fatalf("stale record missing from status: %+v", rep)
+	}
+	out := mustRun(t, "status", "--root", root)
+	if !strings.Contains(out, "earlier boot") {
+		t.Errorf("status output:\n%s", out)
+	}
+}

@@ -21,14 +21,17 @@ type mountStatus struct {
 	Target string `json:"target"`
 	// Mounted: the kernel has a mossfs mount there. Recorded: the state
 	// root has a record for it. A record without a mount is stale.
-	Mounted  bool   `json:"mounted"`
-	Recorded bool   `json:"recorded"`
-	Driver   string `json:"driver,omitempty"`
-	FSType   string `json:"fstype,omitempty"`
-	Tx       uint64 `json:"tx,omitempty"`
-	Image    string `json:"image,omitempty"`
-	Verity   string `json:"verity,omitempty"`
-	Method   string `json:"method,omitempty"`
+	Mounted  bool `json:"mounted"`
+	Recorded bool `json:"recorded"`
+	// EarlierBoot: the record was written during an earlier boot (its
+	// mount is gone; whatever is mounted there now is another one).
+	EarlierBoot bool   `json:"earlier_boot,omitempty"`
+	Driver      string `json:"driver,omitempty"`
+	FSType      string `json:"fstype,omitempty"`
+	Tx          uint64 `json:"tx,omitempty"`
+	Image       string `json:"image,omitempty"`
+	Verity      string `json:"verity,omitempty"`
+	Method      string `json:"method,omitempty"`
 	// Stacked counts the mounts at the target (1 unless a switch failed half-way).
 	Stacked int `json:"stacked,omitempty"`
 }
@@ -57,6 +60,8 @@ var statusCmd = &cobra.Command{
 		for _, m := range rep.Mounts {
 			state := "mounted"
 			switch {
+			case m.EarlierBoot:
+				state = "stale record (earlier boot)"
 			case !m.Mounted:
 				state = "stale record (not mounted)"
 			case !m.Recorded:
@@ -120,6 +125,11 @@ func collectStatus(root string) (statusReport, error) {
 		s.Stacked++
 	}
 	for _, r := range recs {
+		if r.Stale() {
+			rep.Mounts = append(rep.Mounts, mountStatus{Target: r.Target, Recorded: true, EarlierBoot: true,
+				Tx: r.Tx, Image: r.Image, Verity: r.Verity, Method: r.Method, Driver: r.Driver})
+			continue
+		}
 		s := byTarget[r.Target]
 		if s == nil {
 			s = &mountStatus{Target: r.Target}

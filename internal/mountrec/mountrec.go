@@ -38,6 +38,33 @@ type Record struct {
 	// Method is how the overlay was built (overlay.Method).
 	Method string    `json:"method,omitempty"`
 	Time   time.Time `json:"time"`
+	// BootID is the kernel's boot id when the mount was made: a record of
+	// an earlier boot describes a mount that is gone (see Stale).
+	BootID string `json:"boot_id,omitempty"`
+}
+
+// BootID returns the running kernel's boot id ("" if unknown), which
+// changes at every boot.
+func BootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Stale reports whether the record was written during an earlier boot, so
+// that the mount it describes no longer exists. Records without a boot id
+// (written by older versions) are never stale.
+func (r Record) Stale() bool { return StaleBootID(r.BootID) }
+
+// StaleBootID reports whether a record's boot id names an earlier boot.
+func StaleBootID(id string) bool {
+	if id == "" {
+		return false
+	}
+	cur := BootID()
+	return cur != "" && cur != id
 }
 
 // Dir returns the records directory of a state root.
@@ -59,6 +86,9 @@ func Name(target string) string {
 func Write(root string, r Record) error {
 	if r.Time.IsZero() {
 		r.Time = time.Now().UTC()
+	}
+	if r.BootID == "" {
+		r.BootID = BootID()
 	}
 	dir := Dir(root)
 	if err := os.MkdirAll(dir, 0o755); err != nil {

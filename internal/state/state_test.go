@@ -860,3 +860,36 @@ func TestDumpImport(t *testing.T) {
 		t.Fatalf("PreCheck of a conflicting dump = %v", err)
 	}
 }
+
+// TestMountRecordsOfEarlierBoot: a record written during another boot
+// (another kernel boot id) describes a mount that is gone: it neither
+// protects its transaction nor counts as a mount; one of this boot does.
+func TestMountRecordsOfEarlierBoot(t *testing.T) {
+	s := newState(t)
+	f := frag(t, s, pkg("a", "1"), file{path: "a", content: "a"})
+	compose(t, s, ComposeOptions{Add: []Fragment{f}})
+	compose(t, s, ComposeOptions{From: 1, Add: []Fragment{frag(t, s, pkg("a", "2"), file{path: "a", content: "b"})}})
+	if err := s.WriteMount(MountRecord{Tx: 1, Target: "/usr", BootID: "00000000-0000-0000-0000-000000000000"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteMount(MountRecord{Tx: 2, Target: "/mnt"}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.Mounts()
+	if err != nil || len(recs) != 1 || recs[0].Tx != 2 || recs[0].BootID == "" {
+		t.Fatalf("mounts %+v %v, want only this boot's record of 2", recs, err)
+	}
+	prot, err := s.Protected()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := prot[1]; ok {
+		t.Errorf("transaction 1 protected by a record of an earlier boot: %v", prot)
+	}
+	if err := s.Remove([]uint64{1}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove([]uint64{2}, false); err == nil {
+		t.Error("removed a transaction mounted during this boot")
+	}
+}

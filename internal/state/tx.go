@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mossfs/mossfs/internal/mountrec"
 )
 
 // Transaction is the metadata record of one transaction.
@@ -251,6 +253,8 @@ type MountRecord struct {
 	Driver string    `json:"driver,omitempty"`
 	PID    int       `json:"pid,omitempty"`
 	Time   time.Time `json:"time"`
+	// BootID is the kernel boot id of the boot that made the mount.
+	BootID string `json:"boot_id,omitempty"`
 	// Name is the record's file name (set when read).
 	Name string `json:"-"`
 }
@@ -268,6 +272,9 @@ func MountRecordName(target string) string {
 func (s *State) WriteMount(rec MountRecord) error {
 	if rec.Time.IsZero() {
 		rec.Time = time.Now().UTC()
+	}
+	if rec.BootID == "" {
+		rec.BootID = mountrec.BootID()
 	}
 	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
@@ -290,7 +297,9 @@ func (s *State) RemoveMount(target string) error {
 
 // Mounts returns the mount records. A record is a JSON object with a "tx"
 // (or "transaction"/"id") number, or a bare decimal id; files starting with
-// "." are temporary and skipped.
+// "." are temporary and skipped, and so are records an earlier boot wrote:
+// their mounts are gone, so they neither protect a transaction from
+// removal nor keep its image from gc.
 func (s *State) Mounts() ([]MountRecord, error) {
 	dir := filepath.Join(s.root, "mounts")
 	ents, err := os.ReadDir(dir)
@@ -315,6 +324,9 @@ func (s *State) Mounts() ([]MountRecord, error) {
 			return nil, fmt.Errorf("mount record %s: %w", path, err)
 		}
 		rec.Name = e.Name()
+		if mountrec.StaleBootID(rec.BootID) {
+			continue
+		}
 		recs = append(recs, rec)
 	}
 	return recs, nil
