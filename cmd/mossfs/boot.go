@@ -145,7 +145,15 @@ func runBoot(cmd *cobra.Command, args []string) error {
 			return err
 		}
 		img := st.ImagePath(tx)
-		got, measured, err := sign.ImageDigest(img)
+		// Checked and mounted through one descriptor: replacing the file
+		// between the check and the mount cannot substitute another image
+		// (and an image with fs-verity cannot be changed in place).
+		imgFile, err := os.Open(img)
+		if err != nil {
+			return fmt.Errorf("image: %w", err)
+		}
+		defer imgFile.Close()
+		got, measured, err := sign.ImageDigestFile(imgFile)
 		if err != nil {
 			return fmt.Errorf("image: %w", err)
 		}
@@ -178,10 +186,14 @@ func runBoot(cmd *cobra.Command, args []string) error {
 			// verity stripped must read as EIO, not silently unchecked).
 			want = pinnedVerity(objects, bootLog)
 		}
-		fd, info, err := overlay.Mount(overlay.Options{Image: img, ObjectsDir: objects, Verity: want, TempDir: tmp})
+		mountImg := img
+		if p := fmt.Sprintf("/proc/self/fd/%d", imgFile.Fd()); fileIs(p, imgFile) {
+			mountImg = p
+		}
+		fd, info, err := overlay.Mount(overlay.Options{Image: mountImg, ObjectsDir: objects, Verity: want, TempDir: tmp})
 		if err != nil && want == overlay.VerityRequire && verity == overlay.VerityAuto && strings.Contains(err.Error(), "no verity option") {
 			bootLog("overlayfs cannot check fs-verity digests (Linux 6.6+ needed): mounting without object verification")
-			fd, info, err = overlay.Mount(overlay.Options{Image: img, ObjectsDir: objects, Verity: overlay.VerityOff, TempDir: tmp})
+			fd, info, err = overlay.Mount(overlay.Options{Image: mountImg, ObjectsDir: objects, Verity: overlay.VerityOff, TempDir: tmp})
 		}
 		if err != nil {
 			return fmt.Errorf("mount: %w", err)
@@ -220,6 +232,14 @@ func runBoot(cmd *cobra.Command, args []string) error {
 		return cli.PrintJSON(cmd.OutOrStdout(), out)
 	}
 	return nil
+}
+
+// fileIs reports whether path names the same file as f (it is false for
+// /proc/self/fd/N when /proc is not mounted).
+func fileIs(path string, f *os.File) bool {
+	a, err1 := os.Stat(path)
+	b, err2 := f.Stat()
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
 }
 
 // recordBoot makes the state root describe what boot mounted, as mossfs

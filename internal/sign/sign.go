@@ -216,14 +216,29 @@ func ImageDigest(path string) (d [32]byte, measured bool, err error) {
 		return d, false, err
 	}
 	defer f.Close()
+	return ImageDigestFile(f)
+}
+
+// ImageDigestFile is ImageDigest of an open image: a caller that goes on to
+// mount the image through the same descriptor (/proc/self/fd/N) mounts the
+// file it checked, even if the name is replaced meanwhile.
+func ImageDigestFile(f *os.File) (d [32]byte, measured bool, err error) {
 	if d, err := fsverity.Measure(int(f.Fd())); err == nil {
 		return d, true, nil
 	}
-	d, err = fsverity.DigestReader(f)
+	d, err = fsverity.DigestReaderAt(f, fileSize(f))
 	if err != nil {
-		return d, false, fmt.Errorf("digest of %s: %w", path, err)
+		return d, false, fmt.Errorf("digest of %s: %w", f.Name(), err)
 	}
 	return d, false, nil
+}
+
+func fileSize(f *os.File) int64 {
+	st, err := f.Stat()
+	if err != nil {
+		return 0
+	}
+	return st.Size()
 }
 
 // VerifyImageFile checks transaction id's signature against the image file
