@@ -47,6 +47,44 @@ func matchesInput(arg string, in Input) bool {
 	return (in.Kind == KindTree || in.Kind == KindDump) && filepath.Clean(arg) == filepath.Clean(in.Name)
 }
 
+// baseSplit sorts a base transaction's inputs for a compose.
+type baseSplit struct {
+	kept, removed, replaced []Input
+	unused                  []string // --remove arguments that matched nothing
+}
+
+// splitBase decides which of base's inputs (nil: none) a compose keeps:
+// those not named by remove and not replaced by a new input (newKeys holds
+// the new inputs' keys).
+func splitBase(base *Transaction, remove []string, newKeys map[string]bool) baseSplit {
+	var out baseSplit
+	used := make([]bool, len(remove))
+	if base != nil {
+		for _, in := range base.Inputs {
+			removed := false
+			for j, arg := range remove {
+				if matchesInput(arg, in) {
+					used[j], removed = true, true
+				}
+			}
+			switch {
+			case removed:
+				out.removed = append(out.removed, in)
+			case newKeys[in.Key()]:
+				out.replaced = append(out.replaced, in)
+			default:
+				out.kept = append(out.kept, in)
+			}
+		}
+	}
+	for j, ok := range used {
+		if !ok {
+			out.unused = append(out.unused, remove[j])
+		}
+	}
+	return out
+}
+
 type pendingFragment struct {
 	data     []byte // the encoded dump (written when it cannot be linked)
 	linkFrom string // path of the base transaction's fragment
@@ -79,30 +117,11 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 		}
 		newKeys[f.Input.Key()] = true
 	}
-	used := make([]bool, len(opts.Remove))
-	var kept []Input
-	if base != nil {
-		for _, in := range base.Inputs {
-			removed := false
-			for j, arg := range opts.Remove {
-				if matchesInput(arg, in) {
-					used[j], removed = true, true
-				}
-			}
-			switch {
-			case removed:
-				res.Removed = append(res.Removed, in)
-			case newKeys[in.Key()]:
-				res.Replaced = append(res.Replaced, in)
-			default:
-				kept = append(kept, in)
-			}
-		}
-	}
-	for j, ok := range used {
-		if !ok {
-			return nil, fmt.Errorf("compose --remove %s: no such input in transaction %d", opts.Remove[j], opts.From)
-		}
+	split := splitBase(base, opts.Remove, newKeys)
+	kept := split.kept
+	res.Removed, res.Replaced = split.removed, split.replaced
+	if len(split.unused) > 0 {
+		return nil, fmt.Errorf("compose --remove %s: no such input in transaction %d", split.unused[0], opts.From)
 	}
 	var frags []Fragment
 	var pending []pendingFragment

@@ -208,26 +208,14 @@ func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, 
 		keys[in.Key()] = true
 		frags = append(frags, Fragment{Input: in, Root: root})
 	}
-	var kept []Input
 	var base *Transaction
 	if from != 0 {
 		var err error
 		if base, err = s.Get(from); err != nil {
 			return err
 		}
-	next:
-		for _, in := range base.Inputs {
-			for _, arg := range remove {
-				if matchesInput(arg, in) {
-					continue next
-				}
-			}
-			if !keys[in.Key()] {
-				kept = append(kept, in)
-			}
-		}
 	}
-	if len(kept) > 0 {
+	if kept := splitBase(base, remove, keys).kept; len(kept) > 0 {
 		_, roots, err := s.loadFragments(base, kept, true)
 		if err != nil {
 			return err
@@ -250,29 +238,18 @@ func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, 
 // those of from (minus remove and minus those the new inputs replace) and
 // the new ones.
 func (s *State) CheckPackageConflicts(from uint64, remove []string, add []Input) error {
-	var all []Input
 	keys := map[string]bool{}
 	for _, in := range add {
 		keys[in.Key()] = true
 	}
+	var base *Transaction
 	if from != 0 {
-		base, err := s.Get(from)
-		if err != nil {
+		var err error
+		if base, err = s.Get(from); err != nil {
 			return err
 		}
-	next:
-		for _, in := range base.Inputs {
-			for _, arg := range remove {
-				if matchesInput(arg, in) {
-					continue next
-				}
-			}
-			if !keys[in.Key()] {
-				all = append(all, in)
-			}
-		}
 	}
-	all = append(all, add...)
+	all := append(splitBase(base, remove, keys).kept, add...)
 	if cs := PackageConflicts(all); len(cs) > 0 {
 		return &ConflictError{Conflicts: cs}
 	}
