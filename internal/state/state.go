@@ -45,7 +45,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/mossfs/mossfs/cas"
 	"golang.org/x/sys/unix"
@@ -161,80 +160,58 @@ func (s *State) inputsDir(id uint64) string {
 
 // Lock is a held lock; Unlock releases it.
 type Lock struct {
-	f     *os.File
-	store *cas.FileLock
+	state *cas.FileLock
+	store *cas.FileLock // nil for the transaction lock
 }
 
 // Unlock releases the lock.
 func (l *Lock) Unlock() error {
-	if l == nil || l.f == nil {
+	if l == nil || l.state == nil {
 		return nil
 	}
 	err := l.store.Unlock()
-	if cerr := l.f.Close(); err == nil { // closing the last fd drops the flock
-		err = cerr
+	if serr := l.state.Unlock(); err == nil {
+		err = serr
 	}
-	l.f = nil
+	l.state = nil
 	return err
 }
 
-func flock(path string, how int) (*Lock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock: %w", err)
+// takeLock flocks the file at path with cas's lock helpers: exclusive or
+// shared, waiting or not (then failing with an error wrapping ErrBusy).
+func takeLock(path string, exclusive, wait bool) (*cas.FileLock, error) {
+	var l *cas.FileLock
+	var err error
+	switch {
+	case exclusive && wait:
+		l, err = cas.Lock(path)
+	case exclusive:
+		l, err = cas.TryLock(path)
+	case wait:
+		l, err = cas.RLock(path)
+	default:
+		l, err = cas.TryRLock(path)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), how)
-		if err != unix.EINTR {
-			break
-		}
+	if errors.Is(err, cas.ErrLocked) {
+		return nil, fmt.Errorf("%w (%v)", ErrBusy, err)
 	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return &Lock{f: f}, nil
+	return l, err
 }
 
 // lockBoth takes the state root's lock, then the content store's own lock
 // the same way (so that tools writing to the store directly are excluded
 // from gc too). The order is always state, then store.
 func (s *State) lockBoth(exclusive, wait bool) (*Lock, error) {
-	how := unix.LOCK_SH
-	if exclusive {
-		how = unix.LOCK_EX
-	}
-	if !wait {
-		how |= unix.LOCK_NB
-	}
-	l, err := flock(filepath.Join(s.root, "lock"), how)
+	l, err := takeLock(filepath.Join(s.root, "lock"), exclusive, wait)
 	if err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w (%v)", ErrBusy, err)
-		}
 		return nil, err
 	}
-	storeLock := filepath.Join(s.store.Root(), "lock")
-	var sl *cas.FileLock
-	switch {
-	case exclusive && wait:
-		sl, err = cas.Lock(storeLock)
-	case exclusive:
-		sl, err = cas.TryLock(storeLock)
-	case wait:
-		sl, err = cas.RLock(storeLock)
-	default:
-		sl, err = cas.TryRLock(storeLock)
-	}
+	sl, err := takeLock(filepath.Join(s.store.Root(), "lock"), exclusive, wait)
 	if err != nil {
 		l.Unlock()
-		if errors.Is(err, cas.ErrLocked) {
-			return nil, fmt.Errorf("%w (%v)", ErrBusy, err)
-		}
 		return nil, err
 	}
-	l.store = sl
-	return l, nil
+	return &Lock{state: l, store: sl}, nil
 }
 
 // ErrBusy is returned (wrapped) when a lock taken without waiting is held
@@ -279,7 +256,11 @@ func (s *State) TryLockExclusive() (*Lock, error) { return s.lockBoth(true, fals
 // txLock serialises the short metadata updates (id counter, publish, remove,
 // active).
 func (s *State) txLock() (*Lock, error) {
-	return flock(filepath.Join(s.root, "txlock"), unix.LOCK_EX)
+	l, err := takeLock(filepath.Join(s.root, "txlock"), true, true)
+	if err != nil {
+		return nil, err
+	}
+	return &Lock{state: l}, nil
 }
 
 // Sync makes everything written under the state root durable with one
