@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 
@@ -118,9 +119,14 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 // setBootDefault makes transaction id the default boot entry in dirs, or,
 // with none given, in every standard entries directory under / that holds
 // mossfs entries (none is not an error: the system may not boot via BLS).
-// It returns the directories it changed.
+// It returns the directories it changed. A user who is not root (a
+// rootless FUSE switch) changes no boot entries unless given --bls-dir: the
+// boot loader's configuration is not theirs.
 func setBootDefault(id uint64, dirs []string) ([]string, error) {
 	if len(dirs) == 0 {
+		if os.Geteuid() != 0 {
+			return nil, nil
+		}
 		return bls.SetDefaultFound("/", id)
 	}
 	for i, d := range dirs {
