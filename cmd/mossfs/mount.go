@@ -121,6 +121,10 @@ type mountSource struct {
 	image   string // path
 	digest  string // hex fs-verity digest of the image ("" if unknown)
 	objects string
+	// checked, if set, is the image opened for a signature check: the
+	// overlay mounts it through this descriptor, so the file mounted is the
+	// file checked even if the name is replaced meanwhile.
+	checked *os.File
 }
 
 func (s mountSource) label() string {
@@ -302,7 +306,13 @@ func mountAt(root string, src mountSource, target, driver, verity string) (mount
 // mountOverlayAt builds the overlay detached and puts it at target
 // (beneath a mossfs mount already there, which is then detached).
 func mountOverlayAt(src mountSource, target string, v overlay.Verity) (overlay.Info, error) {
-	fd, info, err := overlay.Mount(overlay.Options{Image: src.image, ObjectsDir: src.objects, Verity: v})
+	img := src.image
+	if src.checked != nil {
+		if p := fmt.Sprintf("/proc/self/fd/%d", src.checked.Fd()); fileIs(p, src.checked) {
+			img = p
+		}
+	}
+	fd, info, err := overlay.Mount(overlay.Options{Image: img, ObjectsDir: src.objects, Verity: v})
 	if err != nil {
 		return info, err
 	}

@@ -342,8 +342,32 @@ func TestSwitchVerifiesSignature(t *testing.T) {
 	if n := mountCount(t, target); n != 0 {
 		t.Fatalf("refused switches mounted something (%d mounts)", n)
 	}
+	// Replacing the checked image by rename between the check and the mount
+	// (here with transaction 2's image) changes nothing: the file checked
+	// is the file mounted.
+	img1 := filepath.Join(s.root, "images", s.digest[1])
+	afterSignatureCheck = func(image string) {
+		if image != img1 {
+			t.Errorf("checked %s, want %s", image, img1)
+		}
+		saved := img1 + ".saved"
+		if err := os.Link(img1, saved); err != nil {
+			t.Fatal(err)
+		}
+		swap := img1 + ".swap"
+		data, _ := os.ReadFile(filepath.Join(s.root, "images", s.digest[2]))
+		os.WriteFile(swap, data, 0o644)
+		if err := os.Rename(swap, img1); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Rename(saved, img1) })
+	}
 	mustRun(t, args("1", "good")...)
+	afterSignatureCheck = func(string) {}
 	overlaytest.Compare(t, target, s.txs[1])
+	if err := os.Rename(img1+".saved", img1); err != nil {
+		t.Fatal(err)
+	}
 
 	// A signature covers the image bytes: a tampered image is refused.
 	img := filepath.Join(s.root, "images", s.digest[1])

@@ -80,10 +80,22 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 			return fmt.Errorf("switch: %w", err)
 		}
 		// The signature must cover the image file that is actually there,
-		// not just the digest its metadata claims.
-		if err := sign.VerifyImageFile(root, pub, id, src.image); err != nil {
+		// not just the digest its metadata claims; the overlay then mounts
+		// that same open file.
+		f, err := os.Open(src.image)
+		if err != nil {
 			return fmt.Errorf("switch: %w", err)
 		}
+		defer f.Close()
+		d, _, err := sign.ImageDigestFile(f)
+		if err != nil {
+			return fmt.Errorf("switch: transaction %d: %w", id, err)
+		}
+		if err := sign.VerifyTransaction(root, pub, id, d); err != nil {
+			return fmt.Errorf("switch: %w", err)
+		}
+		src.checked = f
+		afterSignatureCheck(src.image)
 	}
 	t, err := absTarget(target)
 	if err != nil {
@@ -115,6 +127,11 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	}
 	return nil
 }
+
+// afterSignatureCheck runs between a switch's signature check and its mount:
+// tests replace the image file there to show that the checked file is the
+// one mounted.
+var afterSignatureCheck = func(image string) {}
 
 // setBootDefault makes transaction id the default boot entry in dirs, or,
 // with none given, in every standard entries directory under / that holds
