@@ -83,23 +83,17 @@ type fileSystem struct {
 	// passthrough is set while FUSE passthrough is in use; it is cleared
 	// for good when the kernel refuses to register a backing file.
 	passthrough atomic.Bool
-	backingM    sync.Mutex
-	backing     map[uint64]*backingFile // node ID → registered backing file
+	backing     *refCache[backingFile] // node ID → registered backing file
+	// connGone is set once the FUSE connection is closed: the kernel has
+	// dropped its backing registrations with it.
+	connGone atomic.Bool
 
 	// noOpen is set when passthrough is off: OPEN is answered with ENOSYS,
 	// after which the kernel opens files without asking (no round trip per
 	// open) and keeps their page cache; reads then arrive without a handle
 	// and are served from objs.
 	noOpen bool
-	objsM  sync.Mutex
-	objs   map[uint64]*objFile // node ID → open, checked object
-}
-
-// objFile is an object opened for handle-less reads.
-type objFile struct {
-	file *os.File
-	refs int
-	used uint64 // objsClock at the last use, for eviction
+	objs   *refCache[*os.File] // node ID → open, checked object
 }
 
 // maxObjFiles bounds the objects kept open for handle-less reads.
@@ -113,14 +107,14 @@ type handle struct {
 	file   *os.File // external content; nil for inline or empty files
 	inline bool
 	// backing is the registered backing file of a passthrough open.
-	backing *backingFile
+	backing *refEntry[backingFile]
 }
 
+// backingFile is an object registered with the kernel as a passthrough
+// backing file.
 type backingFile struct {
 	id   int32
 	file *os.File
-	refs int
-	used uint64
 }
 
 var _ fuse.RawFileSystem = (*fileSystem)(nil)
@@ -131,9 +125,9 @@ func newFileSystem(opts Options, g *generation) *fileSystem {
 		opts:          opts,
 		logger:        opts.Logger,
 		handles:       map[uint64]*handle{},
-		backing:       map[uint64]*backingFile{},
-		objs:          map[uint64]*objFile{},
 	}
+	f.objs = newRefCache(maxObjFiles, func(file *os.File) { file.Close() })
+	f.backing = newRefCache(maxBacking, f.unregisterBacking)
 	if f.logger == nil {
 		f.logger = log.New(os.Stderr, "mossfs: ", 0)
 	}
@@ -530,7 +524,7 @@ func (f *fileSystem) Open(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.
 			}
 			if b != nil {
 				h.backing = b
-				out.BackingID = b.id
+				out.BackingID = b.v.id
 				out.OpenFlags = fuse.FOPEN_PASSTHROUGH | fuse.FOPEN_NOFLUSH
 				break
 			}
@@ -594,25 +588,13 @@ func (f *fileSystem) openObject(g *generation, in *Inode) (*os.File, error) {
 // backing file per inode, and registrations are kept across opens (up to
 // maxBacking idle ones), so a warm open costs one round trip and no I/O. It
 // returns nil (and turns passthrough off) when the kernel refuses.
-func (f *fileSystem) acquireBacking(g *generation, in *Inode, id uint64) (*backingFile, fuse.Status) {
-	f.backingM.Lock()
-	if b := f.backing[id]; b != nil {
-		b.refs++
-		b.used = objsClock.Add(1)
-		f.backingM.Unlock()
+func (f *fileSystem) acquireBacking(g *generation, in *Inode, id uint64) (*refEntry[backingFile], fuse.Status) {
+	if b, ok := f.backing.get(id); ok {
 		return b, fuse.OK
 	}
-	f.backingM.Unlock()
 	file, st := f.openObjectStatus(g, in)
 	if !st.Ok() {
 		return nil, st
-	}
-	f.backingM.Lock()
-	defer f.backingM.Unlock()
-	if b := f.backing[id]; b != nil {
-		file.Close()
-		b.refs++
-		return b, fuse.OK
 	}
 	bid, errno := f.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(file.Fd())})
 	if errno != 0 {
@@ -622,60 +604,21 @@ func (f *fileSystem) acquireBacking(g *generation, in *Inode, id uint64) (*backi
 		}
 		return nil, fuse.OK
 	}
-	if len(f.backing) >= maxBacking {
-		f.evictBacking(func(uint64) bool { return true })
-	}
-	b := &backingFile{id: bid, file: file, refs: 1, used: objsClock.Add(1)}
-	f.backing[id] = b
-	return b, fuse.OK
+	return f.backing.add(id, backingFile{id: bid, file: file}), fuse.OK
 }
 
 // maxBacking bounds the backing files kept registered.
 const maxBacking = 4096
 
-func (f *fileSystem) releaseBacking(b *backingFile) {
-	f.backingM.Lock()
-	b.refs--
-	f.backingM.Unlock()
-}
-
-// evictBacking unregisters the least recently used half of the idle
-// backing files whose node ID match accepts. Called with backingM held.
-func (f *fileSystem) evictBacking(match func(id uint64) bool) {
-	type cand struct{ id, used uint64 }
-	var idle []cand
-	for id, b := range f.backing {
-		if b.refs == 0 && match(id) {
-			idle = append(idle, cand{id, b.used})
+// unregisterBacking ends a backing file's registration (unless the
+// connection, and with it every registration, is gone) and closes it.
+func (f *fileSystem) unregisterBacking(b backingFile) {
+	if !f.connGone.Load() {
+		if errno := f.server.UnregisterBackingFd(b.id); errno != 0 {
+			f.logger.Printf("releasing backing file %d: %v", b.id, errno)
 		}
 	}
-	slices.SortFunc(idle, func(a, b cand) int { return cmpUint(a.used, b.used) })
-	n := len(idle)/2 + 1
-	if n > len(idle) {
-		n = len(idle)
-	}
-	for _, c := range idle[:n] {
-		f.dropBacking(c.id)
-	}
-}
-
-func (f *fileSystem) dropBacking(id uint64) {
-	b := f.backing[id]
-	if errno := f.server.UnregisterBackingFd(b.id); errno != 0 {
-		f.logger.Printf("releasing backing file %d: %v", b.id, errno)
-	}
 	b.file.Close()
-	delete(f.backing, id)
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (f *fileSystem) Read(cancel <-chan struct{}, input *fuse.ReadIn, buf []byte) (r fuse.ReadResult, st fuse.Status) {
@@ -695,7 +638,7 @@ func (f *fileSystem) Read(cancel <-chan struct{}, input *fuse.ReadIn, buf []byte
 	case h.backing != nil:
 		// Passthrough reads never get here; mmap or a kernel that
 		// bypassed passthrough might.
-		return fuse.ReadResultFd(h.backing.file.Fd(), int64(input.Offset), int(input.Size)), fuse.OK
+		return fuse.ReadResultFd(h.backing.v.file.Fd(), int64(input.Offset), int(input.Size)), fuse.OK
 	case h.inline:
 		n, err := h.gen.src.ReadAt(h.nid, buf[:min(len(buf), int(input.Size))], int64(input.Offset))
 		if err != nil && err != io.EOF {
@@ -716,7 +659,7 @@ func (f *fileSystem) Release(cancel <-chan struct{}, input *fuse.ReleaseIn) {
 		return
 	}
 	if h.backing != nil {
-		f.releaseBacking(h.backing)
+		f.backing.release(h.backing)
 	}
 	if h.file != nil {
 		h.file.Close()
@@ -762,8 +705,8 @@ func (f *fileSystem) readNoOpen(input *fuse.ReadIn, buf []byte) (fuse.ReadResult
 	if !st.Ok() {
 		return nil, st
 	}
-	defer f.releaseObject(o)
-	n, err := o.file.ReadAt(buf, int64(input.Offset))
+	defer f.objs.release(o)
+	n, err := o.v.ReadAt(buf, int64(input.Offset))
 	if err != nil && err != io.EOF {
 		f.logger.Printf("%s: inode %d: reading %s: %v", g.image, nid, in.Payload, err)
 		return nil, fuse.EIO
@@ -771,19 +714,12 @@ func (f *fileSystem) readNoOpen(input *fuse.ReadIn, buf []byte) (fuse.ReadResult
 	return fuse.ReadResultData(buf[:n]), fuse.OK
 }
 
-var objsClock atomic.Uint64
-
 // acquireObject returns the open, checked object of a node, opening it on
-// first use. The caller must release it.
-func (f *fileSystem) acquireObject(g *generation, in *Inode, id uint64) (*objFile, fuse.Status) {
-	f.objsM.Lock()
-	if o := f.objs[id]; o != nil {
-		o.refs++
-		o.used = objsClock.Add(1)
-		f.objsM.Unlock()
+// first use. The caller must release it (f.objs.release).
+func (f *fileSystem) acquireObject(g *generation, in *Inode, id uint64) (*refEntry[*os.File], fuse.Status) {
+	if o, ok := f.objs.get(id); ok {
 		return o, fuse.OK
 	}
-	f.objsM.Unlock()
 	file, err := f.openObject(g, in)
 	if err != nil {
 		f.logger.Printf("%v", err)
@@ -792,49 +728,7 @@ func (f *fileSystem) acquireObject(g *generation, in *Inode, id uint64) (*objFil
 		}
 		return nil, fuse.EIO
 	}
-	f.objsM.Lock()
-	defer f.objsM.Unlock()
-	if o := f.objs[id]; o != nil {
-		// Opened concurrently: keep the first.
-		file.Close()
-		o.refs++
-		return o, fuse.OK
-	}
-	if len(f.objs) >= maxObjFiles {
-		f.evictObjects()
-	}
-	o := &objFile{file: file, refs: 1, used: objsClock.Add(1)}
-	f.objs[id] = o
-	return o, fuse.OK
-}
-
-func (f *fileSystem) releaseObject(o *objFile) {
-	f.objsM.Lock()
-	o.refs--
-	f.objsM.Unlock()
-}
-
-// evictObjects closes the least recently used half of the idle objects.
-// Called with objsM held.
-func (f *fileSystem) evictObjects() {
-	type cand struct {
-		id   uint64
-		used uint64
-	}
-	var idle []cand
-	for id, o := range f.objs {
-		if o.refs == 0 {
-			idle = append(idle, cand{id, o.used})
-		}
-	}
-	if len(idle) == 0 {
-		return
-	}
-	slices.SortFunc(idle, func(a, b cand) int { return cmpUint(a.used, b.used) })
-	for _, c := range idle[:len(idle)/2+1] {
-		f.objs[c.id].file.Close()
-		delete(f.objs, c.id)
-	}
+	return f.objs.add(id, file), fuse.OK
 }
 
 func (f *fileSystem) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
@@ -856,21 +750,9 @@ func (f *fileSystem) maybeRelease(g *generation) {
 		}
 	}
 	f.tab.Store(nt)
-	f.objsM.Lock()
-	for id, o := range f.objs {
-		if id>>genShift == g.id && id != fuse.FUSE_ROOT_ID {
-			o.file.Close()
-			delete(f.objs, id)
-		}
-	}
-	f.objsM.Unlock()
-	f.backingM.Lock()
-	for id, b := range f.backing {
-		if id>>genShift == g.id && id != fuse.FUSE_ROOT_ID && b.refs == 0 {
-			f.dropBacking(id)
-		}
-	}
-	f.backingM.Unlock()
+	ofGen := func(id uint64) bool { return id>>genShift == g.id && id != fuse.FUSE_ROOT_ID }
+	f.objs.removeWhere(ofGen)
+	f.backing.removeWhere(ofGen)
 	g.close()
 }
 

@@ -472,19 +472,11 @@ func (f *fileSystem) closeAll() {
 		delete(f.handles, fh)
 	}
 	f.handlesM.Unlock()
-	f.objsM.Lock()
-	for id, o := range f.objs {
-		o.file.Close()
-		delete(f.objs, id)
-	}
-	f.objsM.Unlock()
+	all := func(uint64) bool { return true }
+	f.objs.removeWhere(all)
 	// The connection is gone, and with it the kernel's registrations.
-	f.backingM.Lock()
-	for id, b := range f.backing {
-		b.file.Close()
-		delete(f.backing, id)
-	}
-	f.backingM.Unlock()
+	f.connGone.Store(true)
+	f.backing.removeWhere(all)
 }
 
 func (g *generation) close() {
