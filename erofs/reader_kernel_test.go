@@ -26,53 +26,12 @@ import (
 // directory listings (no whiteout stubs), lstat fields, symlink targets,
 // xattrs, and file content (inline and from objects).
 
-func rdKernelMount(t *testing.T, fstype string, config [][2]string) string {
-	t.Helper()
-	fsfd, err := unix.Fsopen(fstype, unix.FSOPEN_CLOEXEC)
-	if err != nil {
-		t.Fatalf("fsopen %s: %v", fstype, err)
-	}
-	defer unix.Close(fsfd)
-	for _, kv := range config {
-		if kv[1] == "" {
-			err = unix.FsconfigSetFlag(fsfd, kv[0])
-		} else {
-			err = unix.FsconfigSetString(fsfd, kv[0], kv[1])
-		}
-		if err != nil {
-			t.Fatalf("fsconfig %s %s=%s: %v", fstype, kv[0], kv[1], err)
-		}
-	}
-	if err := unix.FsconfigCreate(fsfd); err != nil {
-		t.Fatalf("fsconfig create %s: %v", fstype, err)
-	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_RDONLY)
-	if err != nil {
-		t.Fatalf("fsmount %s: %v", fstype, err)
-	}
-	defer unix.Close(mfd)
-	dir := t.TempDir()
-	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		t.Fatalf("move_mount %s: %v", fstype, err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
+// rdMountOverlay mounts image as mossfs does (see mountImage) and returns
+// the overlay.
 func rdMountOverlay(t *testing.T, image []byte, objects string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "image.cfs")
-	if err := os.WriteFile(p, image, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	lower := rdKernelMount(t, "erofs", [][2]string{{"source", p}})
-	return rdKernelMount(t, "overlay", [][2]string{
-		{"lowerdir+", lower}, {"datadir+", objects}, {"metacopy", "on"}, {"redirect_dir", "on"},
-	})
+	_, overlay := mountImage(t, image, objects)
+	return overlay
 }
 
 func rdKernelXattrs(t *testing.T, p string) map[string]string {
