@@ -181,6 +181,26 @@ func (f *fileSystem) node(id uint64) (*generation, uint64, fuse.Status) {
 	return g, low - 2, fuse.OK
 }
 
+// inodeOf resolves a node ID to its generation, nid and inode.
+func (f *fileSystem) inodeOf(id uint64) (*generation, uint64, *Inode, fuse.Status) {
+	g, nid, st := f.node(id)
+	if !st.Ok() {
+		return nil, 0, nil, st
+	}
+	in, st := g.inode(f, nid)
+	return g, nid, in, st
+}
+
+// dirOf resolves a directory's node ID to its generation, nid and entries.
+func (f *fileSystem) dirOf(id uint64) (*generation, uint64, []Dirent, fuse.Status) {
+	g, nid, st := f.node(id)
+	if !st.Ok() {
+		return nil, 0, nil, st
+	}
+	ents, st := g.readDir(f, nid)
+	return g, nid, ents, st
+}
+
 func nodeID(g *generation, nid uint64) uint64 { return g.id<<genShift | (nid + 2) }
 
 // inode loads an inode, logging what is wrong with the image.
@@ -271,11 +291,7 @@ func findDirent(ents []Dirent, name string) (Dirent, bool) {
 
 func (f *fileSystem) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) (st fuse.Status) {
 	defer f.guard(&st)
-	g, nid, st := f.node(h.NodeId)
-	if !st.Ok() {
-		return st
-	}
-	ents, st := g.readDir(f, nid)
+	g, _, ents, st := f.dirOf(h.NodeId)
 	if !st.Ok() {
 		return st
 	}
@@ -322,11 +338,7 @@ func (f *fileSystem) Forget(id, nlookup uint64) {
 
 func (f *fileSystem) GetAttr(cancel <-chan struct{}, input *fuse.GetAttrIn, out *fuse.AttrOut) (st fuse.Status) {
 	defer f.guard(&st)
-	g, nid, st := f.node(input.NodeId)
-	if !st.Ok() {
-		return st
-	}
-	in, st := g.inode(f, nid)
+	_, _, in, st := f.inodeOf(input.NodeId)
 	if !st.Ok() {
 		return st
 	}
@@ -337,11 +349,7 @@ func (f *fileSystem) GetAttr(cancel <-chan struct{}, input *fuse.GetAttrIn, out 
 
 func (f *fileSystem) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (b []byte, st fuse.Status) {
 	defer f.guard(&st)
-	g, nid, st := f.node(h.NodeId)
-	if !st.Ok() {
-		return nil, st
-	}
-	in, st := g.inode(f, nid)
+	_, _, in, st := f.inodeOf(h.NodeId)
 	if !st.Ok() {
 		return nil, st
 	}
@@ -352,11 +360,7 @@ func (f *fileSystem) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (b []byt
 }
 
 func (f *fileSystem) xattrs(h *fuse.InHeader) ([]tree.Xattr, fuse.Status) {
-	g, nid, st := f.node(h.NodeId)
-	if !st.Ok() {
-		return nil, st
-	}
-	in, st := g.inode(f, nid)
+	_, _, in, st := f.inodeOf(h.NodeId)
 	if !st.Ok() {
 		return nil, st
 	}
@@ -444,11 +448,7 @@ func (f *fileSystem) ReadDirPlus(cancel <-chan struct{}, input *fuse.ReadIn, out
 // entry's Off is the offset of the one after it.
 func (f *fileSystem) readDir(input *fuse.ReadIn, out *fuse.DirEntryList, plus bool) (st fuse.Status) {
 	defer f.guard(&st)
-	g, nid, st := f.node(input.NodeId)
-	if !st.Ok() {
-		return st
-	}
-	ents, st := g.readDir(f, nid)
+	g, nid, ents, st := f.dirOf(input.NodeId)
 	if !st.Ok() {
 		return st
 	}
@@ -496,11 +496,7 @@ func (f *fileSystem) Open(cancel <-chan struct{}, input *fuse.OpenIn, out *fuse.
 	if input.Flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return fuse.Status(syscall.EROFS)
 	}
-	g, nid, st := f.node(input.NodeId)
-	if !st.Ok() {
-		return st
-	}
-	in, st := g.inode(f, nid)
+	g, nid, in, st := f.inodeOf(input.NodeId)
 	if !st.Ok() {
 		return st
 	}
@@ -677,11 +673,7 @@ func (f *fileSystem) Flush(cancel <-chan struct{}, input *fuse.FlushIn) fuse.Sta
 
 // readNoOpen serves a read that comes without a handle (see noOpen).
 func (f *fileSystem) readNoOpen(input *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
-	g, nid, st := f.node(input.NodeId)
-	if !st.Ok() {
-		return nil, st
-	}
-	in, st := g.inode(f, nid)
+	g, nid, in, st := f.inodeOf(input.NodeId)
 	if !st.Ok() {
 		return nil, st
 	}
