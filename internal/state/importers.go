@@ -144,13 +144,12 @@ func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, 
 			}
 			return nil
 		})
-		placed, err := PlaceAt(root, prefix)
+		fr, err := placedFragment(KindDump, file, prefix, root)
 		if err != nil {
 			return err
 		}
-		in := Input{Kind: KindDump, Name: absPath(file), Prefix: prefix, Source: absPath(file)}
-		keys[in.Key()] = true
-		frags = append(frags, Fragment{Input: in, Root: placed})
+		keys[fr.Input.Key()] = true
+		frags = append(frags, fr)
 	}
 	for _, arg := range add.Trees {
 		dir, prefix := ParseTreeArg(arg)
@@ -158,13 +157,12 @@ func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, 
 		if err != nil {
 			return err
 		}
-		placed, err := PlaceAt(root, prefix)
+		fr, err := placedFragment(KindTree, dir, prefix, root)
 		if err != nil {
 			return err
 		}
-		in := Input{Kind: KindTree, Name: absPath(dir), Prefix: prefix, Source: absPath(dir)}
-		keys[in.Key()] = true
-		frags = append(frags, Fragment{Input: in, Root: placed})
+		keys[fr.Input.Key()] = true
+		frags = append(frags, fr)
 	}
 	for _, file := range stoneFiles {
 		f, err := os.Open(file)
@@ -272,12 +270,18 @@ func (im *Importer) Tree(ctx context.Context, dir, prefix string) (Fragment, err
 	if err != nil {
 		return Fragment{}, err
 	}
+	return placedFragment(KindTree, dir, prefix, root)
+}
+
+// placedFragment is the fragment of a tree or dump input read from src
+// (a directory or dump file), its tree placed at prefix.
+func placedFragment(kind, src, prefix string, root *tree.Node) (Fragment, error) {
 	prefix = path.Clean("/" + prefix)
 	placed, err := PlaceAt(root, prefix)
 	if err != nil {
 		return Fragment{}, err
 	}
-	return Fragment{Input: Input{Kind: KindTree, Name: absPath(dir), Prefix: prefix, Source: absPath(dir)}, Root: placed}, nil
+	return Fragment{Input: Input{Kind: kind, Name: absPath(src), Prefix: prefix, Source: absPath(src)}, Root: placed}, nil
 }
 
 func absPath(p string) string {
@@ -343,12 +347,7 @@ func (im *Importer) Dump(ctx context.Context, file, prefix, objects string) (Fra
 	if err != nil {
 		return Fragment{}, err
 	}
-	prefix = path.Clean("/" + prefix)
-	placed, err := PlaceAt(root, prefix)
-	if err != nil {
-		return Fragment{}, err
-	}
-	return Fragment{Input: Input{Kind: KindDump, Name: absPath(file), Prefix: prefix, Source: absPath(file)}, Root: placed}, nil
+	return placedFragment(KindDump, file, prefix, root)
 }
 
 // readDumpFile parses a composefs dump file, gunzipping it if it starts
