@@ -21,11 +21,21 @@ import (
 // Unless foreground, it returns once the mount is ready and the server keeps
 // running in the background until unmount.
 func mountFUSE(imagePath, objectsDir, target string, foreground bool) error {
-	opts := fuseServeOpts{image: imagePath, objects: objectsDir, target: target}
+	opts := fuseServeOpts{image: imagePath, objects: objectsDir, target: target, passthrough: fusePassthrough}
 	if foreground {
 		return opts.run(nil)
 	}
 	return opts.startDaemon()
+}
+
+// fusePassthrough is the --fuse-passthrough flag of mount, switch and
+// rollback: FUSE mounts they start use passthrough reads (see
+// internal/fusefs for when that pays).
+var fusePassthrough bool
+
+func addFUSEPassthroughFlag(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&fusePassthrough, "fuse-passthrough", false,
+		"with the FUSE driver, read file content through FUSE passthrough where the kernel allows it (root, Linux ≥ 6.9) instead of page-cached daemon reads")
 }
 
 // switchFUSE replaces the transaction served by the FUSE mount at target.
@@ -35,7 +45,7 @@ func mountFUSE(imagePath, objectsDir, target string, foreground bool) error {
 // the running daemon swaps its tree in place (fusefs.RequestSwitch).
 func switchFUSE(imagePath, objectsDir, target string) error {
 	if os.Geteuid() == 0 {
-		opts := fuseServeOpts{image: imagePath, objects: objectsDir, target: target, beneath: true}
+		opts := fuseServeOpts{image: imagePath, objects: objectsDir, target: target, beneath: true, passthrough: fusePassthrough}
 		err := opts.startDaemon()
 		if err == nil {
 			return nil

@@ -73,6 +73,7 @@ func init() {
 	fl.StringVar(&mountFlags.verity, "verity", "auto", "object fs-verity checks: require, on, off or auto (require when the objects have fs-verity)")
 	fl.StringVar(&mountFlags.objects, "objects", "", "object directory for an image file (default <root>/cas/objects)")
 	fl.BoolVar(&mountFlags.foreground, "foreground", false, "serve with the FUSE driver in the foreground until unmounted")
+	addFUSEPassthroughFlag(mountCmd)
 	rootCmd.AddCommand(mountCmd)
 }
 

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mossfs/mossfs/internal/fusefs"
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/mounttuck"
@@ -40,9 +41,16 @@ func TestMountCommandFUSEDriver(t *testing.T) {
 		t.Fatalf("status: %+v", rep)
 	}
 
-	// Switch the FUSE mount to another transaction, then to the overlay.
-	mustRun(t, "switch", "--root", s.root, "--target", target, "--driver", "fuse", "2")
+	// Page-cached daemon reads by default; --fuse-passthrough asks for
+	// passthrough (which the kernel here allows: root, Linux ≥ 6.9).
+	if st, err := fusefs.Query(target); err != nil || st.Passthrough {
+		t.Fatalf("default FUSE mount: %+v %v, want no passthrough", st, err)
+	}
+	mustRun(t, "switch", "--root", s.root, "--target", target, "--driver", "fuse", "--fuse-passthrough", "2")
 	overlaytest.Compare(t, target, s.txs[2])
+	if st, err := fusefs.Query(target); err != nil || !st.Passthrough {
+		t.Errorf("FUSE mount with --fuse-passthrough: %+v %v, want passthrough", st, err)
+	}
 	if n := mountCount(t, target); n != 1 {
 		t.Fatalf("%d mounts at target after a FUSE switch", n)
 	}

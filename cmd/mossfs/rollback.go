@@ -36,6 +36,7 @@ func init() {
 	fl.StringVar(&rollbackFlags.driver, "driver", "auto", "auto, overlay or fuse")
 	fl.StringVar(&rollbackFlags.verity, "verity", "auto", "require, on, off or auto")
 	fl.StringSliceVar(&rollbackFlags.blsDirs, "bls-dir", nil, "BLS entries directory whose default entry becomes the transaction (default: the standard ones under / that hold mossfs entries)")
+	addFUSEPassthroughFlag(rollbackCmd)
 	rootCmd.AddCommand(rollbackCmd)
 }
 

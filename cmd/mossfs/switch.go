@@ -49,6 +49,7 @@ func init() {
 	fl.StringVar(&switchFlags.driver, "driver", "auto", "auto, overlay or fuse")
 	fl.StringVar(&switchFlags.verity, "verity", "auto", "require, on, off or auto")
 	fl.StringSliceVar(&switchFlags.blsDirs, "bls-dir", nil, "BLS entries directory whose default entry becomes TX (default: the standard ones under / that hold mossfs entries)")
+	addFUSEPassthroughFlag(switchCmd)
 	rootCmd.AddCommand(switchCmd)
 }
 
