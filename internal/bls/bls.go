@@ -9,6 +9,7 @@ package bls
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -241,7 +242,7 @@ func Sync(dir string, txs []Transaction, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("bls: %w", err)
 	}
 	sorted := slices.Clone(txs)
-	slices.SortFunc(sorted, func(a, b Transaction) int { return -cmpU(a.ID, b.ID) })
+	slices.SortFunc(sorted, func(a, b Transaction) int { return -cmp.Compare(a.ID, b.ID) })
 	if len(sorted) > keep {
 		sorted = sorted[:keep]
 	}
@@ -299,16 +300,6 @@ func Sync(dir string, txs []Transaction, cfg Config) (*Result, error) {
 		}
 	}
 	return res, syncDir(dir)
-}
-
-func cmpU(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Default returns the "default" value of the loader.conf beside dir ("" if none).

@@ -1,6 +1,7 @@
 package fusefs
 
 import (
+	"cmp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -106,19 +107,9 @@ func (c *refCache[T]) evict() {
 			idle = append(idle, cand{id, e.used})
 		}
 	}
-	slices.SortFunc(idle, func(a, b cand) int { return cmpUint(a.used, b.used) })
+	slices.SortFunc(idle, func(a, b cand) int { return cmp.Compare(a.used, b.used) })
 	for _, k := range idle[:(len(idle)+1)/2] {
 		c.drop(c.m[k.id].v)
 		delete(c.m, k.id)
 	}
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
