@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // WriteDump prints the tree in the composefs-dump(5) format exactly as

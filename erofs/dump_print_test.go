@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // TestDumpGolden prints every golden image and compares with its source

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // The io/fs view of an Image: what an overlayfs mount of the image (with the

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // This file computes where everything of an image goes, as a pure function

@@ -3,7 +3,7 @@ package erofs
 import (
 	"testing"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // layoutOf computes the layout of a positive asset.

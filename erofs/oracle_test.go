@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	goerofs "github.com/erofs/go-erofs"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // rdCompareGoErofs walks the image's raw EROFS structure (stubs included,

@@ -11,7 +11,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // Reader of composefs EROFS images.

@@ -13,7 +13,7 @@ import (
 
 	goerofs "github.com/erofs/go-erofs"
 	"github.com/mossfs/mossfs/internal/gentree"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // rdGenImage builds the image of a generated tree and writes it to a file

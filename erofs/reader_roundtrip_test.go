@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // rdVersionOpts returns the write options an image was made with: its own

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // rdGoldens returns the golden composefs images (made by mkcomposefs

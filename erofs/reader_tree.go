@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // Tree reads the whole image and returns the source tree it was built from

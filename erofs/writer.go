@@ -7,7 +7,7 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // BuildImage returns the composefs EROFS image of the tree rooted at root,

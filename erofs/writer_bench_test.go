@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/mossfs/mossfs/internal/gentree"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 	"golang.org/x/sys/unix"
 )
 

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // fsckImage runs erofs-utils' fsck.erofs on an image (an independent

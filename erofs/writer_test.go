@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 func assetWriteOptions(a composefsAsset) WriteOptions {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 func runMC(t *testing.T, args ...string) (string, string, error) {

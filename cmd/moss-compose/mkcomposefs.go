@@ -16,7 +16,7 @@ import (
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/dirimport"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 	"github.com/spf13/cobra"
 )
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/state"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 	"github.com/spf13/cobra"
 )
 

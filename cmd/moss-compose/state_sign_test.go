@@ -14,7 +14,7 @@ import (
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/sign"
 	"github.com/mossfs/mossfs/internal/state"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )

@@ -18,7 +18,7 @@ import (
 	"github.com/mossfs/mossfs/internal/sign"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 )

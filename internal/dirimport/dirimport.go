@@ -37,7 +37,7 @@ import (
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/fsverity"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // ObjectSink stores file contents by fs-verity digest.

@@ -16,7 +16,7 @@ import (
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/fsverity"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // memSink is an ObjectSink keeping objects in memory, checking digests.

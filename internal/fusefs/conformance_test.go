@@ -18,7 +18,7 @@ import (
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 	"github.com/mossfs/mossfs/overlay"
 	"github.com/mossfs/mossfs/overlay/overlaytest"
 	"golang.org/x/sys/unix"

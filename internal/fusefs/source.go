@@ -5,7 +5,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // Source is the metadata of one transaction, addressed by node number (the

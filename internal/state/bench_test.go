@@ -12,7 +12,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/state"
-	mtree "github.com/mossfs/mossfs/internal/tree"
+	mtree "github.com/mossfs/mossfs/tree"
 )
 
 // The benchmarks measure mossfs against what moss does today, on the same

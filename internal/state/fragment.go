@@ -14,7 +14,7 @@ import (
 	"sync"
 
 	"github.com/mossfs/mossfs/erofs"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // EncodeFragment serialises a fragment tree as a composefs dump.

@@ -16,7 +16,7 @@ import (
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/erofs"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // GCOptions control a garbage collection.

@@ -17,7 +17,7 @@ import (
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/internal/dirimport"
 	"github.com/mossfs/mossfs/internal/stone"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // Importer puts inputs' contents into the state's store and returns them

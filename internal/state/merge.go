@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // StateIDName is the file at the image root holding the transaction id.

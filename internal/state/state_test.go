@@ -18,7 +18,7 @@ import (
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // file is a hand-written entry of a test fragment.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/fsverity"
-	"github.com/mossfs/mossfs/internal/tree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // KnownContent remembers which XXH3-128 content digests the store already
