@@ -18,9 +18,9 @@ import (
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/tree"
 	"github.com/mossfs/mossfs/overlay"
 	"github.com/mossfs/mossfs/overlay/overlaytest"
+	"github.com/mossfs/mossfs/tree"
 	"golang.org/x/sys/unix"
 )
 

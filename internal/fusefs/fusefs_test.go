@@ -14,8 +14,8 @@ import (
 
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/tree"
 	"github.com/mossfs/mossfs/overlay/overlaytest"
+	"github.com/mossfs/mossfs/tree"
 	"golang.org/x/sys/unix"
 )
 

@@ -12,8 +12,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/tree"
 	"github.com/mossfs/mossfs/overlay/overlaytest"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // syncBuffer collects log output from concurrent handlers.
