@@ -32,8 +32,11 @@ fuzz:
 	FUZZTIME=60s FUZZMINIMIZETIME=60s bash scripts/fuzz.sh
 
 # Full-size benchmarks (65k-entry trees); figures go into closing notes.
+# The binaries as users run them first (one ROW line per row of issue 13,
+# each with its baseline from the same run), then the in-process ones.
 bench: deps build
-	MOSSFS_BENCH_FULL=1 $(GO) test -count=1 -timeout 120m -run '^$$' -bench=. -benchmem ./...
+	MOSSFS_BENCH_FULL=1 $(GO) test -count=1 -timeout 120m -run '^$$' -bench=. ./internal/procbench
+	MOSSFS_BENCH_FULL=1 $(GO) test -count=1 -timeout 120m -run '^$$' -bench=. -benchmem $$($(GO) list ./... | grep -v /internal/procbench$$)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
