@@ -6,13 +6,53 @@ GOFLAGS_STATIC := -trimpath -ldflags='-s -w'
 FUZZTIME ?= 3s
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all build deps test unit fuzz fuzz-short bench lint demo kvmtest clean
+.PHONY: all build docs install deps test unit fuzz fuzz-short bench lint demo kvmtest clean
+
+# Installation layout (Debian and AerynOS): PREFIX=/usr, DESTDIR for staging.
+PREFIX     ?= /usr
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share
+MANDIR     ?= $(DATADIR)/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+PRESETDIR  ?= $(PREFIX)/lib/systemd/system-preset
+DRACUTDIR  ?= $(PREFIX)/lib/dracut/modules.d
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+# Debian's zsh reads vendor-completions; AerynOS's (like upstream's) site-functions.
+ZSHCOMPDIR ?= $(if $(wildcard /etc/debian_version),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
+DOCS       := $(BIN)/docs
+PROGRAMS   := mossfs moss-compose
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_STATIC) -o $(BIN)/ ./cmd/...
 	ln -sf moss-compose $(BIN)/mkcomposefs
+
+# Man pages and shell completions, generated from the cobra commands by a
+# build with the gendocs tag (the installed binaries do not carry the generator).
+# -tags on the command line replaces GOFLAGS's: keep those tags too.
+comma := ,
+DOCTAGS = $(subst $(eval) ,$(comma),$(strip $(subst -tags=,,$(filter -tags=%,$(GOFLAGS))) gendocs))
+docs:
+	rm -rf $(DOCS)
+	$(foreach p,$(PROGRAMS),$(GO) run -tags $(DOCTAGS) ./cmd/$(p) gen-docs $(DOCS) &&) true
+
+install: build docs
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PRESETDIR) \
+		$(DESTDIR)$(DRACUTDIR)/90mossfs $(DESTDIR)$(MANDIR)/man1 \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	install -m 0755 $(addprefix $(BIN)/,$(PROGRAMS)) $(DESTDIR)$(BINDIR)/
+	ln -sf moss-compose $(DESTDIR)$(BINDIR)/mkcomposefs
+	install -m 0644 dist/systemd/mossfs-triggers.service $(DESTDIR)$(UNITDIR)/
+	install -m 0644 dist/systemd/80-mossfs.preset $(DESTDIR)$(PRESETDIR)/
+	install -m 0755 dist/dracut/90mossfs/module-setup.sh $(DESTDIR)$(DRACUTDIR)/90mossfs/
+	install -m 0644 dist/dracut/90mossfs/mossfs-boot.service $(DESTDIR)$(DRACUTDIR)/90mossfs/
+	install -m 0644 $(DOCS)/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(DOCS)/completions/bash/* $(DESTDIR)$(BASHCOMPDIR)/
+	install -m 0644 $(DOCS)/completions/zsh/* $(DESTDIR)$(ZSHCOMPDIR)/
+	install -m 0644 $(DOCS)/completions/fish/* $(DESTDIR)$(FISHCOMPDIR)/
 
 # Install what the tests and the demo need (idempotent).
 deps:
