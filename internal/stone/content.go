@@ -123,6 +123,9 @@ func (c *contentReader) Close() error {
 // content. fn may leave the reader unread: the bytes are skipped. Ranges
 // that overlap are an error.
 func (p *Package) WalkContent(ctx context.Context, fn func(e IndexEntry, r io.Reader) error) error {
+	if err := p.Unreadable(); err != nil {
+		return err
+	}
 	entries := make([]IndexEntry, 0, len(p.Index))
 	for _, e := range p.Index {
 		if e.End > e.Start {

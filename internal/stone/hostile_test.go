@@ -311,7 +311,7 @@ func TestCorruptedStones(t *testing.T) {
 		{"absurd content plain size", setU64(3, 8, 1<<50), "decompresses to 872279 bytes, header says"},
 		{"content plain size short", setU64(3, 8, 1000), "beyond the 1000 bytes"},
 		{"checksum", setU64(2, 16, 12345), "Index payload checksum mismatch"},
-		{"unknown compression", mutate(func(d []byte) []byte { hdr, _ := payloadSpan(d, 1); d[hdr+31] = 7; return d }), "Layout payload: unknown compression 7"},
+		{"unknown compression", mutate(func(d []byte) []byte { hdr, _ := payloadSpan(d, 1); d[hdr+31] = 7; return d }), "Layout payload with unknown compression 7 was skipped"},
 		{"unknown payload kind (skipped)", mutate(func(d []byte) []byte { hdr, _ := payloadSpan(d, 1); d[hdr+30] = 9; return d }), "an Index payload but no Layout"},
 	}
 	for p := range 4 {
@@ -399,6 +399,116 @@ func FuzzRead(f *testing.F) {
 		for _, meta := range p.Metas {
 			_ = meta.ID()
 			_ = meta.Validate()
+		}
+	})
+}
+
+// TestLaterFormat: payloads of a kind or compression this reader does not
+// know are skipped by their stored size, and Meta records of unknown kinds
+// are kept raw, as moss does (stone-format.md, sections 2 and 3): a later
+// format adding them must not break today's readers.
+func TestLaterFormat(t *testing.T) {
+	m, l, i, c := synthetic()
+	want := func(t *testing.T, data []byte) *Package {
+		t.Helper()
+		sink := newSink(t)
+		p, root, err := Import(context.Background(), writeTemp(t, data), sink, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkTree(t, p, root, sink.Store)
+		if root.Lookup("lib/a").Target != "../bin/a" || root.Lookup("share/b").Size != 23 || root.Lookup("bin/a").Size != 14 {
+			t.Error("tree differs from the synthetic package's")
+		}
+		return p
+	}
+	skipped := func(t *testing.T, p *Package, n int) {
+		t.Helper()
+		got := 0
+		for _, h := range p.Payloads {
+			if h.Skipped() {
+				got++
+			}
+		}
+		if got != n {
+			t.Errorf("%d payloads skipped, want %d", got, n)
+		}
+	}
+	t.Run("unknown payload kind", func(t *testing.T) {
+		// One compressed, one stored whose plain size disagrees (never
+		// looked at), one empty, one last after Content.
+		garbage := []byte("a payload of a kind from a later format \x00\xff")
+		k1 := testPayload{kind: 42, compression: CompressionZstd, records: 7, plain: garbage}
+		k2 := testPayload{kind: 200, compression: CompressionNone, records: 1, plain: []byte("xy"), stored: garbage}
+		k3 := testPayload{kind: 6, compression: CompressionNone}
+		k4 := testPayload{kind: 255, compression: 77, records: 3, plain: garbage}
+		p := want(t, buildStone(t, FileBinary, m, k1, l, k2, i, k3, c, k4))
+		skipped(t, p, 4)
+		if len(p.Payloads) != 8 {
+			t.Errorf("%d payloads, want 8", len(p.Payloads))
+		}
+	})
+	t.Run("unknown compression", func(t *testing.T) {
+		// A second Meta and an Attributes payload in a compression from a
+		// later format: skipped, and the package imports.
+		m2 := metaPayload(str(TagName, "other"))
+		m2.compression = 9
+		a := testPayload{kind: KindAttributes, compression: 200, records: 1, plain: []byte("not even records")}
+		p := want(t, buildStone(t, FileBinary, m, l, m2, a, i, c))
+		skipped(t, p, 2)
+		if len(p.Metas) != 1 || p.Meta.Name != "t" {
+			t.Errorf("metas %+v: the skipped Meta was read", p.Metas)
+		}
+	})
+	t.Run("files in an unknown compression", func(t *testing.T) {
+		// The package's Meta is still readable, but its files are not: an
+		// import would be an empty tree, so it is refused by name.
+		for _, which := range []string{"Layout", "Index", "Content"} {
+			ml, mi, mc := l, i, c
+			switch which {
+			case "Layout":
+				ml.compression = 9
+			case "Index":
+				mi.compression = 9
+			case "Content":
+				mc.compression = 9
+			}
+			data := buildStone(t, FileBinary, m, ml, mi, mc)
+			p, err := Open(bytes.NewReader(data), int64(len(data)), "x.stone")
+			if err != nil {
+				t.Fatalf("%s: Open: %v", which, err)
+			}
+			if p.Meta == nil || p.Meta.Name != "t" {
+				t.Errorf("%s: meta not read", which)
+			}
+			err = importErr(t, data)
+			if err == nil || !strings.Contains(err.Error(), which+" payload with unknown compression 9 was skipped") {
+				t.Errorf("%s: import error %v", which, err)
+			}
+		}
+	})
+	t.Run("unknown meta kind", func(t *testing.T) {
+		raw := []byte{1, 2, 3, 4, 5}
+		mk := metaPayload(str(TagName, "t"), str(TagVersion, "1"), u64(TagRelease, 1), u64(TagBuildRelease, 1), str(TagArchitecture, "x86_64"),
+			metaRec{TagSummary, 200, raw}, metaRec{99, 12, raw}, metaRec{TagDepends, 0, nil}, str(TagHomepage, "h"))
+		p := want(t, buildStone(t, FileBinary, mk, l, i, c))
+		if p.Meta.Summary != "" || len(p.Meta.Depends) != 0 || p.Meta.Homepage != "h" {
+			t.Errorf("meta %+v", p.Meta)
+		}
+		if len(p.Meta.Records) != 9 {
+			t.Fatalf("%d records, want 9", len(p.Meta.Records))
+		}
+		r := p.Meta.Records[5]
+		if r.Tag != TagSummary || r.Kind != 200 || !bytes.Equal(r.Raw, raw) || !bytes.Equal(r.Value().([]byte), raw) {
+			t.Errorf("unknown-kind record %+v", r)
+		}
+		if p.Meta.Records[6].Tag.String() != "Unknown(99)" || p.Meta.Records[6].Kind.String() != "Unknown(12)" {
+			t.Errorf("record 6 %+v", p.Meta.Records[6])
+		}
+		// A required field in an unknown kind is missing, not mistyped.
+		mn := metaPayload(metaRec{TagName, 200, []byte("t")}, str(TagVersion, "1"), str(TagArchitecture, "x"))
+		if err := importErr(t, buildStone(t, FileBinary, mn, l, i, c)); err == nil || !strings.Contains(err.Error(), "missing Name") {
+			t.Errorf("name of an unknown kind: %v", err)
 		}
 	})
 }

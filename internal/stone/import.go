@@ -63,6 +63,9 @@ func Import(ctx context.Context, path string, sink cas.ObjectSink, known KnownCo
 	if err := p.Meta.Validate(); err != nil {
 		return nil, nil, p.errorf(-1, "meta: %v", err)
 	}
+	if err := p.Unreadable(); err != nil {
+		return nil, nil, err
+	}
 	digests, err := p.storeContents(ctx, sink, known)
 	if err != nil {
 		return nil, nil, err
@@ -241,6 +244,9 @@ func (p *Package) putContents(ctx context.Context, sink cas.ObjectSink, used map
 // first entry wins, except that a directory entry gives its metadata to a
 // directory made implicitly for an earlier entry.
 func (p *Package) Tree(digests map[XXH128][32]byte) (*tree.Node, error) {
+	if err := p.Unreadable(); err != nil {
+		return nil, err
+	}
 	sizes := make(map[XXH128]uint64, len(p.Index))
 	for _, e := range p.Index {
 		sizes[e.Digest] = e.Size() // checkIndex made sizes agree per digest

@@ -274,8 +274,9 @@ func (p *Package) parseMeta(h *PayloadHeader, b []byte) (*Meta, error) {
 	return m, nil
 }
 
-// set stores a record in its typed field. Records of unknown tags are kept
-// only in Records; a known tag with a value of the wrong type is an error.
+// set stores a record in its typed field. Records of unknown tags or of
+// unknown kinds are kept only in Records; a known tag with a value of
+// another known type is an error.
 func (m *Meta) set(r *MetaRecord) error {
 	str := func(dst *string) error {
 		if r.Kind != MetaString {
@@ -302,6 +303,11 @@ func (m *Meta) set(r *MetaRecord) error {
 			return fmt.Errorf("%s value where a Dependency or Provider is expected", r.Kind)
 		}
 		*dst = append(*dst, r.Dep)
+		return nil
+	}
+	if r.Kind == 0 || r.Kind > MetaProvider {
+		// A kind a later format added: kept in Records, as moss keeps it,
+		// rather than refusing the package. The typed field stays unset.
 		return nil
 	}
 	switch r.Tag {

@@ -1,7 +1,10 @@
 // Package stone reads moss .stone packages (format version 1): the prelude,
 // the payload headers, and the Meta, Layout, Index and Attributes payloads,
 // each checked against its XXH3-64 checksum; the Content payload is streamed
-// (WalkContent) rather than loaded. Import splices the files of a binary
+// (WalkContent) rather than loaded. Payloads of a kind or compression a
+// later format may add are skipped by their stored size and Meta records of
+// unknown kinds kept raw, as moss does; only a package whose Layout, Index
+// or Content is in an unknown compression cannot be imported. Import splices the files of a binary
 // package into a content-addressed store and builds its /usr tree.
 //
 // Every size and count in a stone is untrusted: payload bodies must fit in
@@ -116,6 +119,8 @@ const (
 	CompressionZstd Compression = 2
 )
 
+func (c Compression) known() bool { return c == CompressionNone || c == CompressionZstd }
+
 func (c Compression) String() string {
 	switch c {
 	case CompressionNone:
@@ -158,8 +163,9 @@ type Package struct {
 	Index      []IndexEntry
 	Attributes []Attribute
 
-	r       io.ReaderAt
-	content *PayloadHeader // the Content payload, nil if none
+	r          io.ReaderAt
+	content    *PayloadHeader  // the Content payload, nil if none
+	unreadable []PayloadHeader // Layout, Index or Content skipped for an unknown compression
 }
 
 // ID is the package id moss uses: {name}-{version}-{release}.{arch}, or ""
@@ -240,9 +246,6 @@ func Open(r io.ReaderAt, size int64, name string) (*Package, error) {
 		if h.StoredSize > uint64(size-off-headerSize) {
 			return nil, p.errorf(off, "truncated: %s payload claims %d stored bytes, %d remain in the file", h.Kind, h.StoredSize, size-off-headerSize)
 		}
-		if h.Compression == CompressionNone && h.StoredSize != h.PlainSize {
-			return nil, p.errorf(off, "uncompressed %s payload: stored size %d != plain size %d", h.Kind, h.StoredSize, h.PlainSize)
-		}
 		p.Payloads = append(p.Payloads, h)
 		if err := p.readPayload(&p.Payloads[len(p.Payloads)-1]); err != nil {
 			return nil, err
@@ -254,9 +257,14 @@ func Open(r io.ReaderAt, size int64, name string) (*Package, error) {
 	}
 	// The content pointer must address the slice's final backing array.
 	for i := range p.Payloads {
-		if p.Payloads[i].Kind == KindContent && p.Payloads[i].known() {
+		if p.Payloads[i].Kind == KindContent && !p.Payloads[i].Skipped() {
 			p.content = &p.Payloads[i]
 		}
+	}
+	if len(p.unreadable) > 0 {
+		// The files cannot be cross-checked without them; Import and the
+		// content walk refuse such a package (Unreadable).
+		return p, nil
 	}
 	if err := p.checkIndex(); err != nil {
 		return nil, err
@@ -264,14 +272,37 @@ func Open(r io.ReaderAt, size int64, name string) (*Package, error) {
 	return p, nil
 }
 
+// Skipped says whether the reader skipped the payload by its stored size,
+// as moss does, because its kind or its compression is unknown: a later
+// format may add both, and today's readers must still read the rest.
+func (h *PayloadHeader) Skipped() bool { return !h.known() || !h.Compression.known() }
+
+// Unreadable returns an error naming the payloads of a known kind that were
+// skipped for an unknown compression (nil if there are none). Without them
+// the package's files are unknown: its Meta can be read, but importing it
+// would build a tree that silently lacks files.
+func (p *Package) Unreadable() error {
+	if len(p.unreadable) == 0 {
+		return nil
+	}
+	h := p.unreadable[0]
+	return p.errorf(h.Offset, "%s payload with unknown compression %d was skipped: the package's files cannot be read by this version", h.Kind, uint8(h.Compression))
+}
+
 func (p *Package) readPayload(h *PayloadHeader) error {
 	if !h.known() {
 		return nil // unknown kind: skipped, as moss does
 	}
-	if h.Compression != CompressionNone && h.Compression != CompressionZstd {
-		// moss skips these too, but a package whose layout silently
-		// vanished would import as an empty tree.
-		return p.errorf(h.Offset, "%s payload: unknown compression %d", h.Kind, uint8(h.Compression))
+	if !h.Compression.known() {
+		// Skipped too, as moss does; but a package whose layout silently
+		// vanished would import as an empty tree, so Import refuses it.
+		if h.Kind != KindMeta && h.Kind != KindAttributes {
+			p.unreadable = append(p.unreadable, *h)
+		}
+		return nil
+	}
+	if h.Compression == CompressionNone && h.StoredSize != h.PlainSize {
+		return p.errorf(h.Offset, "uncompressed %s payload: stored size %d != plain size %d", h.Kind, h.StoredSize, h.PlainSize)
 	}
 	switch h.Kind {
 	case KindContent:
