@@ -570,7 +570,15 @@ func (p *dumpParser) parseXattrs(n *tree.Node, path, rest string) error {
 		} else {
 			field, rest = rest, ""
 		}
-		rawKey, rawValue, _ := strings.Cut(field, "=")
+		if field == "" {
+			return p.errorf("%s: empty xattr field (two spaces in a row)", path)
+		}
+		// mkcomposefs refuses "Missing = in xattr"; an xattr with an empty
+		// value is written "user.x=".
+		rawKey, rawValue, ok := strings.Cut(field, "=")
+		if !ok {
+			return p.errorf("%s: xattr %q has no '=': missing = in xattr (KEY=VALUE; an empty value is KEY=)", path, field)
+		}
 		key, err := unescape(rawKey)
 		if err != nil {
 			return p.errorf("%s: xattr name: %v", path, err)

@@ -186,7 +186,12 @@ func TestParseDumpErrors(t *testing.T) {
 		{"two roots", root + root, false, "test.dump:2: a second root"},
 		{"missing fields", root + "/a 0 100644 1 0 0 0\n", false, "test.dump:2: missing MTIME"},
 		{"empty field", root + "/a 0  100644 1 0 0 0 0.0\n", false, "empty MODE field"},
-		{"two trailing spaces", root + "/a 0 100644 1 0 0 0 0.0 - - -  \n", false, "empty xattr name"},
+		{"two trailing spaces", root + "/a 0 100644 1 0 0 0 0.0 - - -  \n", false, "empty xattr field"},
+		{"two spaces between xattrs", root + "/a 0 100644 1 0 0 0 0.0 - - - user.a=1  user.b=2\n", false, "empty xattr field"},
+		{"xattr without =", root + "/a 0 100644 1 0 0 0 0.0 - - - user.novalue\n", false, `test.dump:2: /a: xattr "user.novalue" has no '=': missing = in xattr`},
+		{"xattr without = after one with", root + "/a 0 100644 1 0 0 0 0.0 - - - user.a=1 user.novalue\n", false, "missing = in xattr"},
+		{"xattr with only an escaped =", root + "/a 0 100644 1 0 0 0 0.0 - - - user.a\\x3db\n", false, "missing = in xattr"},
+		{"empty xattr name", root + "/a 0 100644 1 0 0 0 0.0 - - - =v\n", false, "empty xattr name"},
 		{"bad size", root + "/a x 100644 1 0 0 0 0.0\n", false, "SIZE \"x\""},
 		{"size trailing junk", root + "/a 1x 100644 1 0 0 0 0.0\n", false, "SIZE"},
 		{"octal mode", root + "/a 0 100648 1 0 0 0 0.0\n", false, "MODE"},
@@ -404,5 +409,19 @@ func TestParseDumpManyXattrs(t *testing.T) {
 	}
 	if !bytes.Equal(img1, img2) {
 		t.Errorf("unsorted xattrs with a repeated name give another image: %s", diffImages(img1, img2))
+	}
+}
+
+// TestParseDumpXattrEquals: the first literal '=' splits KEY=VALUE; an
+// escaped one belongs to the key, and an empty value is written KEY=.
+func TestParseDumpXattrEquals(t *testing.T) {
+	root, err := parseString(t, "/ 4096 40755 2 0 0 0 0.0 - - - user.empty= user.k\\x3dx=v=w\n", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []tree.Xattr{{Name: "user.empty", Value: []byte{}}, {Name: "user.k=x", Value: []byte("v=w")}}
+	if len(root.Xattrs) != 2 || root.Xattrs[0].Name != want[0].Name || len(root.Xattrs[0].Value) != 0 ||
+		root.Xattrs[1].Name != want[1].Name || string(root.Xattrs[1].Value) != "v=w" {
+		t.Errorf("xattrs %q, want %q", root.Xattrs, want)
 	}
 }
