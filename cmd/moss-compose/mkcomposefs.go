@@ -12,10 +12,10 @@ import (
 	"syscall"
 
 	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/dirimport"
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/cli"
-	"github.com/mossfs/mossfs/internal/dirimport"
 	"github.com/mossfs/mossfs/tree"
 	"github.com/spf13/cobra"
 )

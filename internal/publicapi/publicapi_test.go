@@ -146,11 +146,12 @@ func (c *leakChecker) typ(where string, t types.Type) {
 }
 
 type listedPackage struct {
-	ImportPath string
-	Name       string
-	Export     string
-	DepOnly    bool
-	Error      *struct{ Err string }
+	ImportPath   string
+	Name         string
+	Dir          string
+	Export       string
+	XTestGoFiles []string
+	Error        *struct{ Err string }
 }
 
 // goList runs go list -json in the module root and decodes its packages.
@@ -161,7 +162,7 @@ func goList(t *testing.T, args ...string) []listedPackage {
 		t.Fatalf("go env GOMOD: %v", err)
 	}
 	root := strings.TrimSuffix(strings.TrimSpace(string(gomod)), "/go.mod")
-	cmd := exec.Command("go", append([]string{"list", "-e", "-json=ImportPath,Name,Export,DepOnly,Error"}, args...)...)
+	cmd := exec.Command("go", append([]string{"list", "-e", "-json=ImportPath,Name,Dir,Export,XTestGoFiles,Error"}, args...)...)
 	cmd.Dir = root
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -195,10 +196,15 @@ func TestPublicAPINamesNoInternalType(t *testing.T) {
 		t.Fatalf("the go command is needed: %v", err)
 	}
 	var public []string
+	examples := 0
 	for _, p := range goList(t, "./...") {
 		if p.Name != "main" && !isInternal(p.ImportPath) {
 			public = append(public, p.ImportPath)
+			examples += checkExamples(t, p)
 		}
+	}
+	if examples < 3 {
+		t.Errorf("%d testable examples in the public packages, want at least 3", examples)
 	}
 	for _, want := range []string{"github.com/mossfs/mossfs/tree", "github.com/mossfs/mossfs/erofs", "github.com/mossfs/mossfs/cas"} {
 		if !slices.Contains(public, want) {
@@ -311,3 +317,33 @@ func Ok(Clean) error { return nil }         // fine
 type importerFunc func(path string) (*types.Package, error)
 
 func (f importerFunc) Import(path string) (*types.Package, error) { return f(path) }
+
+// checkExamples fails on testable examples (Example functions in a _test
+// package) that import an internal package: an example shows what a
+// program outside the module can do. It returns how many it found.
+func checkExamples(t *testing.T, p listedPackage) int {
+	n := 0
+	fset := token.NewFileSet()
+	for _, name := range p.XTestGoFiles {
+		f, err := parser.ParseFile(fset, p.Dir+"/"+name, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ex []string
+		for _, d := range f.Decls {
+			if fn, ok := d.(*ast.FuncDecl); ok && fn.Recv == nil && strings.HasPrefix(fn.Name.Name, "Example") {
+				ex = append(ex, fn.Name.Name)
+			}
+		}
+		if len(ex) == 0 {
+			continue
+		}
+		n += len(ex)
+		for _, imp := range f.Imports {
+			if path := strings.Trim(imp.Path.Value, `"`); isInternal(path) {
+				t.Errorf("%s/%s (%s) imports %s: examples may use only public packages", p.ImportPath, name, strings.Join(ex, ", "), path)
+			}
+		}
+	}
+	return n
+}

@@ -14,8 +14,8 @@ import (
 	"strings"
 
 	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/dirimport"
 	"github.com/mossfs/mossfs/erofs"
-	"github.com/mossfs/mossfs/internal/dirimport"
 	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/mossfs/mossfs/tree"
 )
