@@ -8,8 +8,44 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
+
+// debianVars is the layout TestMakeInstall checks (explicit, so the result
+// does not depend on the host).
+var debianVars = []string{"PREFIX=/usr", "ZSHCOMPDIR=/usr/share/zsh/vendor-completions"}
+
+var (
+	installOnce  sync.Once
+	installDest  string
+	installFiles []string
+	installDir   string
+)
+
+// installed is make install with debianVars, run once for the package's tests.
+func installed(t *testing.T) (string, []string) {
+	t.Helper()
+	installOnce.Do(func() {
+		var err error
+		if installDir, err = os.MkdirTemp("", "mossfs-install-"); err != nil {
+			t.Fatal(err)
+		}
+		installDest, installFiles = makeInstallIn(t, installDir, debianVars...)
+	})
+	if installDest == "" {
+		t.Fatal("make install failed in an earlier test")
+	}
+	return installDest, installFiles
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if installDir != "" {
+		os.RemoveAll(installDir)
+	}
+	os.Exit(code)
+}
 
 // repoRoot is the directory holding go.mod (the tests run in dist/).
 func repoRoot(t *testing.T) string {
@@ -36,11 +72,15 @@ func run(t *testing.T, dir string, name string, args ...string) string {
 // (the work tree's bin/ is left alone) and returns DESTDIR and every file
 // and symlink under it, relative and sorted.
 func makeInstall(t *testing.T, vars ...string) (string, []string) {
+	return makeInstallIn(t, t.TempDir(), vars...)
+}
+
+func makeInstallIn(t *testing.T, dir string, vars ...string) (string, []string) {
 	t.Helper()
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Fatalf("make: %v", err)
 	}
-	dest, bin := t.TempDir(), t.TempDir()
+	dest, bin := filepath.Join(dir, "dest"), filepath.Join(dir, "bin")
 	run(t, repoRoot(t), "make", append([]string{"--no-print-directory", "install", "DESTDIR=" + dest, "BIN=" + bin}, vars...)...)
 	var files []string
 	err := filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
@@ -96,7 +136,7 @@ func commandPaths(t *testing.T, bin string, path []string) [][]string {
 // completions; the units pass systemd-analyze verify, the man pages name
 // their command, and mossfs carries no man page generator.
 func TestMakeInstall(t *testing.T) {
-	dest, got := makeInstall(t, "PREFIX=/usr", "ZSHCOMPDIR=/usr/share/zsh/vendor-completions")
+	dest, got := installed(t)
 	want := []string{
 		"/usr/bin/mkcomposefs",
 		"/usr/bin/moss-compose",
