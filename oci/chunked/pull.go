@@ -257,7 +257,8 @@ func (l *Layer) readMetadata(ctx context.Context, rr RangeReader, lay Layout, op
 
 // unzstdExact decompresses b, which must expand to exactly n bytes.
 func unzstdExact(b []byte, n int64) ([]byte, error) {
-	dec, err := zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(n)+1))
+	// The output is capped by n below; the window may be larger than n.
+	dec, err := zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(max(n+1, 64<<20))))
 	if err != nil {
 		return nil, err
 	}

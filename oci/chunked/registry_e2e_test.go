@@ -1,0 +1,279 @@
+package chunked
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mossfs/mossfs/internal/gentree"
+	"go.podman.io/storage/pkg/chunked/compressor"
+)
+
+// genTar writes the generated tree as a tar; with changed, every tenth
+// regular file gets other content (image B sharing 90% of A's files).
+func genTar(tb testing.TB, spec gentree.Spec, changed bool) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range gentree.List(spec) {
+		h := &tar.Header{Name: f.Path, Mode: int64(f.Mode & 0o7777), ModTime: time.Unix(f.Mtime.Sec, 0), Format: tar.FormatPAX}
+		var data io.Reader
+		switch f.Mode & 0o170000 {
+		case 0o040000:
+			h.Typeflag, h.Name = tar.TypeDir, f.Path+"/"
+		case 0o120000:
+			h.Typeflag, h.Linkname = tar.TypeSymlink, f.Target
+		default:
+			h.Typeflag, h.Size = tar.TypeReg, f.Size
+			src := f
+			if changed && f.Index%10 == 0 {
+				src.Index += 1 << 30
+			}
+			data = gentree.ContentReader(src)
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			tb.Fatal(err)
+		}
+		if data != nil {
+			if _, err := io.Copy(tw, data); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// storageChunked compresses a tar to zstd:chunked with containers/storage's
+// compressor, the one containers/image uses for --dest-compress-format
+// zstd:chunked, and returns the blob with its layer annotations.
+func storageChunked(tb testing.TB, tarBytes []byte) *testLayer {
+	var blob bytes.Buffer
+	meta := map[string]string{}
+	level := 3 // its default, 10, takes seconds per MB here
+	w, err := compressor.ZstdCompressor(&blob, meta, &level)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := w.Write(tarBytes); err != nil {
+		tb.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	return &testLayer{tar: tarBytes, blob: blob.Bytes(), annotations: meta, diffID: fmt.Sprintf("sha256:%x", sha256.Sum256(tarBytes))}
+}
+
+// testRegistry is Debian's docker-registry on a loopback port with its own
+// configuration; its access log (stdout) counts what clients fetched.
+type testRegistry struct {
+	host, logPath string
+}
+
+func startRegistry(tb testing.TB) *testRegistry {
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		tb.Skip("docker-registry not installed (scripts/install-deps.sh installs it)")
+	}
+	dir := tb.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := filepath.Join(dir, "config.yml")
+	conf := fmt.Sprintf("version: 0.1\nlog: {level: warn, accesslog: {disabled: false}}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: %s}\n", filepath.Join(dir, "data"), addr)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	r := &testRegistry{host: addr, logPath: filepath.Join(dir, "access.log")}
+	out, err := os.Create(r.logPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", cfg)
+	cmd.Stdout, cmd.Stderr = out, io.Discard
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		out.Close()
+	})
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return r
+			}
+		}
+		if i > 100 {
+			tb.Fatalf("docker-registry on %s did not answer: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// push uploads a blob monolithically (POST, then PUT with the digest).
+func (r *testRegistry) push(tb testing.TB, repo string, blob []byte) string {
+	d := fmt.Sprintf("sha256:%x", sha256.Sum256(blob))
+	resp, err := http.Post("http://"+r.host+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusAccepted || loc == "" {
+		tb.Fatalf("upload start: %s", resp.Status)
+	}
+	sep := "?"
+	if strings.Contains(loc, "?") {
+		sep = "&"
+	}
+	req, _ := http.NewRequest(http.MethodPut, loc+sep+"digest="+d, bytes.NewReader(blob))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		tb.Fatalf("upload: %s", resp.Status)
+	}
+	return d
+}
+
+// sent sums the bytes the registry's access log says it sent for GETs of a
+// blob, waiting for the log to show at least wantRequests of them (it is
+// written after the response).
+func (r *testRegistry) sent(tb testing.TB, repo, digest string, wantRequests int) (int64, int) {
+	path := "/v2/" + repo + "/blobs/" + digest
+	for try := 0; ; try++ {
+		f, err := os.Open(r.logPath)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		var total int64
+		n := 0
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			// 127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 206 12345 "" "agent"
+			line := sc.Text()
+			_, req, ok := strings.Cut(line, `"`)
+			if !ok || !strings.HasPrefix(req, "GET "+path+" ") {
+				continue
+			}
+			_, rest, _ := strings.Cut(req, `" `)
+			fields := strings.Fields(rest)
+			if len(fields) < 2 {
+				continue
+			}
+			b, err := strconv.ParseInt(fields[1], 10, 64)
+			if err != nil {
+				continue
+			}
+			total += b
+			n++
+		}
+		f.Close()
+		if n >= wantRequests || try > 40 {
+			return total, n
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// storeFromTar adds every regular file of a tar stream to the store, as
+// applying a pulled layer does.
+func storeFromTar(tb testing.TB, store memStore, r io.Reader) {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			store.add(b)
+		}
+	}
+	if _, err := io.Copy(io.Discard, r); err != nil { // the diff_id check at EOF
+		tb.Fatal(err)
+	}
+}
+
+func pullLayer(tb testing.TB, reg *Registry, tl *testLayer, store memStore) (*Layer, []byte) {
+	d := tl.desc()
+	l, err := Prepare(context.Background(), reg.Blob(d.Digest), d, store, Options{TempDir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rc := l.Tar()
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l, got
+}
+
+// TestRegistryBAfterA is the proof of partial pulls against a real registry:
+// pull layer A (zstd:chunked, written by containers/storage's compressor)
+// into an empty store, then layer B that shares 90% of A's files; B's bytes,
+// counted from the registry's access log, are at most 15% of its blob, and
+// both rebuilt tar streams are the layers' own (diff_id checked).
+func TestRegistryBAfterA(t *testing.T) {
+	reg := startRegistry(t)
+	a := storageChunked(t, genTar(t, gentree.Tiny, false))
+	b := storageChunked(t, genTar(t, gentree.Tiny, true))
+	da := reg.push(t, "partial/a", a.blob)
+	db := reg.push(t, "partial/b", b.blob)
+
+	store := memStore{}
+	la, gotA := pullLayer(t, &Registry{Host: reg.host, Repository: "partial/a", Insecure: true}, a, store)
+	if !bytes.Equal(gotA, a.tar) {
+		t.Fatal("A: rebuilt tar differs")
+	}
+	sentA, _ := reg.sent(t, "partial/a", da, la.Stats().Requests)
+	storeFromTar(t, store, bytes.NewReader(gotA))
+	la.Close()
+
+	lb, gotB := pullLayer(t, &Registry{Host: reg.host, Repository: "partial/b", Insecure: true}, b, store)
+	defer lb.Close()
+	if !bytes.Equal(gotB, b.tar) {
+		t.Fatal("B: rebuilt tar differs")
+	}
+	st := lb.Stats()
+	sentB, reqs := reg.sent(t, "partial/b", db, st.Requests)
+	t.Logf("A: blob %d bytes, registry sent %d (%.1f%%); B: blob %d bytes, registry sent %d (%.1f%%) in %d requests; B stats %+v",
+		len(a.blob), sentA, 100*float64(sentA)/float64(len(a.blob)), len(b.blob), sentB, 100*float64(sentB)/float64(len(b.blob)), reqs, st)
+	if sentB > int64(len(b.blob))*15/100 {
+		t.Errorf("B fetched %d bytes, more than 15%% of its %d", sentB, len(b.blob))
+	}
+	if st.Fetched == 0 || st.Present == 0 || st.Present < 8*st.Fetched {
+		t.Errorf("B stats %+v: want about 9 present for each fetched", st)
+	}
+}
