@@ -3,6 +3,7 @@ package chunked
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
@@ -14,6 +15,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -75,8 +77,9 @@ type Layer struct {
 	desc     Descriptor
 	stats    Stats
 	toc      *TOC
-	tarSplit []byte   // uncompressed JSON lines, nil when unverified
-	files    []*Entry // regular files with content, in tar order
+	tarSplit []byte          // uncompressed JSON lines, nil when unverified
+	segments []storage.Entry // tarSplit parsed (by order), replayed by Tar
+	files    []*Entry        // regular files with content, in tar order
 	store    ContentSource
 	staged   map[[32]byte]string
 	dir      string
@@ -299,6 +302,7 @@ func (l *Layer) order() error {
 		if err != nil {
 			return fmt.Errorf("tar-split: %w", err)
 		}
+		l.segments = append(l.segments, *te)
 		if te.Type != storage.FileType || te.Size == 0 {
 			continue
 		}
@@ -355,9 +359,11 @@ func (l *Layer) fetchMissing(ctx context.Context, rr RangeReader, f Format, opts
 		return fmt.Errorf("layer %s: staging: %w", l.desc.Digest, err)
 	}
 	l.dir = dir
-	ranges = MergeRanges(ranges, len(ranges)+1) // sorted; overlaps would merge and be caught below
-	if len(ranges) != len(want) {
-		return fmt.Errorf("layer %s: the table of contents gives files overlapping byte ranges", l.desc.Digest)
+	slices.SortFunc(ranges, func(a, b Range) int { return cmp.Compare(a.Off, b.Off) })
+	for i := 1; i < len(ranges); i++ {
+		if ranges[i].Off < ranges[i-1].End() {
+			return fmt.Errorf("layer %s: the table of contents gives files %q and %q overlapping byte ranges", l.desc.Digest, want[ranges[i-1]].Name, want[ranges[i]].Name)
+		}
 	}
 	var zdec *zstd.Decoder
 	if f != Estargz {
@@ -516,7 +522,7 @@ func (l *Layer) Tar() io.ReadCloser {
 			return
 		}
 		h := sha256.New()
-		err = asm.WriteOutputTarStream(&fileGetter{l: l}, storage.NewJSONUnpacker(bytes.NewReader(l.tarSplit)), io.MultiWriter(pw, hashWriter{h}))
+		err = asm.WriteOutputTarStream(&fileGetter{l: l}, &sliceUnpacker{entries: l.segments}, io.MultiWriter(pw, hashWriter{h}))
 		if err == nil && [32]byte(h.Sum(nil)) != want {
 			err = fmt.Errorf("layer %s: the tar stream rebuilt from its tar-split has diff_id sha256:%x, the config says %s", l.desc.Digest, h.Sum(nil), l.desc.DiffID)
 		}
@@ -526,6 +532,20 @@ func (l *Layer) Tar() io.ReadCloser {
 		pw.CloseWithError(err)
 	}()
 	return pr
+}
+
+// sliceUnpacker replays tar-split entries parsed once.
+type sliceUnpacker struct {
+	entries []storage.Entry
+	next    int
+}
+
+func (u *sliceUnpacker) Next() (*storage.Entry, error) {
+	if u.next >= len(u.entries) {
+		return nil, io.EOF
+	}
+	u.next++
+	return &u.entries[u.next-1], nil
 }
 
 type hashWriter struct{ h hash.Hash }

@@ -1,6 +1,7 @@
 package chunked
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,15 +44,7 @@ func MergeRanges(rs []Range, max int) []Range {
 		max = 1
 	}
 	s := slices.Clone(rs)
-	slices.SortFunc(s, func(a, b Range) int {
-		if a.Off != b.Off {
-			if a.Off < b.Off {
-				return -1
-			}
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(s, func(a, b Range) int { return cmp.Compare(a.Off, b.Off) })
 	out := s[:0]
 	for _, r := range s {
 		if n := len(out); n > 0 && r.Off <= out[n-1].End() {
