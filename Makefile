@@ -5,6 +5,9 @@ GOFLAGS_STATIC := -trimpath -ldflags='-s -w'
 # Short fuzz runs in `make test`, longer ones in `make fuzz`.
 FUZZTIME ?= 3s
 TEST_TIMEOUT ?= 60m
+# containers/image and containers/storage (linked by moss-oci only) build
+# without cgo (gpgme, btrfs) with these tags; every go command gets them.
+export GOFLAGS := -tags=containers_image_openpgp,exclude_graphdriver_btrfs
 
 .PHONY: all build docs install deps test unit fuzz fuzz-short bench lint demo kvmtest clean
 

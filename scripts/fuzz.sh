@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of the module for $FUZZTIME each (go test -fuzz takes one target at a time).
 set -euo pipefail
+# The build tags containers/image needs without cgo (as in the Makefile).
+export GOFLAGS=${GOFLAGS:--tags=containers_image_openpgp,exclude_graphdriver_btrfs}
 t=${FUZZTIME:-3s}
 # Minimising every new interesting input can eat a short run whole (large image seeds):
 # short runs skip it; `make fuzz` keeps it.

@@ -1,0 +1,29 @@
+// Command moss-oci is the container side of mossfs: it pulls OCI images into
+// the store and lists, inspects and removes them. It is the only program that
+// links containers/image (package oci); moss-compose hands its "image"
+// subcommand to it, so that moss-compose's start-up stays small.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/mossfs/mossfs/internal/cli"
+	_ "github.com/mossfs/mossfs/oci"
+	"github.com/spf13/cobra"
+)
+
+var rootCmd = &cobra.Command{
+	Use:           "moss-oci",
+	Short:         "Pull OCI container images into the mossfs store and manage them",
+	Version:       cli.VersionString(),
+	SilenceUsage:  true,
+	SilenceErrors: true,
+}
+
+func main() {
+	if err := rootCmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "moss-oci:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,27 @@
+// Package oci brings OCI container images into the mossfs store: it reads an
+// image through containers/image (go.podman.io/image/v5, the library inside
+// podman and skopeo, so registries.conf, auth.json and policy.json apply as
+// they do there) from any of the transports podman spells (docker://, oci:,
+// oci-archive:, docker-archive:, containers-storage:, dir:), applies its
+// layers in order into one tree, stores the contents in the CAS and records
+// the image apart from the OS transactions.
+//
+// Every containers/image and containers/storage import of the module lives
+// in this package (and its tests), so that no other package, and no other
+// package's test binary, links them. Only the moss-oci command imports it:
+// linking containers/image adds about 10 ms to a program's start-up, which
+// moss-compose (also run as mkcomposefs, once per layer by containers/storage)
+// must not pay, and mossfs (in the initramfs) must not grow.
+package oci
+
+import (
+	// The transports a reference may name; each registers itself. Not
+	// alltransports: that also links docker-daemon (the moby client), sif
+	// and openshift, which mossfs does not offer.
+	_ "go.podman.io/image/v5/directory"
+	_ "go.podman.io/image/v5/docker"
+	_ "go.podman.io/image/v5/docker/archive"
+	_ "go.podman.io/image/v5/oci/archive"
+	_ "go.podman.io/image/v5/oci/layout"
+	_ "go.podman.io/image/v5/storage"
+)
