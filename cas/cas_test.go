@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mossfs/mossfs/fsverity"
 )
 
@@ -60,7 +62,8 @@ func newStore(t testing.TB) *Store {
 	return s
 }
 
-// checkObject asserts that object d holds want, mode 0644, and that the
+// checkObject asserts that object d holds want, mode 0600 (0644 in a bare
+// digest store), and that the
 // store has no strays.
 func checkObject(t *testing.T, s *Store, d [32]byte, want []byte) {
 	t.Helper()
@@ -78,8 +81,8 @@ func checkObject(t *testing.T, s *Store, d [32]byte, want []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Mode() != 0o644 {
-		t.Errorf("object %s: mode %v, want 0644", Payload(d), st.Mode())
+	if want := map[bool]os.FileMode{true: 0o600, false: 0o644}[s.root != ""]; st.Mode() != want {
+		t.Errorf("object %s: mode %v, want %v", Payload(d), st.Mode(), want)
 	}
 	if err := s.Verify(d); err != nil {
 		t.Error(err)
@@ -751,5 +754,60 @@ func TestCrashCheck(t *testing.T) {
 	t.Logf("unsynced batch: %d of %d objects survived the power cut intact", survived, len(crashContents(2)))
 	if s.NeedsRecovery() {
 		t.Error("NeedsRecovery still true after Recover")
+	}
+}
+
+// TestStoreIsPrivate: a store made by Create is reachable only by its
+// owner (directories 0700, objects 0600), and an object stored from a
+// world-readable file is a new inode: the source keeps its inode, links
+// and mode, so the store never shares an inode whose mode others see.
+func TestStoreIsPrivate(t *testing.T) {
+	s := newStore(t)
+	src := t.TempDir()
+	small := filepath.Join(src, "small")
+	large := filepath.Join(src, "large")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.WriteFile(small, []byte("world-readable source\n"), 0o644))
+	must(os.WriteFile(large, bytes.Repeat([]byte("a large world-readable source, cloned or copied\n"), 64<<10), 0o644))
+	for _, p := range []string{small, large} {
+		must(os.Chmod(p, 0o644))
+		d, err := s.PutFile(p)
+		must(err)
+		var obj, srcSt unix.Stat_t
+		must(unix.Stat(s.ObjectPath(d), &obj))
+		must(unix.Stat(p, &srcSt))
+		if obj.Ino == srcSt.Ino && obj.Dev == srcSt.Dev {
+			t.Errorf("%s: the object is a hardlink of the source", p)
+		}
+		if obj.Mode&0o777 != 0o600 || obj.Nlink != 1 {
+			t.Errorf("%s: object mode %o, %d links; want 0600 and 1", p, obj.Mode&0o777, obj.Nlink)
+		}
+		if srcSt.Mode&0o777 != 0o644 || srcSt.Nlink != 1 {
+			t.Errorf("%s: source mode %o, %d links after storing; want 0644 and 1", p, srcSt.Mode&0o777, srcSt.Nlink)
+		}
+	}
+	d, err := s.PutBytes([]byte("through PutBytes"))
+	must(err)
+	for _, p := range []string{s.Root(), s.ObjectsDir(), filepath.Dir(s.ObjectPath(d)), filepath.Join(s.Root(), "pending")} {
+		st, err := os.Stat(p)
+		must(err)
+		if st.Mode().Perm() != 0o700 {
+			t.Errorf("%s: mode %v, want 0700", p, st.Mode().Perm())
+		}
+	}
+	// A bare digest store keeps mkcomposefs's modes.
+	bare := filepath.Join(t.TempDir(), "digests")
+	must(os.Mkdir(bare, 0o755))
+	b, err := OpenObjectDir(bare)
+	must(err)
+	d, err = b.PutBytes([]byte("in a digest store"))
+	must(err)
+	if st, err := os.Stat(b.ObjectPath(d)); err != nil || st.Mode().Perm() != 0o644 {
+		t.Errorf("digest store object: %v %v, want mode 0644", st.Mode(), err)
 	}
 }

@@ -31,7 +31,7 @@ func TryLock(path string) (*FileLock, error) { return lockFile(path, unix.LOCK_E
 func TryRLock(path string) (*FileLock, error) { return lockFile(path, unix.LOCK_SH|unix.LOCK_NB) }
 
 func lockFile(path string, how int) (*FileLock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, privateFileMode)
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}

@@ -205,7 +205,7 @@ func (s *Store) newTemp() (*temp, error) {
 		return nil, fmt.Errorf("storing object: %s has read-only-compatible features this mossfs does not know", s.root)
 	}
 	if s.tmpfile.Load() != no {
-		fd, err := unix.Open(s.objects, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o644)
+		fd, err := unix.Open(s.objects, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, uint32(s.objectMode))
 		if err == nil {
 			s.tmpfile.Store(yes)
 			return &temp{f: os.NewFile(uintptr(fd), s.objects+"/(tmpfile)")}, nil
@@ -216,7 +216,7 @@ func (s *Store) newTemp() (*temp, error) {
 		s.tmpfile.Store(no)
 	}
 	name := filepath.Join(s.objects, tempName())
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, s.objectMode)
 	if err != nil {
 		return nil, fmt.Errorf("storing object: %w", err)
 	}
@@ -243,11 +243,11 @@ func (t *temp) discard() {
 }
 
 // commit makes the complete content in t the object d of the given size:
-// mode 0644, fs-verity enabled where supported, then linked under its final
-// name. If the name already exists with the right size, another writer won
+// mode 0600 (0644 in a bare digest store), fs-verity enabled where
+// supported, then linked under its final name. If the name already exists with the right size, another writer won
 // and its object is kept.
 func (s *Store) commit(t *temp, d [32]byte, size int64) error {
-	if err := t.f.Chmod(0o644); err != nil {
+	if err := t.f.Chmod(s.objectMode); err != nil {
 		return fmt.Errorf("storing object %s: %w", Payload(d), err)
 	}
 	if s.verity.Load() != no {
@@ -352,7 +352,7 @@ func (s *Store) ensureFanout(d [32]byte) error {
 		return nil
 	}
 	dir := filepath.Join(s.objects, Payload(d)[:2])
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(dir, s.dirMode); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("storing object: %w", err)
 	}
 	s.fanout[d[0]].Store(true)
@@ -373,10 +373,10 @@ func (s *Store) markPending() error {
 		return nil
 	}
 	dir := filepath.Join(s.root, pendingDir)
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(dir, privateDirMode); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("storing object: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, tempName()[len(".tmp-"):]), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, tempName()[len(".tmp-"):]), os.O_RDWR|os.O_CREATE|os.O_EXCL, privateFileMode)
 	if err != nil {
 		return fmt.Errorf("storing object: %w", err)
 	}

@@ -11,10 +11,20 @@
 // A store made by [Create] has this layout:
 //
 //	meta.json      {"version":1,"algorithm":"fsverity-sha256-12","features":{…}}
-//	objects/xx/…   the objects (mode 0644, fs-verity enabled where supported)
+//	objects/xx/…   the objects (mode 0600, fs-verity enabled where supported)
 //	quarantine/    objects that failed verification (VerifyAll)
 //	pending/       markers of ingest batches not yet synced (crash recovery)
 //	lock           flock: shared for importers, exclusive for gc
+//
+// A store is private to its owner: Create makes its directories 0700 and
+// its objects 0600, since the objects are the contents of every file of
+// every image, whatever their modes in the image. Readers that mount need
+// nothing more (overlayfs opens the data-only layer with the mounter's
+// credentials). An object is never a hardlink of a file outside the store:
+// PutFile copies or reflinks (a reflink is a new inode with its own mode), so
+// making an object private never changes the mode of someone else's file.
+// A bare digest store opened with OpenObjectDir keeps mkcomposefs's modes
+// (0755 directories, 0644 objects), as tools sharing it expect.
 //
 // Ingest is atomic: content is written to an unnamed O_TMPFILE in the
 // objects directory while it is hashed, then linked under its final name, so
@@ -94,14 +104,25 @@ type Store struct {
 	objects  string
 	readOnly bool // unknown read-only-compatible features
 
-	verity    atomic.Int32 // triState: does FS_IOC_ENABLE_VERITY work here?
-	tmpfile   atomic.Int32 // triState: does O_TMPFILE work here?
-	reflink   atomic.Int32 // triState: does FICLONE work here?
-	fanout    [256]atomic.Bool
-	batchMu   sync.RWMutex // commits hold it shared from marking to linking; Sync exclusively
-	pendingMu sync.Mutex
-	pending   *os.File // marker of the current unsynced batch, flocked
+	verity  atomic.Int32 // triState: does FS_IOC_ENABLE_VERITY work here?
+	tmpfile atomic.Int32 // triState: does O_TMPFILE work here?
+	reflink atomic.Int32 // triState: does FICLONE work here?
+	fanout  [256]atomic.Bool
+	// objectMode and dirMode are the modes of new objects and fan-out
+	// directories: private in a store made by Create, mkcomposefs's in a
+	// bare digest store.
+	objectMode os.FileMode
+	dirMode    os.FileMode
+	batchMu    sync.RWMutex // commits hold it shared from marking to linking; Sync exclusively
+	pendingMu  sync.Mutex
+	pending    *os.File // marker of the current unsynced batch, flocked
 }
+
+// Modes of a store's files and directories: private to its owner.
+const (
+	privateDirMode  = 0o700
+	privateFileMode = 0o600
+)
 
 const (
 	unknown int32 = iota
@@ -115,7 +136,10 @@ func Create(dir string) (*Store, error) {
 	if _, err := os.Stat(filepath.Join(dir, metaName)); err == nil {
 		return Open(dir)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "objects"), 0o755); err != nil {
+	if err := os.MkdirAll(dir, privateDirMode); err != nil {
+		return nil, fmt.Errorf("creating object store: %w", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "objects"), privateDirMode); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("creating object store: %w", err)
 	}
 	m := Meta{Version: Version, Algorithm: Algorithm, Features: Features{
@@ -154,7 +178,8 @@ func Open(dir string) (*Store, error) {
 	if len(m.Features.Incompatible) > 0 {
 		return nil, fmt.Errorf("%s: store needs features this mossfs does not know: %s", path, strings.Join(m.Features.Incompatible, ", "))
 	}
-	s := &Store{root: dir, objects: filepath.Join(dir, "objects"), readOnly: len(m.Features.ReadOnlyCompatible) > 0}
+	s := &Store{root: dir, objects: filepath.Join(dir, "objects"), readOnly: len(m.Features.ReadOnlyCompatible) > 0,
+		objectMode: privateFileMode, dirMode: privateDirMode}
 	if st, err := os.Stat(s.objects); err != nil {
 		return nil, fmt.Errorf("opening object store: %w", err)
 	} else if !st.IsDir() {
@@ -174,7 +199,7 @@ func OpenObjectDir(dir string) (*Store, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("opening object directory: %s is not a directory", dir)
 	}
-	return &Store{objects: dir}, nil
+	return &Store{objects: dir, objectMode: 0o644, dirMode: 0o755}, nil
 }
 
 // Root returns the store directory ("" for a bare object directory).

@@ -267,7 +267,7 @@ func (s *Store) VerifyAll(ctx context.Context, opts VerifyOptions) (VerifyReport
 // quarantine moves object d to quarantine/<64 hex>[.N] under the store root.
 func (s *Store) quarantine(d [32]byte) (string, error) {
 	dir := filepath.Join(s.root, "quarantine")
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := os.Mkdir(dir, privateDirMode); err != nil && !errors.Is(err, fs.ErrExist) {
 		return "", fmt.Errorf("quarantine: %w", err)
 	}
 	base := filepath.Join(dir, hex.EncodeToString(d[:]))

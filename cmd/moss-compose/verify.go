@@ -86,9 +86,15 @@ func runVerify(root string, tx uint64, noQuarantine, asJSON, quiet bool) error {
 		for _, p := range res.Strays {
 			fmt.Printf("stray entry in the objects directory: %s\n", p)
 		}
+		for _, p := range res.MadePrivate {
+			fmt.Printf("was reachable by other users, made private: %s\n", p)
+		}
+		for _, p := range res.Exposed {
+			fmt.Printf("reachable by other users: %s\n", p)
+		}
 	}
 	if !res.OK() {
-		return fmt.Errorf("verify: %d corrupt object(s), %d missing object(s), %d bad image(s)", len(res.Corrupt), len(res.Missing), len(res.BadImages))
+		return fmt.Errorf("verify: %d corrupt object(s), %d missing object(s), %d bad image(s), %d entries reachable by other users", len(res.Corrupt), len(res.Missing), len(res.BadImages), len(res.Exposed))
 	}
 	return nil
 }

@@ -364,7 +364,8 @@ func storeObjectsDir(root string) string {
 
 // readActive returns the active transaction (0: none, or no state root).
 func readActive(root string) (uint64, error) {
-	st, err := openState(root)
+	// "active" is one of the records any user may read.
+	st, err := state.OpenRecords(root)
 	if err != nil {
 		if _, serr := os.Stat(filepath.Join(root, "state.json")); errors.Is(serr, os.ErrNotExist) {
 			return 0, nil

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"sort"
 	"text/tabwriter"
 
@@ -102,6 +104,11 @@ func collectStatus(root string) (statusReport, error) {
 	}
 	rep.Active = active
 	recs, err := mountrec.List(root)
+	if errors.Is(err, fs.ErrPermission) {
+		// Mount records are private to the store's owner: others see
+		// the kernel's mounts only.
+		recs, err = nil, nil
+	}
 	if err != nil {
 		return rep, err
 	}

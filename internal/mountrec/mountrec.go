@@ -91,7 +91,7 @@ func Write(root string, r Record) error {
 		r.BootID = BootID()
 	}
 	dir := Dir(root)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("mount record: %w", err)
 	}
 	data, err := json.MarshalIndent(r, "", "  ")
@@ -183,11 +183,11 @@ func List(root string) ([]Record, error) {
 // Lock serialises mount changes of a state root (flock on mounts/.lock).
 // It blocks until the lock is free; call the returned function to release.
 func Lock(root string) (func(), error) {
-	if err := os.MkdirAll(Dir(root), 0o755); err != nil {
+	if err := os.MkdirAll(Dir(root), 0o700); err != nil {
 		return nil, fmt.Errorf("mount lock: %w", err)
 	}
 	path := filepath.Join(Dir(root), ".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("mount lock: %w", err)
 	}

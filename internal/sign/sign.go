@@ -161,7 +161,8 @@ func Decode(data []byte, name string) ([]byte, error) {
 // replacing any previous signature atomically.
 func WriteSignature(stateRoot string, key ed25519.PrivateKey, id uint64, imageDigest [32]byte) (string, error) {
 	p := Path(stateRoot, id)
-	if err := writeAtomic(p, Encode(Sign(key, id, imageDigest)), 0o644); err != nil {
+	// Private, as everything under the state root but state.PublicRecords.
+	if err := writeAtomic(p, Encode(Sign(key, id, imageDigest)), 0o600); err != nil {
 		return "", fmt.Errorf("sign transaction %d: %w", id, err)
 	}
 	return p, nil

@@ -257,7 +257,7 @@ func (s *State) writeImage(img []byte, durable bool) (string, error) {
 	if err == nil && durable {
 		err = f.Sync()
 	}
-	err = errors.Join(err, f.Chmod(0o644), f.Close())
+	err = errors.Join(err, f.Chmod(PrivateFileMode), f.Close())
 	d := <-digest
 	imageHex := hex.EncodeToString(d[:])
 	if err == nil {
@@ -328,7 +328,9 @@ func (s *State) writeInputs(id uint64, inputs []Input, pending []pendingFragment
 			return fmt.Errorf("compose: %w", err)
 		}
 	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
+	// Fragments list every path of the input: private (MkdirTemp made
+	// the directory 0700; say so rather than rely on it).
+	if err := os.Chmod(tmp, PrivateDirMode); err != nil {
 		return fmt.Errorf("compose: %w", err)
 	}
 	if err := os.Rename(tmp, s.inputsDir(id)); err != nil {

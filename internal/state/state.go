@@ -17,6 +17,11 @@
 //	pins/<name>                 gc roots: a transaction id or sha256:<image hex>
 //	known-content/              stone importer's XXH3-128 → fs-verity digest index
 //
+// Permissions: the state root is private to its owner except for
+// PublicRecords (state.json, active, transactions/<id>.json), which any user
+// may read; everything else, new directories included, is 0700/0600. Code
+// that adds to the state root follows perm.go (MkdirPrivate).
+//
 // A transaction's image is a /usr tree: its root is mounted at /usr, so a
 // stone's paths (relative to /usr) sit at the image root. Every image holds a
 // file .stateID with the decimal transaction id, as moss's /usr/.stateID.
@@ -41,6 +46,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -65,6 +71,8 @@ var ErrNotFound = errors.New("no such transaction")
 type State struct {
 	root  string
 	store *cas.Store
+	// madePrivate is what Open found exposed and made private.
+	madePrivate []string
 }
 
 type formatFile struct {
@@ -72,36 +80,80 @@ type formatFile struct {
 	Version int    `json:"version"`
 }
 
-// Open opens an existing state root.
-func Open(root string) (*State, error) {
+// readFormat reads and checks state.json.
+func readFormat(root string) (formatFile, error) {
+	var f formatFile
 	data, err := os.ReadFile(filepath.Join(root, "state.json"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("open state %s: not a mossfs state root (no state.json; create one with import or compose)", root)
+			return f, fmt.Errorf("open state %s: not a mossfs state root (no state.json; create one with import or compose)", root)
 		}
-		return nil, fmt.Errorf("open state: %w", err)
+		return f, fmt.Errorf("open state: %w", err)
 	}
-	var f formatFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("open state: %s: %w", filepath.Join(root, "state.json"), err)
+		return f, fmt.Errorf("open state: %s: %w", filepath.Join(root, "state.json"), err)
 	}
 	if f.Format != formatName || f.Version != FormatVersion {
-		return nil, fmt.Errorf("open state: %s: format %q version %d, want %q version %d",
+		return f, fmt.Errorf("open state: %s: format %q version %d, want %q version %d",
 			filepath.Join(root, "state.json"), f.Format, f.Version, formatName, FormatVersion)
 	}
+	return f, nil
+}
+
+// Open opens an existing state root. Its owner (or root) also creates
+// missing directories and makes private what others could reach beyond
+// PublicRecords (see perm.go).
+func Open(root string) (*State, error) {
+	if _, err := readFormat(root); err != nil {
+		return nil, err
+	}
 	s := &State{root: root}
-	for _, d := range []string{"images", "transactions", "mounts", "pins"} {
+	if ownedByUs(root) {
 		// Best effort: a state root on a read-only file system (the
 		// initramfs reading /sysroot) opens too; readers cope with
 		// missing directories.
-		_ = os.MkdirAll(filepath.Join(root, d), 0o755)
+		_ = makeDirs(root)
+		s.madePrivate = tightenModes(root)
 	}
 	st, err := cas.Open(filepath.Join(root, "cas"))
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, fmt.Errorf("open state %s: %w (the store is private to its owner; others can read only %s)", root, err, strings.Join(PublicRecords, ", "))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w", root, err)
 	}
 	s.store = st
 	return s, nil
+}
+
+// OpenRecords opens a state root for reading only the records any user may
+// read (PublicRecords): List, Get, IDs and Active work, the content store
+// is not opened (Store returns nil), and Mounts reports records it cannot
+// read as none. This is what `moss-compose state list` and `mossfs status`
+// need as a user other than the store's owner.
+func OpenRecords(root string) (*State, error) {
+	s, err := Open(root)
+	if err == nil || !errors.Is(err, fs.ErrPermission) {
+		return s, err
+	}
+	if _, err := readFormat(root); err != nil {
+		return nil, err
+	}
+	return &State{root: root}, nil
+}
+
+// makeDirs creates the state root's directories with their modes:
+// transactions/ is public, the others are private (PublicRecords).
+func makeDirs(root string) error {
+	for _, d := range []string{"images", "mounts", "pins"} {
+		if _, err := MkdirPrivate(root, d); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(filepath.Join(root, "transactions"), publicDirMode); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create state: %w", err)
+	}
+	return nil
 }
 
 // Create opens the state root, creating it (and its content store) if it
@@ -110,7 +162,9 @@ func Create(root string) (*State, error) {
 	if _, err := os.Stat(filepath.Join(root, "state.json")); err == nil {
 		return Open(root)
 	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	// The root itself is public (it holds PublicRecords); what is in it is
+	// private unless listed there.
+	if err := os.MkdirAll(root, publicDirMode); err != nil {
 		return nil, fmt.Errorf("create state: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "cas", "meta.json")); errors.Is(err, os.ErrNotExist) {
@@ -118,13 +172,11 @@ func Create(root string) (*State, error) {
 			return nil, fmt.Errorf("create state %s: %w", root, err)
 		}
 	}
-	for _, d := range []string{"images", "transactions", "mounts", "pins"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return nil, fmt.Errorf("create state: %w", err)
-		}
+	if err := makeDirs(root); err != nil {
+		return nil, err
 	}
 	data, _ := json.Marshal(formatFile{Format: formatName, Version: FormatVersion})
-	if err := writeFileAtomic(filepath.Join(root, "state.json"), append(data, '\n'), true); err != nil {
+	if err := writeFileAtomic(filepath.Join(root, "state.json"), append(data, '\n'), publicFileMode, true); err != nil {
 		return nil, fmt.Errorf("create state: %w", err)
 	}
 	return Open(root)
@@ -302,11 +354,11 @@ func fsyncDir(dir string) error {
 	return nil
 }
 
-// writeFileAtomic writes data under a temporary name in the same directory
+// writeFileAtomic writes data (with mode; see fileMode) under a temporary name in the same directory
 // and renames it into place. With durable, the file is fsynced before the
 // rename and the directory after it; without, the caller's later syncfs
 // makes it durable before anything depends on it.
-func writeFileAtomic(path string, data []byte, durable bool) error {
+func writeFileAtomic(path string, data []byte, mode os.FileMode, durable bool) error {
 	dir, base := filepath.Split(path)
 	f, err := os.CreateTemp(dir, ".tmp-"+base+"-*")
 	if err != nil {
@@ -323,7 +375,7 @@ func writeFileAtomic(path string, data []byte, durable bool) error {
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
-	if err := f.Chmod(0o644); err != nil {
+	if err := f.Chmod(mode); err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if durable {

@@ -200,7 +200,7 @@ func (s *State) SetActive(id uint64) error {
 	if _, err := s.Get(id); err != nil {
 		return fmt.Errorf("set active: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(s.root, "active"), []byte(strconv.FormatUint(id, 10)+"\n"), true); err != nil {
+	if err := writeFileAtomic(filepath.Join(s.root, "active"), []byte(strconv.FormatUint(id, 10)+"\n"), publicFileMode, true); err != nil {
 		return fmt.Errorf("set active: %w", err)
 	}
 	return nil
@@ -234,7 +234,7 @@ func (s *State) allocateID(durable bool) (uint64, error) {
 			}
 		}
 	}
-	if err := writeFileAtomic(filepath.Join(s.txDir(), "next"), []byte(strconv.FormatUint(next+1, 10)+"\n"), durable); err != nil {
+	if err := writeFileAtomic(filepath.Join(s.txDir(), "next"), []byte(strconv.FormatUint(next+1, 10)+"\n"), PrivateFileMode, durable); err != nil {
 		return 0, fmt.Errorf("transaction counter: %w", err)
 	}
 	return next, nil
@@ -280,7 +280,10 @@ func (s *State) WriteMount(rec MountRecord) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(s.root, "mounts", MountRecordName(rec.Target)), append(data, '\n'), true); err != nil {
+	if _, err := s.PrivateDir("mounts"); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(s.root, "mounts", MountRecordName(rec.Target)), append(data, '\n'), PrivateFileMode, true); err != nil {
 		return fmt.Errorf("mount record: %w", err)
 	}
 	return nil
@@ -403,7 +406,10 @@ func (s *State) Pin(name, value string) error {
 	if strings.ContainsAny(name, "/\x00") || name == "" || strings.HasPrefix(name, ".") {
 		return fmt.Errorf("pin: bad name %q", name)
 	}
-	return writeFileAtomic(filepath.Join(s.root, "pins", name), []byte(value+"\n"), true)
+	if _, err := s.PrivateDir("pins"); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(s.root, "pins", name), []byte(value+"\n"), PrivateFileMode, true)
 }
 
 // Unpin removes a gc root.

@@ -55,11 +55,17 @@ type VerifyResult struct {
 	BadImages []BadImage      `json:"bad_images"`
 	// Strays are entries of the objects directory that are not objects.
 	Strays []string `json:"strays,omitempty"`
+	// Exposed are entries of the state root that users other than its
+	// owner can reach beyond PublicRecords ("path (mode 0755)").
+	Exposed []string `json:"exposed,omitempty"`
+	// MadePrivate are the entries opening the state root found exposed and
+	// made private (an older store, or code that forgot perm.go's rule).
+	MadePrivate []string `json:"made_private,omitempty"`
 }
 
 // OK reports whether nothing was found wrong.
 func (r *VerifyResult) OK() bool {
-	return len(r.Corrupt) == 0 && len(r.Missing) == 0 && len(r.BadImages) == 0
+	return len(r.Corrupt) == 0 && len(r.Missing) == 0 && len(r.BadImages) == 0 && len(r.Exposed) == 0
 }
 
 // Verify re-hashes objects (all of them, or those one transaction uses),
@@ -72,7 +78,11 @@ func (s *State) Verify(opts VerifyOptions) (*VerifyResult, error) {
 		return nil, err
 	}
 	defer lk.Unlock()
-	res := &VerifyResult{Scope: "all", Corrupt: []cas.BadObject{}, Missing: []MissingObject{}, BadImages: []BadImage{}}
+	res := &VerifyResult{Scope: "all", Corrupt: []cas.BadObject{}, Missing: []MissingObject{}, BadImages: []BadImage{},
+		MadePrivate: s.madePrivate}
+	if res.Exposed, err = Exposed(s.root); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
 	var txs []*Transaction
 	if opts.Tx != 0 {
 		tx, err := s.Get(opts.Tx)

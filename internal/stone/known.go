@@ -36,11 +36,13 @@ const KnownIndexFile = "known-content.log"
 
 // NewKnownIndex opens (creating if needed) the index in dir.
 func NewKnownIndex(dir string) (*KnownIndex, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Under the state root: private to its owner, as everything there
+	// but the records state.PublicRecords lists.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("known-content index: %w", err)
 	}
 	p := filepath.Join(dir, KnownIndexFile)
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("known-content index: %w", err)
 	}
