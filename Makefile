@@ -89,7 +89,7 @@ demo: deps build
 	bash scripts/demo.sh
 
 kvmtest: deps build
-	$(GO) test -count=1 -timeout 30m -v ./kvmtests/...
+	MOSSFS_KVM_DRACUT=1 $(GO) test -count=1 -timeout 30m -v ./kvmtests/...
 
 clean:
 	rm -rf $(BIN)

@@ -15,6 +15,9 @@
 //	TestPackagesInVM  1 boot: the fsverity, cas, overlay and mounttuck suites
 //	TestPowerCut      4 boots: 3 cuts in the middle of a compose, each checked
 //	                  by the next boot; the last also boots from /proc/cmdline
+//	TestDracutBoot    1 boot, make kvmtest only (MOSSFS_KVM_DRACUT=1): a systemd
+//	                  initramfs built by Debian's dracut with 90mossfs mounts
+//	                  the transaction named by moss.tx= at /sysroot/usr
 //
 // The kernel is resolved through its metapackage (apt-cache depends) and
 // cached under kvmtests/.cache/<versioned package>/ (vmlinuz and the needed
