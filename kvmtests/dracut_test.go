@@ -153,4 +153,3 @@ func reached(console string) string {
 	}
 	return b.String()
 }
-
