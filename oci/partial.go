@@ -1,0 +1,65 @@
+package oci
+
+import (
+	"crypto/tls"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/mossfs/mossfs/oci/chunked"
+	"go.podman.io/image/v5/docker/reference"
+	"go.podman.io/image/v5/pkg/docker/config"
+	"go.podman.io/image/v5/pkg/sysregistriesv2"
+	"go.podman.io/image/v5/pkg/tlsclientconfig"
+	"go.podman.io/image/v5/types"
+)
+
+// PartialRegistry returns the range-read client of package chunked for the
+// repository of a docker:// reference, set up as containers/image sets up its
+// own client (whose range reads, GetBlobAt, take internal types and cannot be
+// called from here): plain http and unverified TLS when registries.conf marks
+// the registry insecure or sys says --tls-verify=false, certificates from
+// certs.d, credentials from sys (--creds) or auth.json. Mirrors are not
+// consulted: range reads go to the registry the reference names.
+func PartialRegistry(sys *types.SystemContext, ref reference.Named) (*chunked.Registry, error) {
+	host := reference.Domain(ref)
+	r := &chunked.Registry{Host: host, Repository: reference.Path(ref), UserAgent: "mossfs"}
+	reg, err := sysregistriesv2.FindRegistry(sys, ref.Name())
+	if err != nil {
+		return nil, fmt.Errorf("registries.conf: %w", err)
+	}
+	if reg != nil && reg.Insecure {
+		r.Insecure = true
+	}
+	if sys != nil && sys.DockerInsecureSkipTLSVerify == types.OptionalBoolTrue {
+		r.Insecure = true
+	}
+	tc := &tls.Config{}
+	for _, dir := range certDirs(sys, host) {
+		if _, err := os.Stat(dir); err != nil {
+			continue
+		}
+		if err := tlsclientconfig.SetupCertificates(dir, tc); err != nil {
+			return nil, fmt.Errorf("certificates for %s in %s: %w", host, dir, err)
+		}
+		break
+	}
+	r.TLSConfig = tc
+	auth, err := config.GetCredentialsForRef(sys, ref)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", host, err)
+	}
+	r.Username, r.Password, r.IdentityToken = auth.Username, auth.Password, auth.IdentityToken
+	return r, nil
+}
+
+// certDirs are where containers/image looks for a registry's certificates.
+func certDirs(sys *types.SystemContext, host string) []string {
+	if sys != nil && sys.DockerCertPath != "" {
+		return []string{sys.DockerCertPath}
+	}
+	if sys != nil && sys.DockerPerHostCertDirPath != "" {
+		return []string{filepath.Join(sys.DockerPerHostCertDirPath, host)}
+	}
+	return []string{filepath.Join("/etc/containers/certs.d", host), filepath.Join("/etc/docker/certs.d", host)}
+}
