@@ -29,7 +29,10 @@ func main() {
 	if filepath.Base(os.Args[0]) == "mkcomposefs" {
 		rootCmd.SetArgs(append([]string{"mkcomposefs"}, os.Args[1:]...))
 	}
-	if err := rootCmd.Execute(); err != nil {
+	stopProfile := cli.Profile()
+	err := rootCmd.Execute()
+	stopProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "moss-compose:", err)
 		os.Exit(1)
 	}

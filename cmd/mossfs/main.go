@@ -23,7 +23,10 @@ var rootCmd = &cobra.Command{
 }
 
 func main() {
-	if err := rootCmd.Execute(); err != nil {
+	stopProfile := cli.Profile()
+	err := rootCmd.Execute()
+	stopProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "mossfs:", err)
 		os.Exit(1)
 	}

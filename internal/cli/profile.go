@@ -1,0 +1,46 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+)
+
+// Profile starts what the environment asks for, to see where a command
+// spends its time as users run it: MOSSFS_CPUPROFILE=FILE writes a CPU
+// profile, MOSSFS_MEMPROFILE=FILE a heap profile (all allocations) when the
+// command ends (go tool pprof reads both). The returned stop function
+// finishes them; it must run before the program exits.
+func Profile() (stop func()) {
+	var stops []func()
+	if p := os.Getenv("MOSSFS_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err != nil {
+			fmt.Fprintln(os.Stderr, "MOSSFS_CPUPROFILE:", err)
+		} else if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "MOSSFS_CPUPROFILE:", err)
+			f.Close()
+		} else {
+			stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+		}
+	}
+	if p := os.Getenv("MOSSFS_MEMPROFILE"); p != "" {
+		runtime.MemProfileRate = 4096
+		stops = append(stops, func() {
+			f, err := os.Create(p)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "MOSSFS_MEMPROFILE:", err)
+				return
+			}
+			defer f.Close()
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				fmt.Fprintln(os.Stderr, "MOSSFS_MEMPROFILE:", err)
+			}
+		})
+	}
+	return func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+}
