@@ -250,6 +250,24 @@ func currentMount(target string) (mounttuck.MountEntry, bool, error) {
 // mountAt mounts src at target with the driver, replacing a mossfs mount
 // already there, and records the mount. The caller holds the mount lock.
 func mountAt(root string, src mountSource, target, driver, verity string) (mountrec.Record, error) {
+	rec, err := mountOnly(src, target, driver, verity)
+	if err != nil {
+		return rec, err
+	}
+	if !recordable(src) {
+		// Records name a transaction or a store image (gc and remove read
+		// them); an image file from elsewhere replaces any record with nothing.
+		return rec, mountrec.Remove(root, target)
+	}
+	return rec, mountrec.Write(root, rec)
+}
+
+// recordable reports whether a mount of src gets a mount record.
+func recordable(src mountSource) bool { return src.tx != 0 || src.digest != "" }
+
+// mountOnly is mountAt without the mount record: it returns the record
+// for the caller to write.
+func mountOnly(src mountSource, target, driver, verity string) (mountrec.Record, error) {
 	rec := mountrec.Record{Target: target, Tx: src.tx, Image: src.digest, ImagePath: src.image, Objects: src.objects}
 	v, err := overlay.ParseVerity(verity)
 	if err != nil {
@@ -296,12 +314,7 @@ func mountAt(root string, src mountSource, target, driver, verity string) (mount
 	default:
 		return rec, fmt.Errorf("driver %q: want auto, overlay or fuse", driver)
 	}
-	if src.tx == 0 && src.digest == "" {
-		// Records name a transaction or a store image (gc and remove read
-		// them); an image file from elsewhere replaces any record with nothing.
-		return rec, mountrec.Remove(root, target)
-	}
-	return rec, mountrec.Write(root, rec)
+	return rec, nil
 }
 
 // mountOverlayAt builds the overlay detached and puts it at target
@@ -396,27 +409,4 @@ func readID(path string) (uint64, error) {
 		return 0, fmt.Errorf("%s: %w", path, err)
 	}
 	return id, nil
-}
-
-func writeIDAtomic(path string, id uint64) error {
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(f, "%d\n", id)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

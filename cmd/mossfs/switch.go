@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 
 	"github.com/mossfs/mossfs/internal/bls"
+	"github.com/mossfs/mossfs/internal/durable"
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/sign"
 	"github.com/spf13/cobra"
@@ -63,7 +65,7 @@ func previousActivePath(root string) string {
 // there), records the mount and makes id the active transaction; the
 // previously active one is remembered for rollback.
 //
-// The boot loader's default entry follows (see setBootDefault), so that a
+// The boot loader's default entry follows (see bootDefaultFiles), so that a
 // reboot starts the transaction now running instead of silently going back.
 func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver, verity string, blsDirs []string) error {
 	unlock, err := mountrec.Lock(root)
@@ -106,25 +108,45 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
-	rec, err := mountAt(root, src, t, driver, verity)
+	rec, err := mountOnly(src, t, driver, verity)
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
-	if prev != 0 && prev != id {
-		if err := writeIDAtomic(previousActivePath(root), prev); err != nil {
-			return fmt.Errorf("switch: %w", err)
-		}
+	// What a switch records goes to disk in one batch of durable writes (one
+	// fsync round, not one per file): the mount record, the previously
+	// active transaction, the active one (written by the state package,
+	// under its lock) and the boot loader's default entry.
+	var files []durable.File
+	recFile, err := mountrec.File(root, rec)
+	if err != nil {
+		return fmt.Errorf("switch: mounted, but recording the mount failed: %w", err)
 	}
-	if err := setActive(root, id); err != nil {
+	files = append(files, recFile)
+	if prev != 0 && prev != id {
+		files = append(files, durable.File{Path: previousActivePath(root), Data: []byte(strconv.FormatUint(prev, 10) + "\n"), Perm: 0o644})
+	}
+	dirs, bootFiles, bootErr := bootDefaultFiles(id, blsDirs)
+	if bootErr == nil {
+		files = append(files, bootFiles...)
+	}
+	st, err := openState(root)
+	if err == nil {
+		err = st.SetActive(id, files...)
+	}
+	if err != nil {
+		// The mount is there: keep at least its record, which protects the
+		// transaction from removal.
+		if rerr := mountrec.Write(root, rec); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
 		return fmt.Errorf("switch: mounted, but recording the active transaction failed: %w", err)
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "switched %s to transaction %d (%s, verity %s)\n", t, id, rec.Driver, orDash(rec.Verity))
-	dirs, err := setBootDefault(id, blsDirs)
+	if bootErr != nil {
+		return fmt.Errorf("switch: switched to transaction %d, but the next boot would not start it: %w", id, bootErr)
+	}
 	for _, d := range dirs {
 		fmt.Fprintf(cmd.ErrOrStderr(), "boot default in %s: transaction %d\n", d, id)
-	}
-	if err != nil {
-		return fmt.Errorf("switch: switched to transaction %d, but the next boot would not start it: %w", id, err)
 	}
 	return nil
 }
@@ -134,23 +156,27 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 // one mounted.
 var afterSignatureCheck = func(image string) {}
 
-// setBootDefault makes transaction id the default boot entry in dirs, or,
-// with none given, in every standard entries directory under / that holds
-// mossfs entries (none is not an error: the system may not boot via BLS).
-// It returns the directories it changed. A user who is not root (a
-// rootless FUSE switch) changes no boot entries unless given --bls-dir: the
-// boot loader's configuration is not theirs.
-func setBootDefault(id uint64, dirs []string) ([]string, error) {
+// bootDefaultFiles prepares making transaction id the default boot entry
+// in dirs, or, with none given, in every standard entries directory under /
+// that holds mossfs entries (none is not an error: the system may not boot
+// via BLS). It returns the directories and their loader.conf files, for the
+// caller's batch of durable writes. A user who is not root (a rootless
+// FUSE switch) changes no boot entries unless given --bls-dir: the boot
+// loader's configuration is not theirs.
+func bootDefaultFiles(id uint64, dirs []string) ([]string, []durable.File, error) {
 	if len(dirs) == 0 {
 		if os.Geteuid() != 0 {
-			return nil, nil
+			return nil, nil, nil
 		}
-		return bls.SetDefaultFound("/", id)
+		return bls.DefaultFilesFound("/", id)
 	}
-	for i, d := range dirs {
-		if err := bls.SetDefault(d, id); err != nil {
-			return dirs[:i], err
+	var files []durable.File
+	for _, d := range dirs {
+		f, err := bls.DefaultFile(d, id)
+		if err != nil {
+			return dirs, nil, err
 		}
+		files = append(files, f)
 	}
-	return dirs, nil
+	return dirs, files, nil
 }

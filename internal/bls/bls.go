@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/mossfs/mossfs/internal/bootcmd"
+	"github.com/mossfs/mossfs/internal/durable"
 )
 
 // DefaultKeep is how many of the newest transactions get an entry.
@@ -326,28 +327,54 @@ func Default(dir string) (string, error) {
 // ones), one is made from the newest mossfs entry with moss.tx replaced and
 // the digest pin dropped; it fails if there is no entry to start from.
 func SetDefault(dir string, tx uint64) error {
+	f, err := DefaultFile(dir, tx)
+	if err != nil {
+		return err
+	}
+	if err := durable.Write(f); err != nil {
+		return fmt.Errorf("bls: %w", err)
+	}
+	return nil
+}
+
+// DefaultFile prepares what SetDefault writes: it writes tx's entry if
+// there is none (durably, before anything names it), and returns the new
+// loader.conf for the caller to write in a batch (package durable).
+func DefaultFile(dir string, tx uint64) (durable.File, error) {
 	name := EntryName(tx)
 	if _, err := os.Stat(filepath.Join(dir, name)); errors.Is(err, os.ErrNotExist) {
 		cfg, ok := Template(dir)
 		if !ok {
-			return fmt.Errorf("bls: no entry for transaction %d in %s and no mossfs entry to copy (run mossfs bls)", tx, dir)
+			return durable.File{}, fmt.Errorf("bls: no entry for transaction %d in %s and no mossfs entry to copy (run mossfs bls)", tx, dir)
 		}
 		if err := writeAtomic(filepath.Join(dir, name), makeEntry(cfg, Transaction{ID: tx}, nil).Bytes()); err != nil {
-			return err
+			return durable.File{}, err
 		}
 		if err := syncDir(dir); err != nil {
-			return err
+			return durable.File{}, err
 		}
 	} else if err != nil {
-		return fmt.Errorf("bls: %w", err)
+		return durable.File{}, fmt.Errorf("bls: %w", err)
 	}
-	return setDefaultLine(LoaderConf(dir), name)
+	return defaultLineFile(LoaderConf(dir), name)
 }
 
 func setDefaultLine(conf, value string) error {
+	f, err := defaultLineFile(conf, value)
+	if err != nil {
+		return err
+	}
+	if err := durable.Write(f); err != nil {
+		return fmt.Errorf("bls: %w", err)
+	}
+	return nil
+}
+
+// defaultLineFile returns loader.conf with its default line set to value.
+func defaultLineFile(conf, value string) (durable.File, error) {
 	data, err := os.ReadFile(conf)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("bls: %w", err)
+		return durable.File{}, fmt.Errorf("bls: %w", err)
 	}
 	var lines []string
 	done := false
@@ -366,12 +393,9 @@ func setDefaultLine(conf, value string) error {
 		lines = append([]string{"default " + value}, lines...)
 	}
 	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
-		return fmt.Errorf("bls: %w", err)
+		return durable.File{}, fmt.Errorf("bls: %w", err)
 	}
-	if err := writeAtomic(conf, []byte(strings.Join(lines, "\n")+"\n")); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(conf))
+	return durable.File{Path: conf, Data: []byte(strings.Join(lines, "\n") + "\n"), Perm: 0o644}, nil
 }
 
 func writeAtomic(path string, data []byte) error {
@@ -425,11 +449,27 @@ func FindEntryDirs(root string) []string {
 // rollback call after a switch, so the next boot starts the transaction
 // now running. No mossfs entries anywhere is not an error (nothing to do).
 func SetDefaultFound(root string, tx uint64) ([]string, error) {
-	dirs := FindEntryDirs(root)
-	for _, d := range dirs {
-		if err := SetDefault(d, tx); err != nil {
-			return dirs, err
-		}
+	dirs, files, err := DefaultFilesFound(root, tx)
+	if err != nil {
+		return dirs, err
+	}
+	if err := durable.Write(files...); err != nil {
+		return dirs, fmt.Errorf("bls: %w", err)
 	}
 	return dirs, nil
+}
+
+// DefaultFilesFound is SetDefaultFound's preparation (DefaultFile for each
+// directory found), for a batch of durable writes.
+func DefaultFilesFound(root string, tx uint64) ([]string, []durable.File, error) {
+	dirs := FindEntryDirs(root)
+	var files []durable.File
+	for _, d := range dirs {
+		f, err := DefaultFile(d, tx)
+		if err != nil {
+			return dirs, nil, err
+		}
+		files = append(files, f)
+	}
+	return dirs, files, nil
 }

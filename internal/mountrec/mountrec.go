@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mossfs/mossfs/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -84,6 +85,20 @@ func Name(target string) string {
 // Write stores r atomically and durably (temporary file, fsync, rename,
 // fsync of the directory).
 func Write(root string, r Record) error {
+	f, err := File(root, r)
+	if err != nil {
+		return err
+	}
+	if err := durable.Write(f); err != nil {
+		return fmt.Errorf("mount record: %w", err)
+	}
+	return nil
+}
+
+// File returns the record file of r for a batch of durable writes (see
+// package durable), creating the records directory if needed. It fills in
+// r's time and boot id as Write does.
+func File(root string, r Record) (durable.File, error) {
 	if r.Time.IsZero() {
 		r.Time = time.Now().UTC()
 	}
@@ -92,36 +107,13 @@ func Write(root string, r Record) error {
 	}
 	dir := Dir(root)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("mount record: %w", err)
+		return durable.File{}, fmt.Errorf("mount record: %w", err)
 	}
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
-		return err
+		return durable.File{}, err
 	}
-	path := filepath.Join(dir, Name(r.Target))
-	f, err := os.CreateTemp(dir, ".tmp-")
-	if err != nil {
-		return fmt.Errorf("mount record %s: %w", path, err)
-	}
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("mount record %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return durable.File{Path: filepath.Join(dir, Name(r.Target)), Data: append(data, '\n'), Perm: 0o600}, nil
 }
 
 // Remove deletes the record of target (no error if there is none).

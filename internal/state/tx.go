@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mossfs/mossfs/internal/durable"
 	"github.com/mossfs/mossfs/internal/mountrec"
 )
 
@@ -191,7 +192,11 @@ func (s *State) Active() (uint64, error) {
 }
 
 // SetActive records id as the active transaction (durably).
-func (s *State) SetActive(id uint64) error {
+//
+// The files in also are written in the same batch of durable writes
+// (package durable: one fsync round for all), under the same lock: mossfs
+// switch records the mount and the boot default with it.
+func (s *State) SetActive(id uint64, also ...durable.File) error {
 	l, err := s.txLock()
 	if err != nil {
 		return err
@@ -200,7 +205,8 @@ func (s *State) SetActive(id uint64) error {
 	if _, err := s.Get(id); err != nil {
 		return fmt.Errorf("set active: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(s.root, "active"), []byte(strconv.FormatUint(id, 10)+"\n"), publicFileMode, true); err != nil {
+	files := append([]durable.File{{Path: filepath.Join(s.root, "active"), Data: []byte(strconv.FormatUint(id, 10) + "\n"), Perm: publicFileMode}}, also...)
+	if err := durable.Write(files...); err != nil {
 		return fmt.Errorf("set active: %w", err)
 	}
 	return nil
