@@ -21,6 +21,7 @@ var composeFlags struct {
 	remove  []string
 	json    bool
 	quiet   bool
+	force   bool
 }
 
 var composeCmd = &cobra.Command{
@@ -35,7 +36,12 @@ PREFIX (default: the root), as --dump FILE:PREFIX does a composefs dump's
 tree (contents from the store or the digest store given with --objects).
 Conflicts (one path, two inputs, different
 content; or a package's Conflicts record) stop the compose before any
-transaction, image or metadata is written.`,
+transaction, image or metadata is written.
+
+A compose that changes nothing (no input removed, every new input the same
+as the one of --from it replaces) creates nothing: it says so and prints the
+id of --from (JSON: "unchanged": true); --force creates a new transaction
+anyway.`,
 	Args: cobra.NoArgs,
 	RunE: runCompose,
 }
@@ -52,6 +58,7 @@ func init() {
 	fl.StringArrayVar(&composeFlags.remove, "remove", nil, "leave out this input of --from: a package name or tree directory (repeatable)")
 	fl.BoolVar(&composeFlags.json, "json", false, "print the new transaction as JSON")
 	fl.BoolVarP(&composeFlags.quiet, "quiet", "q", false, "no progress display")
+	fl.BoolVar(&composeFlags.force, "force", false, "create a transaction even when it would hold what --from holds")
 	rootCmd.AddCommand(composeCmd)
 }
 
@@ -110,9 +117,14 @@ func runCompose(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("compose: %w", err)
 	}
 	added := describeInputs(frags)
-	res, err := s.Compose(state.ComposeOptions{From: composeFlags.from, Remove: composeFlags.remove, Add: frags})
+	res, err := s.Compose(state.ComposeOptions{From: composeFlags.from, Remove: composeFlags.remove, Add: frags, Force: composeFlags.force})
 	if err != nil {
 		return conflictError(err)
+	}
+	if res.Unchanged && !composeFlags.json {
+		fmt.Println(res.Tx.ID)
+		fmt.Fprintf(os.Stderr, "no change: the result would be transaction %d; nothing created (--force creates it anyway)\n", res.Tx.ID)
+		return nil
 	}
 	if composeFlags.json {
 		return cli.PrintJSON(os.Stdout, composeOutput{ComposeResult: res, Added: added, Image: s.ImagePath(res.Tx)})

@@ -263,8 +263,19 @@ func TestStateCommands(t *testing.T) {
 	os.Remove(filepath.Join(root, "mounts", "usr.json"))
 	mc(t, true, cmd("import", "-q", "--tree", extra)...)
 	mc(t, true, cmd("verify", "-q")...)
-	mc(t, true, cmd("compose", "-q", "--from", "5")...)
-	mc(t, true, cmd("compose", "-q", "--from", "5")...)
+	// Nothing changes: nothing created, 5 is the answer; --force composes.
+	if out := mc(t, true, cmd("compose", "-q", "--from", "5")...); out != "5\n" {
+		t.Errorf("no-change compose printed %q, want 5", out)
+	}
+	var unchanged struct {
+		Unchanged bool `json:"unchanged"`
+	}
+	mcJSON(t, &unchanged, cmd("compose", "--from", "5", "--tree", extra+":/share/extra")...)
+	if !unchanged.Unchanged {
+		t.Error("re-adding the same tree at the same place: not reported unchanged")
+	}
+	mc(t, true, cmd("compose", "-q", "--from", "5", "--force")...)
+	mc(t, true, cmd("compose", "-q", "--from", "5", "--force")...)
 	mcJSON(t, &rm, cmd("state", "prune", "--keep", "1", "-q")...)
 	if !slices.Equal(rm.Removed, []uint64{6}) {
 		t.Errorf("prune --keep 1 removed %v", rm.Removed)

@@ -174,7 +174,7 @@ func BenchmarkCompose(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		sh(b, "sync")
 		ours += timed(func() {
-			res, err := s.Compose(state.ComposeOptions{From: 1})
+			res, err := s.Compose(state.ComposeOptions{From: 1, Force: true})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -202,7 +202,7 @@ func BenchmarkRemove(b *testing.B) {
 	var ours, base time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		res, err := s.Compose(state.ComposeOptions{From: 1})
+		res, err := s.Compose(state.ComposeOptions{From: 1, Force: true})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -243,7 +243,7 @@ func BenchmarkGC(b *testing.B) {
 			b.Fatal(err)
 		}
 		tx := importTree(b, s, extra)
-		if _, err := s.Compose(state.ComposeOptions{From: 1}); err != nil {
+		if _, err := s.Compose(state.ComposeOptions{From: 1, Force: true}); err != nil {
 			b.Fatal(err)
 		}
 		if err := s.Remove([]uint64{tx.ID}, false); err != nil {

@@ -29,6 +29,9 @@ type ComposeOptions struct {
 	Add []Fragment
 	// Time of the transaction (zero: now).
 	Time time.Time
+	// Force composes a new transaction even when it would hold what From
+	// holds (without it such a compose creates nothing; see Unchanged).
+	Force bool
 }
 
 // ComposeResult describes what Compose did.
@@ -37,6 +40,17 @@ type ComposeResult struct {
 	// Replaced base inputs (upgrades) and Removed ones.
 	Replaced []Input `json:"replaced,omitempty"`
 	Removed  []Input `json:"removed,omitempty"`
+	// Unchanged: the inputs are those of the base transaction (nothing
+	// removed, every new input the same as the one it replaces), so nothing
+	// was created and Tx is the base.
+	Unchanged bool `json:"unchanged,omitempty"`
+}
+
+// sameInput reports whether a new input contributes what an old one does:
+// the same fragment, at the same place, with the same package metadata.
+func sameInput(a, b Input) bool {
+	return a.Kind == b.Kind && a.Name == b.Name && a.Version == b.Version && a.Prefix == b.Prefix &&
+		a.Digest == b.Digest && slices.Equal(a.Provides, b.Provides) && slices.Equal(a.Conflicts, b.Conflicts)
 }
 
 // matchesInput reports whether a --remove argument names the input.
@@ -123,22 +137,12 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	if len(split.unused) > 0 {
 		return nil, fmt.Errorf("compose --remove %s: no such input in transaction %d", split.unused[0], opts.From)
 	}
-	var frags []Fragment
-	var pending []pendingFragment
-	if len(kept) > 0 {
-		data, roots, err := s.loadFragments(base, kept, true)
-		if err != nil {
-			return nil, fmt.Errorf("compose --from: %w", err)
-		}
-		for i, in := range kept {
-			frags = append(frags, Fragment{Input: in, Root: roots[i]})
-			pending = append(pending, pendingFragment{data: data[i], linkFrom: s.FragmentPath(base, in)})
-		}
-	}
 	// New inputs: encode before merging (Merge moves their nodes). Only
 	// their objects need checking: those of the base's inputs are
 	// referenced by the base's image, which gc keeps (and gc cannot run
 	// while we hold the lock).
+	var added []Fragment
+	var addedPending []pendingFragment
 	for _, f := range opts.Add {
 		if f.Root == nil {
 			return nil, fmt.Errorf("compose: input %s has no tree", f.Input.Label())
@@ -154,9 +158,39 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 		f.Input.Fragment, f.Input.Digest = fragmentName(data)
 		c := CountTree(f.Root)
 		f.Input.Entries, f.Input.Bytes = c.Entries-1, c.Bytes
-		frags = append(frags, f)
-		pending = append(pending, pendingFragment{data: data})
+		added = append(added, f)
+		addedPending = append(addedPending, pendingFragment{data: data})
 	}
+	// A compose that would hold what the base holds creates nothing
+	// (decided before the base's fragments are read).
+	if base != nil && !opts.Force && len(res.Removed) == 0 && len(res.Replaced) == len(added) {
+		same := true
+		for _, f := range added {
+			i := slices.IndexFunc(res.Replaced, func(in Input) bool { return in.Key() == f.Input.Key() })
+			if i < 0 || !sameInput(f.Input, res.Replaced[i]) {
+				same = false
+				break
+			}
+		}
+		if same {
+			res.Tx, res.Replaced, res.Unchanged = base, nil, true
+			return res, nil
+		}
+	}
+	var frags []Fragment
+	var pending []pendingFragment
+	if len(kept) > 0 {
+		data, roots, err := s.loadFragments(base, kept, true)
+		if err != nil {
+			return nil, fmt.Errorf("compose --from: %w", err)
+		}
+		for i, in := range kept {
+			frags = append(frags, Fragment{Input: in, Root: roots[i]})
+			pending = append(pending, pendingFragment{data: data[i], linkFrom: s.FragmentPath(base, in)})
+		}
+	}
+	frags = append(frags, added...)
+	pending = append(pending, addedPending...)
 	inputs := make([]Input, len(frags))
 	for i, f := range frags {
 		inputs[i] = f.Input

@@ -148,7 +148,20 @@ func TestComposeGetList(t *testing.T) {
 	if tx.Counts != want {
 		t.Errorf("counts %+v, want %+v", tx.Counts, want)
 	}
-	tx2 := compose(t, s, ComposeOptions{From: 1})
+	// A compose that changes nothing creates nothing (no id, image or
+	// fragment), unless forced.
+	images, _ := os.ReadDir(s.ImagesDir())
+	same, err := s.Compose(ComposeOptions{From: 1})
+	if err != nil || !same.Unchanged || same.Tx.ID != 1 {
+		t.Fatalf("no-change compose: %+v, %v", same, err)
+	}
+	if ids, _ := s.IDs(); len(ids) != 1 {
+		t.Fatalf("no-change compose created a transaction: %v", ids)
+	}
+	if after, _ := os.ReadDir(s.ImagesDir()); len(after) != len(images) {
+		t.Fatalf("no-change compose wrote an image: %d images, was %d", len(after), len(images))
+	}
+	tx2 := compose(t, s, ComposeOptions{From: 1, Force: true})
 	if tx2.ID != 2 || tx2.Parent != 1 || tx2.Image == tx.Image {
 		t.Fatalf("tx2 = %+v", tx2)
 	}
@@ -342,14 +355,14 @@ func TestRemovePruneProtect(t *testing.T) {
 		t.Fatalf("verify after gc: %+v, %v", v, err)
 	}
 	// Ids are never reused.
-	tx := compose(t, s, ComposeOptions{From: 5})
+	tx := compose(t, s, ComposeOptions{From: 5, Force: true})
 	if tx.ID != 6 {
 		t.Fatalf("next id %d", tx.ID)
 	}
 	if err := s.Remove([]uint64{6}, false); err != nil {
 		t.Fatal(err)
 	}
-	tx = compose(t, s, ComposeOptions{From: 5})
+	tx = compose(t, s, ComposeOptions{From: 5, Force: true})
 	if tx.ID != 7 {
 		t.Fatalf("id after removing the newest: %d", tx.ID)
 	}
