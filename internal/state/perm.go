@@ -100,7 +100,12 @@ func ownedByUs(root string) bool {
 // other permission bits, and the content store's objects directory.
 // Paths are relative to root. Only directory modes (and the modes of
 // top-level files) are looked at: never every object.
-func Exposed(root string) ([]string, error) {
+func Exposed(root string) ([]string, error) { return exposed(root, true) }
+
+// exposed is Exposed; without deep, only the top-level entries are looked
+// at (a few stats, what every Open pays), not transactions/ (one stat per
+// transaction and per inputs directory).
+func exposed(root string, deep bool) ([]string, error) {
 	var out []string
 	check := func(rel string, fi fs.FileInfo) {
 		if fi.Mode()&fs.ModeSymlink != 0 || IsPublic(rel) {
@@ -120,6 +125,9 @@ func Exposed(root string) ([]string, error) {
 			continue // removed meanwhile
 		}
 		check(e.Name(), fi)
+	}
+	if !deep {
+		return out, nil
 	}
 	tx, err := os.ReadDir(filepath.Join(root, "transactions"))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -142,9 +150,16 @@ func Exposed(root string) ([]string, error) {
 // directories, 0600 for files, and returns what it changed. It never walks the objects: a directory's
 // mode guards everything below it. Failures (a read-only file system, as
 // the initramfs sees /sysroot) leave the modes as they are.
+//
+// Only the top-level entries are looked at on every open; transactions/ is
+// looked at only when one of them was exposed (a store from before this
+// rule: compose makes the inputs directories private).
 func tightenModes(root string) []string {
-	exposed, err := Exposed(root)
+	exposed, err := exposed(root, false)
 	if err != nil || len(exposed) == 0 {
+		return nil
+	}
+	if exposed, err = Exposed(root); err != nil {
 		return nil
 	}
 	var done []string

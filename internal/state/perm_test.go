@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/internal/testenv"
 )
 
@@ -335,4 +336,60 @@ func TestOpenTightensOlderStore(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Join(root, "sha256")); fi.Mode().Perm() != 0o700 || !strings.Contains(warn.String(), "sha256 (mode 0711)") {
 		t.Errorf("a new directory of another program: mode %v after open, warning %q", fi.Mode().Perm(), warn.String())
 	}
+}
+
+// BenchmarkOpenPermissionCheck: what the owner's Open pays for looking at
+// the modes (the top-level entries; transactions/ only for an older store,
+// and in verify) on a state root with many transactions, against the rest
+// of Open (state.json and the store's meta.json) in the same run.
+func BenchmarkOpenPermissionCheck(b *testing.B) {
+	n := 300
+	if os.Getenv("MOSSFS_BENCH_FULL") == "1" {
+		n = 10000
+	}
+	root := filepath.Join(b.TempDir(), "moss")
+	if _, err := Create(root); err != nil {
+		b.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		id := strconv.Itoa(i)
+		if err := os.WriteFile(filepath.Join(root, "transactions", id+".json"), []byte("{}\n"), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Mkdir(filepath.Join(root, "transactions", id+".inputs"), 0o700); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("baseline-format-and-store", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := readFormat(root); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := cas.Open(filepath.Join(root, "cas")); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("exposed-top-level", func(b *testing.B) {
+		for b.Loop() {
+			if e, err := exposed(root, false); err != nil || len(e) != 0 {
+				b.Fatal(e, err)
+			}
+		}
+	})
+	b.Run("exposed-deep-as-verify", func(b *testing.B) {
+		for b.Loop() {
+			if e, err := Exposed(root); err != nil || len(e) != 0 {
+				b.Fatal(e, err)
+			}
+		}
+	})
+	b.Run("open", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := Open(root); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.ReportMetric(float64(n), "transactions")
 }
