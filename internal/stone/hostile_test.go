@@ -376,6 +376,14 @@ func FuzzRead(f *testing.F) {
 	}
 	m, l, i, c := synthetic()
 	f.Add(buildStone(f, FileBinary, m, l, i, c))
+	// Later-format stones: a payload of an unknown kind, one in an unknown
+	// compression, a Meta record of an unknown kind.
+	unknown := testPayload{kind: 42, compression: 9, records: 1, plain: []byte("later")}
+	lz := l
+	lz.compression = 9
+	f.Add(buildStone(f, FileBinary, m, unknown, l, i, c))
+	f.Add(buildStone(f, FileBinary, m, lz, i, c))
+	f.Add(buildStone(f, FileBinary, metaPayload(str(TagName, "t"), metaRec{TagSummary, 200, []byte{1, 2}}), l, i, c))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Open(bytes.NewReader(data), int64(len(data)), "fuzz")
 		if err != nil {
