@@ -92,9 +92,20 @@ func runVerify(root string, tx uint64, noQuarantine, asJSON, quiet bool) error {
 		for _, p := range res.Exposed {
 			fmt.Printf("reachable by other users: %s\n", p)
 		}
+		if ix := res.Index; ix != nil && !ix.Complete() {
+			fixed := "not fixed (--no-quarantine)"
+			if ix.Rebuilt {
+				fixed = "rebuilt"
+			}
+			fmt.Printf("sha256 index: %d link(s), %d missing, %d wrong, %d stray entries: %s\n", ix.Links, ix.Missing, ix.Wrong, len(ix.Strays), fixed)
+		}
 	}
 	if !res.OK() {
-		return fmt.Errorf("verify: %d corrupt object(s), %d missing object(s), %d bad image(s), %d entries reachable by other users", len(res.Corrupt), len(res.Missing), len(res.BadImages), len(res.Exposed))
+		index := ""
+		if ix := res.Index; ix != nil && !ix.Rebuilt && !ix.OK() {
+			index = ", sha256 index incomplete or wrong"
+		}
+		return fmt.Errorf("verify: %d corrupt object(s), %d missing object(s), %d bad image(s), %d entries reachable by other users%s", len(res.Corrupt), len(res.Missing), len(res.BadImages), len(res.Exposed), index)
 	}
 	return nil
 }

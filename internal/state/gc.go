@@ -46,6 +46,8 @@ type GCResult struct {
 	// (or never completely) exist; TempRemoved: leftover temporary files.
 	InputsRemoved []uint64 `json:"inputs_removed"`
 	TempRemoved   int      `json:"temp_removed"`
+	// IndexLinksRemoved: sha256 index links of removed (or missing) objects.
+	IndexLinksRemoved int `json:"index_links_removed"`
 }
 
 // GC removes everything no retained transaction needs. Roots are every
@@ -202,8 +204,19 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 		res.ObjectsRemoved++
 		res.BytesRemoved += o.size
 	}
+	// The sha256 index never names a removed object: its links go first,
+	// and are durably gone before the objects are.
+	isLive := func(d [32]byte) bool { _, ok := live[d]; return ok }
+	if res.IndexLinksRemoved, err = s.sweepIndex(isLive, opts.DryRun); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
 	if opts.DryRun {
 		return res, nil
+	}
+	if res.IndexLinksRemoved > 0 {
+		if err := s.Sync(); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
 	}
 	var (
 		next, done atomic.Int64

@@ -58,7 +58,7 @@ func (im *Importer) Sync() error {
 // known-content index maps to an object still present are not even
 // decompressed), its layout becomes the fragment.
 func (im *Importer) Stone(ctx context.Context, file string) (Fragment, error) {
-	p, root, err := stone.Import(ctx, file, im.s.store, im.known)
+	p, root, err := stone.Import(ctx, file, im.s.IndexedSink(), im.known)
 	if err != nil {
 		return Fragment{}, err
 	}
@@ -266,7 +266,7 @@ func ParseTreeArg(arg string) (dir, prefix string) {
 // Tree imports a directory placed at prefix inside the image ("/" = its
 // root, whose metadata then becomes the image root's).
 func (im *Importer) Tree(ctx context.Context, dir, prefix string) (Fragment, error) {
-	root, err := dirimport.Import(ctx, dir, dirimport.Options{Sink: im.s.store, Progress: im.Progress, XattrNamespaces: im.XattrNamespaces})
+	root, err := dirimport.Import(ctx, dir, dirimport.Options{Sink: im.s.IndexedSink(), Progress: im.Progress, XattrNamespaces: im.XattrNamespaces})
 	if err != nil {
 		return Fragment{}, err
 	}
@@ -333,7 +333,7 @@ func (im *Importer) Dump(ctx context.Context, file, prefix, objects string) (Fra
 		if err != nil {
 			return fmt.Errorf("dump %s: %s: %w", file, n.Path(), err)
 		}
-		got, err := im.s.store.PutFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+		got, err := im.s.IndexedSink().PutFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("dump %s: %s: %w", file, n.Path(), err)

@@ -51,6 +51,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/mossfs/mossfs/cas"
 	"golang.org/x/sys/unix"
@@ -73,6 +74,8 @@ type State struct {
 	store *cas.Store
 	// madePrivate is what Open found exposed and made private.
 	madePrivate []string
+	// indexFan marks the sha256 index's fan-out directories known to exist.
+	indexFan [256]atomic.Bool
 }
 
 type formatFile struct {

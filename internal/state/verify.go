@@ -61,17 +61,22 @@ type VerifyResult struct {
 	// MadePrivate are the entries opening the state root found exposed and
 	// made private (an older store, or code that forgot perm.go's rule).
 	MadePrivate []string `json:"made_private,omitempty"`
+	// Index is the check of the sha256 index (whole-store verifies only):
+	// rebuilt unless NoQuarantine asked for a report only.
+	Index *IndexReport `json:"sha256_index,omitempty"`
 }
 
 // OK reports whether nothing was found wrong.
 func (r *VerifyResult) OK() bool {
-	return len(r.Corrupt) == 0 && len(r.Missing) == 0 && len(r.BadImages) == 0 && len(r.Exposed) == 0
+	return len(r.Corrupt) == 0 && len(r.Missing) == 0 && len(r.BadImages) == 0 && len(r.Exposed) == 0 &&
+		(r.Index == nil || r.Index.Rebuilt || r.Index.OK())
 }
 
 // Verify re-hashes objects (all of them, or those one transaction uses),
 // moves corrupt ones to the store's quarantine, and checks that every image
 // checked matches its digest and that all the objects it references are
-// present.
+// present. Verifying the whole store also checks the sha256 index against
+// the objects' contents and rebuilds it (with NoQuarantine: reports only).
 func (s *State) Verify(opts VerifyOptions) (*VerifyResult, error) {
 	lk, err := s.Lock() // keeps gc away, so "missing" means missing
 	if err != nil {
@@ -158,6 +163,12 @@ func (s *State) Verify(opts VerifyOptions) (*VerifyResult, error) {
 	}
 	if len(rep.Bad) > 0 {
 		crash(CPVerifyQuarantine)
+	}
+	if opts.Tx == 0 {
+		// After quarantine: links to quarantined objects are wrong now.
+		if res.Index, err = s.checkIndex(context.Background(), opts.Threads, !opts.NoQuarantine); err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
 	}
 	return res, nil
 }
