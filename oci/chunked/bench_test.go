@@ -11,6 +11,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/oci/ocitest"
 )
 
 // BenchmarkBAfterA pulls layer B (sharing 90% of A's files, the generated
@@ -19,22 +20,22 @@ import (
 // downloads it whole (GET, zstd decompression, diff_id hash) in the same
 // iteration. Bytes are the registry's, from its access log.
 func BenchmarkBAfterA(b *testing.B) {
-	reg := startRegistry(b)
+	reg := ocitest.StartRegistry(b)
 	spec := gentree.FromEnv()
 	la := storageChunked(b, genTar(b, spec, false))
 	lb := storageChunked(b, genTar(b, spec, true))
-	reg.push(b, "bench/a", la.blob)
-	db := reg.push(b, "bench/b", lb.blob)
+	pushBlob(b, reg, "bench/a", la.blob)
+	db := pushBlob(b, reg, "bench/b", lb.blob)
 	store := memStore{}
 	storeFromTar(b, store, bytes.NewReader(la.tar))
-	client := &Registry{Host: reg.host, Repository: "bench/b", Insecure: true}
+	client := &Registry{Host: reg.Host, Repository: "bench/b", Insecure: true}
 	var partialT, wholeT time.Duration
 	var partialB, wholeB int64
 	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
 	defer dec.Close()
 	b.ResetTimer()
 	for range b.N {
-		before, n0 := reg.sent(b, "bench/b", db, 0)
+		before, _ := reg.BlobBytes(b, "bench/b", db)
 		t0 := time.Now()
 		l, got := pullLayer(b, client, lb, store)
 		partialT += time.Since(t0)
@@ -42,11 +43,11 @@ func BenchmarkBAfterA(b *testing.B) {
 		if len(got) != len(lb.tar) {
 			b.Fatal("rebuilt tar differs")
 		}
-		after, n1 := reg.sent(b, "bench/b", db, n0+l.Stats().Requests)
+		after, _ := reg.BlobBytes(b, "bench/b", db)
 		partialB += after - before
 
 		t0 = time.Now()
-		resp, err := http.Get("http://" + reg.host + "/v2/bench/b/blobs/" + db)
+		resp, err := http.Get("http://" + reg.Host + "/v2/bench/b/blobs/" + db)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -62,7 +63,7 @@ func BenchmarkBAfterA(b *testing.B) {
 			b.Fatal("whole download: diff_id differs")
 		}
 		wholeT += time.Since(t0)
-		end, _ := reg.sent(b, "bench/b", db, n1+1)
+		end, _ := reg.BlobBytes(b, "bench/b", db)
 		wholeB += end - after
 	}
 	b.StopTimer()

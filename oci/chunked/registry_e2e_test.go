@@ -2,23 +2,18 @@ package chunked
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/oci/ocitest"
 	"go.podman.io/storage/pkg/chunked/compressor"
 )
 
@@ -78,63 +73,11 @@ func storageChunked(tb testing.TB, tarBytes []byte) *testLayer {
 	return &testLayer{tar: tarBytes, blob: blob.Bytes(), annotations: meta, diffID: fmt.Sprintf("sha256:%x", sha256.Sum256(tarBytes))}
 }
 
-// testRegistry is Debian's docker-registry on a loopback port with its own
-// configuration; its access log (stdout) counts what clients fetched.
-type testRegistry struct {
-	host, logPath string
-}
-
-func startRegistry(tb testing.TB) *testRegistry {
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		tb.Skip("docker-registry not installed (scripts/install-deps.sh installs it)")
-	}
-	dir := tb.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := filepath.Join(dir, "config.yml")
-	conf := fmt.Sprintf("version: 0.1\nlog: {level: warn, accesslog: {disabled: false}}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: %s}\n", filepath.Join(dir, "data"), addr)
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	r := &testRegistry{host: addr, logPath: filepath.Join(dir, "access.log")}
-	out, err := os.Create(r.logPath)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", cfg)
-	cmd.Stdout, cmd.Stderr = out, io.Discard
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		out.Close()
-	})
-	for i := 0; ; i++ {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return r
-			}
-		}
-		if i > 100 {
-			tb.Fatalf("docker-registry on %s did not answer: %v", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// push uploads a blob monolithically (POST, then PUT with the digest).
-func (r *testRegistry) push(tb testing.TB, repo string, blob []byte) string {
+// pushBlob uploads a blob to the registry monolithically (POST, then PUT
+// with the digest), without a manifest: the tests here read layers alone.
+func pushBlob(tb testing.TB, reg *ocitest.Registry, repo string, blob []byte) string {
 	d := fmt.Sprintf("sha256:%x", sha256.Sum256(blob))
-	resp, err := http.Post("http://"+r.host+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	resp, err := http.Post("http://"+reg.Host+"/v2/"+repo+"/blobs/uploads/", "", nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -158,46 +101,6 @@ func (r *testRegistry) push(tb testing.TB, repo string, blob []byte) string {
 		tb.Fatalf("upload: %s", resp.Status)
 	}
 	return d
-}
-
-// sent sums the bytes the registry's access log says it sent for GETs of a
-// blob, waiting for the log to show at least wantRequests of them (it is
-// written after the response).
-func (r *testRegistry) sent(tb testing.TB, repo, digest string, wantRequests int) (int64, int) {
-	path := "/v2/" + repo + "/blobs/" + digest
-	for try := 0; ; try++ {
-		f, err := os.Open(r.logPath)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		var total int64
-		n := 0
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			// 127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 206 12345 "" "agent"
-			line := sc.Text()
-			_, req, ok := strings.Cut(line, `"`)
-			if !ok || !strings.HasPrefix(req, "GET "+path+" ") {
-				continue
-			}
-			_, rest, _ := strings.Cut(req, `" `)
-			fields := strings.Fields(rest)
-			if len(fields) < 2 {
-				continue
-			}
-			b, err := strconv.ParseInt(fields[1], 10, 64)
-			if err != nil {
-				continue
-			}
-			total += b
-			n++
-		}
-		f.Close()
-		if n >= wantRequests || try > 40 {
-			return total, n
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // storeFromTar adds every regular file of a tar stream to the store, as
@@ -246,28 +149,28 @@ func pullLayer(tb testing.TB, reg *Registry, tl *testLayer, store memStore) (*La
 // counted from the registry's access log, are at most 15% of its blob, and
 // both rebuilt tar streams are the layers' own (diff_id checked).
 func TestRegistryBAfterA(t *testing.T) {
-	reg := startRegistry(t)
+	reg := ocitest.StartRegistry(t)
 	a := storageChunked(t, genTar(t, gentree.Tiny, false))
 	b := storageChunked(t, genTar(t, gentree.Tiny, true))
-	da := reg.push(t, "partial/a", a.blob)
-	db := reg.push(t, "partial/b", b.blob)
+	da := pushBlob(t, reg, "partial/a", a.blob)
+	db := pushBlob(t, reg, "partial/b", b.blob)
 
 	store := memStore{}
-	la, gotA := pullLayer(t, &Registry{Host: reg.host, Repository: "partial/a", Insecure: true}, a, store)
+	la, gotA := pullLayer(t, &Registry{Host: reg.Host, Repository: "partial/a", Insecure: true}, a, store)
 	if !bytes.Equal(gotA, a.tar) {
 		t.Fatal("A: rebuilt tar differs")
 	}
-	sentA, _ := reg.sent(t, "partial/a", da, la.Stats().Requests)
+	sentA, _ := reg.BlobBytes(t, "partial/a", da)
 	storeFromTar(t, store, bytes.NewReader(gotA))
 	la.Close()
 
-	lb, gotB := pullLayer(t, &Registry{Host: reg.host, Repository: "partial/b", Insecure: true}, b, store)
+	lb, gotB := pullLayer(t, &Registry{Host: reg.Host, Repository: "partial/b", Insecure: true}, b, store)
 	defer lb.Close()
 	if !bytes.Equal(gotB, b.tar) {
 		t.Fatal("B: rebuilt tar differs")
 	}
 	st := lb.Stats()
-	sentB, reqs := reg.sent(t, "partial/b", db, st.Requests)
+	sentB, reqs := reg.BlobBytes(t, "partial/b", db)
 	t.Logf("A: blob %d bytes, registry sent %d (%.1f%%); B: blob %d bytes, registry sent %d (%.1f%%) in %d requests; B stats %+v",
 		len(a.blob), sentA, 100*float64(sentA)/float64(len(a.blob)), len(b.blob), sentB, 100*float64(sentB)/float64(len(b.blob)), reqs, st)
 	if sentB > int64(len(b.blob))*15/100 {
