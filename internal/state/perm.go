@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -28,15 +29,21 @@ import (
 // Code that adds something to the state root creates its directories with
 // MkdirPrivate (or State.PrivateDir) and writes files with mode 0600; it
 // adds to PublicRecords only a record that holds no file name and no
-// content. Whatever is not listed there is made private (directory modes
-// only, see tightenModes) when its owner opens the state root, with one line
-// on Warnings saying so, and `moss-compose verify` reports it.
+// content. Whatever is not listed there (nor one of moss's own MossEntries)
+// is made private (directory modes only, see tightenModes) when its owner
+// opens the state root, with one line on Warnings saying so, and
+// `moss-compose verify` reports it.
 var PublicRecords = []string{
 	"state.json",          // format marker
 	"active",              // the active transaction id
 	"transactions",        // the directory (its <id>.inputs/ are private)
 	"transactions/*.json", // transaction metadata: ids, times, packages, digests
 }
+
+// MossEntries are the names moss itself keeps in the same directory (the
+// default state root /.moss is moss's): mossfs never changes their modes
+// nor reports them.
+var MossEntries = []string{"assets", "cache", "db", "repo", "root", ".moss-lockfile"}
 
 // Modes of what is private to the state root's owner.
 const (
@@ -108,7 +115,7 @@ func Exposed(root string) ([]string, error) { return exposed(root, true) }
 func exposed(root string, deep bool) ([]string, error) {
 	var out []string
 	check := func(rel string, fi fs.FileInfo) {
-		if fi.Mode()&fs.ModeSymlink != 0 || IsPublic(rel) {
+		if fi.Mode()&fs.ModeSymlink != 0 || IsPublic(rel) || slices.Contains(MossEntries, rel) {
 			return
 		}
 		if fi.Mode().Perm()&0o077 != 0 {

@@ -285,6 +285,11 @@ func TestOpenTightensOlderStore(t *testing.T) {
 		}
 		must(t, os.Chmod(filepath.Join(root, p), mode))
 	}
+	// moss's own entries beside ours are left as moss made them.
+	for _, d := range []string{"assets", "db", "root", "cache"} {
+		must(t, os.Mkdir(filepath.Join(root, d), 0o755))
+	}
+	must(t, os.WriteFile(filepath.Join(root, ".moss-lockfile"), nil, 0o644))
 	exposed, err := Exposed(root)
 	must(t, err)
 	if len(exposed) != len(loose) {
@@ -314,6 +319,11 @@ func TestOpenTightensOlderStore(t *testing.T) {
 		must(t, err)
 		if fi.Mode().Perm()&0o044 != 0o044 {
 			t.Errorf("public record %s: mode %v, want readable by all", p, fi.Mode().Perm())
+		}
+	}
+	for _, d := range []string{"assets", "db", "root", "cache"} {
+		if fi, err := os.Stat(filepath.Join(root, d)); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("moss's %s: %v %v, want left at 0755", d, fi.Mode(), err)
 		}
 	}
 	res, err := s2.Verify(VerifyOptions{})
