@@ -25,7 +25,7 @@ FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 # Debian's zsh reads vendor-completions; AerynOS's (like upstream's) site-functions.
 ZSHCOMPDIR ?= $(if $(wildcard /etc/debian_version),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
 DOCS       := $(BIN)/docs
-PROGRAMS   := mossfs moss-compose
+PROGRAMS   := mossfs moss-compose moss-oci
 
 all: build
 

@@ -121,7 +121,13 @@ func commandPaths(t *testing.T, bin string, path []string) [][]string {
 			in = false
 		case in:
 			f := strings.Fields(l)
-			if len(f) > 0 && f[0] != "help" {
+			// "moss-compose image" hands its arguments to moss-oci
+			// image: its subcommands' pages are moss-oci-image-*.1.
+			switch {
+			case len(f) == 0 || f[0] == "help":
+			case len(path) == 1 && path[0] == "moss-compose" && f[0] == "image":
+				paths = append(paths, append(slices.Clone(path), f[0]))
+			default:
 				paths = append(paths, commandPaths(t, bin, append(slices.Clone(path), f[0]))...)
 			}
 		}
@@ -140,6 +146,7 @@ func TestMakeInstall(t *testing.T) {
 	want := []string{
 		"/usr/bin/mkcomposefs",
 		"/usr/bin/moss-compose",
+		"/usr/bin/moss-oci",
 		"/usr/bin/mossfs",
 		"/usr/lib/dracut/modules.d/90mossfs/module-setup.sh",
 		"/usr/lib/dracut/modules.d/90mossfs/mossfs-boot.service",
@@ -147,7 +154,7 @@ func TestMakeInstall(t *testing.T) {
 		"/usr/lib/systemd/system/mossfs-triggers.service",
 	}
 	pages := map[string][]string{}
-	for _, prog := range []string{"mossfs", "moss-compose"} {
+	for _, prog := range []string{"mossfs", "moss-compose", "moss-oci"} {
 		want = append(want,
 			"/usr/share/bash-completion/completions/"+prog,
 			"/usr/share/zsh/vendor-completions/_"+prog,
