@@ -21,16 +21,21 @@ var imageCmd = &cobra.Command{
 	Short:              "Pull, list, inspect and remove container images (runs moss-oci image)",
 	DisableFlagParsing: true,
 	RunE: func(cmd *cobra.Command, args []string) error {
-		bin, err := mossOCIPath()
-		if err != nil {
-			return err
-		}
-		argv := append([]string{bin, "image"}, args...)
-		if err := syscall.Exec(bin, argv, os.Environ()); err != nil {
-			return fmt.Errorf("running %s: %w", bin, err)
-		}
-		return nil
+		return execMossOCI("image", args)
 	},
+}
+
+// execMossOCI replaces this process by "moss-oci SUBCOMMAND ARGS".
+func execMossOCI(sub string, args []string) error {
+	bin, err := mossOCIPath()
+	if err != nil {
+		return err
+	}
+	argv := append([]string{bin, sub}, args...)
+	if err := syscall.Exec(bin, argv, os.Environ()); err != nil {
+		return fmt.Errorf("running %s: %w", bin, err)
+	}
+	return nil
 }
 
 // mossOCIPath finds moss-oci beside this executable, else on $PATH.

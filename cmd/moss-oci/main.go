@@ -9,7 +9,7 @@ import (
 	"os"
 
 	"github.com/mossfs/mossfs/internal/cli"
-	_ "github.com/mossfs/mossfs/oci"
+	"github.com/mossfs/mossfs/oci"
 	"github.com/spf13/cobra"
 )
 
@@ -22,6 +22,11 @@ var rootCmd = &cobra.Command{
 }
 
 func main() {
+	// containers/storage re-executes this binary to apply layers (export
+	// to containers-storage:): that child must stop here.
+	if oci.ReexecInit() {
+		return
+	}
 	if err := rootCmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "moss-oci:", err)
 		os.Exit(1)

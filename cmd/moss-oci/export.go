@@ -1,0 +1,224 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/sign"
+	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/oci"
+	"github.com/mossfs/mossfs/tree"
+)
+
+var exportFlags struct {
+	root        string
+	json        bool
+	quiet       bool
+	usrOnly     bool
+	compression string
+	entrypoint  []string
+	cmd         []string
+	env         []string
+	labels      []string
+	arch        string
+	composefs   string
+	key         string
+	tmpdir      string
+	authfile    string
+	creds       string
+	tlsVerify   bool
+}
+
+var exportCmd = &cobra.Command{
+	Use:   "export TX DEST",
+	Short: "Export a transaction as an OCI image to a containers-transport destination",
+	Long: `Export an OS transaction as an OCI image to any containers-transport destination:
+oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://REGISTRY/NAME:TAG (push)
+or containers-storage:NAME.
+
+The image is a root filesystem with the transaction's /usr tree at usr/ and the
+merged-/usr links bin, sbin, lib, lib64 (and lib32) as moss makes them, or with
+--usr-only the /usr tree itself at the root. An exported OS image has NO /etc: a
+moss system's /etc belongs to the host, not to a transaction.
+
+The layer is a reproducible tar (sorted entries, the image's own modes, owners,
+mtimes and xattrs, no wall-clock times), zstd:chunked by default so that podman
+and mossfs can pull it partially, or zstd, gzip or none with --compression. The
+same transaction gives the same manifest digest on every run for oci:,
+oci-archive: and docker://; docker-archive: and containers-storage: convert the
+manifest, so there only the layers' diff_ids are stable.
+
+The config carries the label containers.composefs.fsverity (the fs-verity
+digest of the composefs image that "image pull" composes from the layers) and
+org.mossfs.usr.fsverity (the transaction's own /usr image). --composefs FILE
+also writes that composefs image, and with --key a detached signature FILE.sig.`,
+	Args: cobra.ExactArgs(2),
+	RunE: runExport,
+}
+
+func init() {
+	f := exportCmd.Flags()
+	f.StringVar(&exportFlags.root, "root", state.DefaultRoot, "state root")
+	f.BoolVar(&exportFlags.json, "json", false, "print the result as JSON")
+	f.BoolVarP(&exportFlags.quiet, "quiet", "q", false, "no progress output")
+	f.BoolVar(&exportFlags.usrOnly, "usr-only", false, "export the /usr tree as the image root (no usr/ prefix, no links)")
+	f.StringVar(&exportFlags.compression, "compression", oci.CompressionZstdChunked, "layer compression: zstd:chunked, zstd, gzip or none")
+	f.StringArrayVar(&exportFlags.entrypoint, "entrypoint", nil, "config entrypoint (repeat for each argument)")
+	f.StringArrayVar(&exportFlags.cmd, "cmd", nil, "config cmd (repeat for each argument)")
+	f.StringArrayVar(&exportFlags.env, "env", nil, "config environment variable NAME=VALUE (repeatable)")
+	f.StringArrayVar(&exportFlags.labels, "label", nil, "config label NAME=VALUE (repeatable)")
+	f.StringVar(&exportFlags.arch, "arch", "", "config architecture (GOARCH spelling; default: this machine's)")
+	f.StringVar(&exportFlags.composefs, "composefs", "", "also write the composefs image of the exported root filesystem to this file")
+	f.StringVar(&exportFlags.key, "key", "", "with --composefs: sign the image with this Ed25519 key into FILE.sig")
+	f.StringVar(&exportFlags.tmpdir, "tmpdir", "", "directory for the staging layout (default: $TMPDIR)")
+	f.StringVar(&exportFlags.authfile, "authfile", "", "registry auth file (as podman's)")
+	f.StringVar(&exportFlags.creds, "creds", "", "registry credentials USER:PASSWORD")
+	f.BoolVar(&exportFlags.tlsVerify, "tls-verify", true, "require HTTPS and verify certificates when pushing")
+	rootCmd.AddCommand(exportCmd)
+}
+
+func runExport(cmd *cobra.Command, args []string) error {
+	id, err := strconv.ParseUint(args[0], 10, 64)
+	if err != nil || id == 0 {
+		return fmt.Errorf("export: bad transaction id %q", args[0])
+	}
+	if exportFlags.key != "" && exportFlags.composefs == "" {
+		return errors.New("export: --key signs the --composefs image: give --composefs FILE too")
+	}
+	labels := map[string]string{}
+	for _, l := range exportFlags.labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("export: --label %q: want NAME=VALUE", l)
+		}
+		labels[k] = v
+	}
+	for _, e := range exportFlags.env {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return fmt.Errorf("export: --env %q: want NAME=VALUE", e)
+		}
+	}
+	s, err := state.Open(exportFlags.root)
+	if err != nil {
+		return err
+	}
+	lk, err := s.Lock() // gc waits: the objects stay while we read them
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	tx, err := s.Get(id)
+	if err != nil {
+		return err
+	}
+	usr, err := s.Tree(tx)
+	if err != nil {
+		return err
+	}
+	root := usr
+	if !exportFlags.usrOnly {
+		if root, err = oci.RootFS(usr); err != nil {
+			return err
+		}
+	}
+	sys, err := oci.DestSystemContext(exportFlags.authfile, exportFlags.creds, exportFlags.tlsVerify)
+	if err != nil {
+		return err
+	}
+	var report io.Writer
+	if !exportFlags.quiet && !exportFlags.json && cli.IsTerminal(os.Stderr) {
+		report = os.Stderr
+	}
+	res, err := oci.Export(cmd.Context(), oci.ExportRequest{
+		Layers: []*tree.Node{root},
+		Config: oci.ExportConfig{
+			Entrypoint: exportFlags.entrypoint,
+			Cmd:        exportFlags.cmd,
+			Env:        exportFlags.env,
+			Labels:     labels,
+			Arch:       exportFlags.arch,
+			Created:    tx.Time,
+			CreatedBy:  fmt.Sprintf("moss-compose export %d (transaction image %s)", tx.ID, tx.Image),
+		},
+		UsrDigest:   tx.Image,
+		Open:        oci.StoreOpener(s.Store().ObjectsDir()),
+		Compression: exportFlags.compression,
+		Dest:        args[1],
+		Sys:         sys,
+		TempDir:     exportFlags.tmpdir,
+		Report:      report,
+	})
+	if err != nil {
+		return err
+	}
+	if exportFlags.composefs != "" {
+		if err := writeExportFile(exportFlags.composefs, res.Image, 0o644); err != nil {
+			return fmt.Errorf("export: --composefs: %w", err)
+		}
+		if exportFlags.key != "" {
+			key, err := sign.LoadPrivateKey(exportFlags.key)
+			if err != nil {
+				return err
+			}
+			d, err := oci.ParseHexDigest(res.Composefs)
+			if err != nil {
+				return err
+			}
+			if err := writeExportFile(exportFlags.composefs+".sig", sign.Encode(sign.Sign(key, tx.ID, d)), 0o644); err != nil {
+				return fmt.Errorf("export: signature: %w", err)
+			}
+		}
+	}
+	for _, p := range res.Skipped {
+		fmt.Fprintf(os.Stderr, "moss-compose: export: %s: a socket cannot be carried in a tar layer; left out\n", p)
+	}
+	if exportFlags.json {
+		return cli.PrintJSON(os.Stdout, res)
+	}
+	fmt.Printf("exported transaction %d to %s\nmanifest %s\nconfig   %s\ncomposefs fs-verity %s\n",
+		tx.ID, res.Dest, res.ManifestDigest, res.ConfigDigest, res.Composefs)
+	return nil
+}
+
+// writeExportFile writes data to path through a temporary file in the same
+// directory, synced and renamed into place.
+func writeExportFile(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(exportDirOf(path), ".tmp-export-")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}
+
+func exportDirOf(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		if i == 0 {
+			return "/"
+		}
+		return p[:i]
+	}
+	return "."
+}

@@ -1,0 +1,360 @@
+package oci
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	imgspec "github.com/opencontainers/image-spec/specs-go"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"go.podman.io/image/v5/copy"
+	"go.podman.io/image/v5/oci/layout"
+	"go.podman.io/image/v5/signature"
+	"go.podman.io/image/v5/transports"
+	"go.podman.io/image/v5/types"
+
+	"github.com/mossfs/mossfs/erofs"
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/tree"
+)
+
+// Config labels an export sets.
+const (
+	// LabelComposefs is the fs-verity digest of the composefs image of the
+	// image's root filesystem (the composefs-rs/bootc convention).
+	LabelComposefs = "containers.composefs.fsverity"
+	// LabelUsr is the fs-verity digest of an exported OS transaction's own
+	// /usr image.
+	LabelUsr = "org.mossfs.usr.fsverity"
+)
+
+// ExportConfig is what an OS export puts in the image config.
+type ExportConfig struct {
+	Entrypoint []string
+	Cmd        []string
+	Env        []string
+	Labels     map[string]string
+	Arch       string // GOARCH spelling; "" = the host's
+	OS         string // "" = linux
+	Created    time.Time
+	// CreatedBy is the history entry's created_by.
+	CreatedBy string
+}
+
+// ExportLayer is one layer to write: a tree whose root is the image root.
+type ExportLayer struct {
+	Root *tree.Node
+}
+
+// ExportRequest is a whole export.
+type ExportRequest struct {
+	// Layers in order (an OS export has one).
+	Layers []*tree.Node
+	// Config of an OS export; ignored when BaseConfig is set.
+	Config ExportConfig
+	// BaseConfig is a container image's original config (JSON): exported as
+	// itself, with only rootfs.diff_ids replaced by the rebuilt layers'.
+	BaseConfig []byte
+	// Merged is the root filesystem the layers give (for the label); nil
+	// when the request has one layer (then it is that layer).
+	Merged *tree.Node
+	// UsrDigest, if set, becomes the LabelUsr label (hex).
+	UsrDigest string
+	// Open reads payloads.
+	Open ContentOpener
+	// Compression of the layers (CompressionZstdChunked if "").
+	Compression string
+	// Dest is a containers-transport reference (oci:DIR:TAG, docker://…).
+	Dest string
+	// Sys is the destination's system context (auth, TLS); may be nil.
+	Sys *types.SystemContext
+	// TempDir holds the staging layout ("" = os.TempDir()).
+	TempDir string
+	// Report, if set, receives c/image's progress lines.
+	Report io.Writer
+}
+
+// ExportResult says what was written.
+type ExportResult struct {
+	Dest           string   `json:"dest"`
+	ManifestDigest string   `json:"manifest_digest"`
+	ConfigDigest   string   `json:"config_digest"`
+	Layers         []string `json:"layers"`
+	DiffIDs        []string `json:"diff_ids"`
+	Composefs      string   `json:"composefs_fsverity"`
+	// Image is the composefs image behind Composefs (not printed).
+	Image   []byte   `json:"-"`
+	Skipped []string `json:"skipped,omitempty"`
+}
+
+// ComposefsImage returns the composefs image of a root filesystem as an
+// import of the exported layers composes it, and its fs-verity digest.
+func ComposefsImage(root *tree.Node, open ContentOpener) ([]byte, [32]byte, error) {
+	view, err := ImportView(root, open)
+	if err != nil {
+		return nil, [32]byte{}, err
+	}
+	img, err := erofs.BuildImage(view, erofs.DefaultWriteOptions())
+	if err != nil {
+		return nil, [32]byte{}, err
+	}
+	return img, fsverity.Sum(img), nil
+}
+
+// Export writes the layers and config as an OCI image in a staging layout
+// and copies it to req.Dest with containers/image, which converts what the
+// destination needs (docker-archive: and containers-storage: rewrite the
+// manifest; oci:, oci-archive: and docker:// keep it byte for byte).
+func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
+	destRef, err := ParseReference(req.Dest)
+	if err != nil {
+		return nil, fmt.Errorf("export destination %q: %w", req.Dest, err)
+	}
+	if len(req.Layers) == 0 {
+		return nil, errors.New("export: no layers")
+	}
+	merged := req.Merged
+	if merged == nil {
+		if len(req.Layers) != 1 {
+			return nil, errors.New("export: several layers but no merged tree for the composefs label")
+		}
+		merged = req.Layers[0]
+	}
+	stage, err := os.MkdirTemp(req.TempDir, "moss-export-")
+	if err != nil {
+		return nil, fmt.Errorf("export: staging: %w", err)
+	}
+	defer os.RemoveAll(stage)
+	if err := os.MkdirAll(filepath.Join(stage, "blobs", "sha256"), 0o700); err != nil {
+		return nil, fmt.Errorf("export: staging: %w", err)
+	}
+
+	res := &ExportResult{Dest: req.Dest}
+	// The composefs image is built beside the layer writer.
+	type labelResult struct {
+		img []byte
+		d   [32]byte
+		err error
+	}
+	labelc := make(chan labelResult, 1)
+	go func() {
+		img, d, err := ComposefsImage(merged, req.Open)
+		labelc <- labelResult{img, d, err}
+	}()
+
+	var descs []v1.Descriptor
+	var diffIDs []digest.Digest
+	var werr error
+	for i, l := range req.Layers {
+		lb, err := writeLayerBlob(stage, l, req.Compression, req.Open)
+		if err != nil {
+			werr = fmt.Errorf("export: layer %d: %w", i+1, err)
+			break
+		}
+		descs = append(descs, v1.Descriptor{MediaType: lb.MediaType, Digest: sha(lb.Digest), Size: lb.Size, Annotations: lb.Annotations})
+		diffIDs = append(diffIDs, sha(lb.DiffID))
+		res.Skipped = append(res.Skipped, lb.Skipped...)
+	}
+	lr := <-labelc
+	if werr != nil {
+		return nil, werr
+	}
+	if lr.err != nil {
+		return nil, fmt.Errorf("export: composefs image: %w", lr.err)
+	}
+	res.Image, res.Composefs = lr.img, hex.EncodeToString(lr.d[:])
+
+	var config []byte
+	if req.BaseConfig != nil {
+		config, err = rebaseConfig(req.BaseConfig, diffIDs, res.Composefs)
+	} else {
+		config, err = osConfig(req.Config, diffIDs, res.Composefs, req.UsrDigest)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("export: config: %w", err)
+	}
+	configDesc, err := putBlob(stage, v1.MediaTypeImageConfig, config)
+	if err != nil {
+		return nil, err
+	}
+	man, err := json.Marshal(v1.Manifest{
+		Versioned: imgspec.Versioned{SchemaVersion: 2},
+		MediaType: v1.MediaTypeImageManifest,
+		Config:    configDesc,
+		Layers:    descs,
+	})
+	if err != nil {
+		return nil, err
+	}
+	manDesc, err := putBlob(stage, v1.MediaTypeImageManifest, man)
+	if err != nil {
+		return nil, err
+	}
+	index, err := json.Marshal(v1.Index{Versioned: imgspec.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageIndex, Manifests: []v1.Descriptor{manDesc}})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(stage, "index.json"), index, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(stage, v1.ImageLayoutFile), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o600); err != nil {
+		return nil, err
+	}
+	srcRef, err := layout.NewReference(stage, "")
+	if err != nil {
+		return nil, fmt.Errorf("export: staging layout: %w", err)
+	}
+	policy, err := signature.NewPolicyContext(&signature.Policy{Default: []signature.PolicyRequirement{signature.NewPRInsecureAcceptAnything()}})
+	if err != nil {
+		return nil, err
+	}
+	defer policy.Destroy()
+	copied, err := copy.Image(ctx, policy, destRef, srcRef, &copy.Options{
+		ReportWriter:   req.Report,
+		SourceCtx:      &types.SystemContext{},
+		DestinationCtx: req.Sys,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("export to %s: %w", req.Dest, err)
+	}
+	res.ManifestDigest = digest.FromBytes(copied).String()
+	res.ConfigDigest = configDesc.Digest.String()
+	for i := range descs {
+		res.Layers = append(res.Layers, descs[i].Digest.String())
+		res.DiffIDs = append(res.DiffIDs, diffIDs[i].String())
+	}
+	return res, nil
+}
+
+func sha(d [32]byte) digest.Digest { return digest.NewDigestFromBytes(digest.SHA256, d[:]) }
+
+// writeLayerBlob writes one layer into the staging layout's blobs.
+func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener) (*LayerBlob, error) {
+	f, err := os.CreateTemp(filepath.Join(stage, "blobs", "sha256"), ".layer-")
+	if err != nil {
+		return nil, err
+	}
+	lb, err := WriteLayer(f, root, compression, open)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(stage, "blobs", "sha256", hex.EncodeToString(lb.Digest[:])))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return lb, nil
+}
+
+func putBlob(stage, mediaType string, data []byte) (v1.Descriptor, error) {
+	d := digest.FromBytes(data)
+	if err := os.WriteFile(filepath.Join(stage, "blobs", "sha256", d.Encoded()), data, 0o600); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("export: staging: %w", err)
+	}
+	return v1.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(data))}, nil
+}
+
+// osConfig builds the config of an OS export.
+func osConfig(c ExportConfig, diffIDs []digest.Digest, composefs, usr string) ([]byte, error) {
+	arch := c.Arch
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	osName := c.OS
+	if osName == "" {
+		osName = "linux"
+	}
+	labels := maps.Clone(c.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[LabelComposefs] = composefs
+	if usr != "" {
+		labels[LabelUsr] = usr
+	}
+	created := c.Created.UTC()
+	cfg := v1.Image{
+		Created:  &created,
+		Platform: v1.Platform{Architecture: arch, OS: osName},
+		Config: v1.ImageConfig{
+			Entrypoint: c.Entrypoint,
+			Cmd:        c.Cmd,
+			Env:        slices.Clone(c.Env),
+			Labels:     labels,
+		},
+		RootFS:  v1.RootFS{Type: "layers", DiffIDs: diffIDs},
+		History: []v1.History{{Created: &created, CreatedBy: c.CreatedBy}},
+	}
+	return json.Marshal(cfg)
+}
+
+// rebaseConfig returns a container image's original config with the
+// rebuilt layers' diff_ids and the composefs label of the result. The rest
+// of the JSON is kept as it was (unknown fields included).
+func rebaseConfig(orig []byte, diffIDs []digest.Digest, composefs string) ([]byte, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(orig, &raw); err != nil {
+		return nil, fmt.Errorf("original config: %w", err)
+	}
+	var rootfs map[string]json.RawMessage
+	if r, ok := raw["rootfs"]; ok {
+		if err := json.Unmarshal(r, &rootfs); err != nil {
+			return nil, fmt.Errorf("original config rootfs: %w", err)
+		}
+	}
+	if rootfs == nil {
+		rootfs = map[string]json.RawMessage{"type": json.RawMessage(`"layers"`)}
+	}
+	ids, _ := json.Marshal(diffIDs)
+	rootfs["diff_ids"] = ids
+	raw["rootfs"], _ = json.Marshal(rootfs)
+	var config map[string]json.RawMessage
+	if c, ok := raw["config"]; ok && string(c) != "null" {
+		if err := json.Unmarshal(c, &config); err != nil {
+			return nil, fmt.Errorf("original config: %w", err)
+		}
+	}
+	if config == nil {
+		config = map[string]json.RawMessage{}
+	}
+	var labels map[string]string
+	if l, ok := config["Labels"]; ok && string(l) != "null" {
+		if err := json.Unmarshal(l, &labels); err != nil {
+			return nil, fmt.Errorf("original config labels: %w", err)
+		}
+	}
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[LabelComposefs] = composefs
+	config["Labels"], _ = json.Marshal(labels)
+	raw["config"], _ = json.Marshal(config)
+	return json.Marshal(raw)
+}
+
+// ParseReference parses a containers-transport reference (TRANSPORT:REST,
+// as podman and skopeo spell them) among the transports package oci links.
+func ParseReference(ref string) (types.ImageReference, error) {
+	name, rest, ok := strings.Cut(ref, ":")
+	if !ok {
+		return nil, fmt.Errorf("%q: want TRANSPORT:REFERENCE (oci:DIR, docker://NAME, …)", ref)
+	}
+	tr := transports.Get(name)
+	if tr == nil {
+		return nil, fmt.Errorf("%q: unknown transport %q (oci, oci-archive, docker, docker-archive, containers-storage, dir)", ref, name)
+	}
+	return tr.ParseReference(rest)
+}
