@@ -95,72 +95,129 @@ func (s *Store) putBytes(b []byte) ([32]byte, error) {
 // the kernel (copy_file_range); the source must not change meanwhile (its
 // size and change time are checked after the copy).
 func (s *Store) PutFile(path string) ([32]byte, error) {
+	d, _, err := s.PutFileHow(path)
+	return d, err
+}
+
+// How says how PutFileHow stored a file.
+type How int
+
+const (
+	// Present: the store already held the object; nothing was written.
+	Present How = iota
+	// Reflinked: the object shares the source's extents (FICLONE).
+	Reflinked
+	// Copied: the object's bytes were written (or copied in the kernel).
+	Copied
+)
+
+func (h How) String() string {
+	switch h {
+	case Present:
+		return "present"
+	case Reflinked:
+		return "reflinked"
+	}
+	return "copied"
+}
+
+// PutFileHow is PutFile, also saying whether the object was already there,
+// reflinked or copied. Where the store's file system can clone the source
+// (same file system, FICLONE), small files are cloned too rather than
+// written from memory.
+func (s *Store) PutFileHow(path string) ([32]byte, How, error) {
 	var d [32]byte
 	src, err := os.Open(path)
 	if err != nil {
-		return d, fmt.Errorf("storing object: %w", err)
+		return d, Copied, fmt.Errorf("storing object: %w", err)
 	}
 	defer src.Close()
 	var before unix.Stat_t
 	if err := unix.Fstat(int(src.Fd()), &before); err != nil {
-		return d, fmt.Errorf("storing object: stat %s: %w", path, err)
+		return d, Copied, fmt.Errorf("storing object: stat %s: %w", path, err)
 	}
 	if before.Mode&unix.S_IFMT != unix.S_IFREG {
-		return d, fmt.Errorf("storing object: %s is not a regular file", path)
+		return d, Copied, fmt.Errorf("storing object: %s is not a regular file", path)
 	}
 	size := before.Size
+	var t *temp
+	how := Copied
 	if size <= smallMax {
 		bp := bufPool.Get().(*[]byte)
 		defer bufPool.Put(bp)
 		buf := (*bp)[:size]
 		if _, err := io.ReadFull(src, buf); err != nil {
-			return d, fmt.Errorf("storing object: reading %s: %w", path, err)
+			return d, Copied, fmt.Errorf("storing object: reading %s: %w", path, err)
 		}
-		d, err := s.putBytes(buf)
+		d = fsverity.Sum(buf)
+		if have, ok := s.objectSize(d); ok && have == size {
+			return d, Present, nil
+		}
+		if t, err = s.newTemp(); err != nil {
+			return d, Copied, err
+		}
+		defer t.discard()
+		if size > 0 && s.reflink.Load() != no && s.clone(t.f, src) {
+			how = Reflinked
+		} else if _, err := t.f.Write(buf); err != nil {
+			return d, Copied, fmt.Errorf("storing %s: storing object: %w", path, err)
+		}
+	} else {
+		d, err = fsverity.DigestReaderAt(src, size)
 		if err != nil {
-			return d, fmt.Errorf("storing %s: %w", path, err)
+			return d, Copied, fmt.Errorf("storing object: hashing %s: %w", path, err)
 		}
-		return d, nil
-	}
-	d, err = fsverity.DigestReaderAt(src, size)
-	if err != nil {
-		return d, fmt.Errorf("storing object: hashing %s: %w", path, err)
-	}
-	if have, ok := s.objectSize(d); ok && have == size {
-		return d, nil
-	}
-	t, err := s.newTemp()
-	if err != nil {
-		return d, err
-	}
-	defer t.discard()
-	if err := s.copyInto(t.f, src, size); err != nil {
-		return d, fmt.Errorf("storing object: copying %s: %w", path, err)
+		if have, ok := s.objectSize(d); ok && have == size {
+			return d, Present, nil
+		}
+		if t, err = s.newTemp(); err != nil {
+			return d, Copied, err
+		}
+		defer t.discard()
+		reflinked, err := s.copyInto(t.f, src, size)
+		if err != nil {
+			return d, Copied, fmt.Errorf("storing object: copying %s: %w", path, err)
+		}
+		if reflinked {
+			how = Reflinked
+		}
 	}
 	var after unix.Stat_t
 	if err := unix.Fstat(int(src.Fd()), &after); err != nil {
-		return d, fmt.Errorf("storing object: stat %s: %w", path, err)
+		return d, how, fmt.Errorf("storing object: stat %s: %w", path, err)
 	}
 	if after.Size != size || after.Ctim != before.Ctim || after.Mtim != before.Mtim {
-		return d, fmt.Errorf("storing object: %s changed while it was being stored", path)
+		return d, how, fmt.Errorf("storing object: %s changed while it was being stored", path)
 	}
-	return d, s.commit(t, d, size)
+	return d, how, s.commit(t, d, size)
+}
+
+// clone reflinks src into dst (FICLONE), remembering when the file system
+// cannot.
+func (s *Store) clone(dst, src *os.File) bool {
+	err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd()))
+	if err == nil {
+		s.reflink.Store(yes)
+		return true
+	}
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.ENOSYS) {
+		s.reflink.Store(no)
+	}
+	// EXDEV (other filesystem), EINVAL, …: copy instead.
+	return false
 }
 
 // copyInto copies size bytes of src into the empty file dst: a reflink where
-// the filesystem supports it, else copy_file_range, else read/write.
-func (s *Store) copyInto(dst, src *os.File, size int64) error {
-	if s.reflink.Load() != no {
-		err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd()))
-		if err == nil {
-			s.reflink.Store(yes)
-			return nil
-		}
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.ENOSYS) {
-			s.reflink.Store(no)
-		}
-		// EXDEV (other filesystem), EINVAL, …: copy instead.
+// the filesystem supports it (reflinked is then true), else
+// copy_file_range, else read/write.
+func (s *Store) copyInto(dst, src *os.File, size int64) (reflinked bool, err error) {
+	if s.reflink.Load() != no && s.clone(dst, src) {
+		return true, nil
 	}
+	return false, s.copyBytes(dst, src, size)
+}
+
+func (s *Store) copyBytes(dst, src *os.File, size int64) error {
 	var off int64
 	for off < size {
 		n, err := unix.CopyFileRange(int(src.Fd()), &off, int(dst.Fd()), nil, int(min(size-off, 1<<30)), 0)

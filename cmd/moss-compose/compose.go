@@ -19,6 +19,7 @@ var composeFlags struct {
 	objects string
 	xattrs  []string
 	remove  []string
+	id      uint64
 	json    bool
 	quiet   bool
 	force   bool
@@ -56,6 +57,7 @@ func init() {
 	fl.StringVar(&composeFlags.objects, "objects", "", "digest store holding the contents of the dumps' files")
 	fl.StringSliceVar(&composeFlags.xattrs, "xattrs", nil, "keep only these xattr namespaces of directories (user,security,trusted,system)")
 	fl.StringArrayVar(&composeFlags.remove, "remove", nil, "leave out this input of --from: a package name or tree directory (repeatable)")
+	fl.Uint64Var(&composeFlags.id, "id", 0, "the new transaction's id (needed in a state root that follows moss, whose ids are moss's state ids)")
 	fl.BoolVar(&composeFlags.json, "json", false, "print the new transaction as JSON")
 	fl.BoolVarP(&composeFlags.quiet, "quiet", "q", false, "no progress display")
 	fl.BoolVar(&composeFlags.force, "force", false, "create a transaction even when it would hold what --from holds")
@@ -85,6 +87,12 @@ func runCompose(cmd *cobra.Command, args []string) error {
 	s, err := state.Create(composeFlags.root)
 	if err != nil {
 		return err
+	}
+	// Refused before anything is imported (Compose checks it again).
+	if mossRoot, err := s.FollowsMoss(); err != nil {
+		return err
+	} else if mossRoot != "" && composeFlags.id == 0 {
+		return fmt.Errorf("compose: %s follows the moss installation %s, whose state ids are its transaction ids: give the new transaction an id (--id)", composeFlags.root, mossRoot)
 	}
 	// Held from the first object written until the transaction is published.
 	lk, err := s.Lock()
@@ -117,7 +125,7 @@ func runCompose(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("compose: %w", err)
 	}
 	added := describeInputs(frags)
-	res, err := s.Compose(state.ComposeOptions{From: composeFlags.from, Remove: composeFlags.remove, Add: frags, Force: composeFlags.force})
+	res, err := s.Compose(state.ComposeOptions{From: composeFlags.from, Remove: composeFlags.remove, Add: frags, Force: composeFlags.force, ID: composeFlags.id})
 	if err != nil {
 		return conflictError(err)
 	}

@@ -32,6 +32,12 @@ type ComposeOptions struct {
 	// Force composes a new transaction even when it would hold what From
 	// holds (without it such a compose creates nothing; see Unchanged).
 	Force bool
+	// ID, if not zero, is the new transaction's id instead of the next
+	// free one: it must not be taken. A state root that follows moss
+	// (FollowsMoss) composes only with an ID, so that its ids stay moss's.
+	ID uint64
+	// Moss records the moss state an adopted transaction comes from.
+	Moss *MossOrigin
 }
 
 // ComposeResult describes what Compose did.
@@ -114,6 +120,18 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 		return nil, err
 	}
 	defer lk.Unlock()
+
+	if opts.ID == 0 {
+		if mossRoot, err := s.FollowsMoss(); err != nil {
+			return nil, err
+		} else if mossRoot != "" {
+			return nil, fmt.Errorf("compose: %s follows the moss installation %s, whose state ids are its transaction ids: give the new transaction an id (--id)", s.root, mossRoot)
+		}
+	} else if _, err := s.Get(opts.ID); err == nil {
+		return nil, fmt.Errorf("compose: transaction %d already exists", opts.ID)
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
 
 	res := &ComposeResult{}
 	var base *Transaction
@@ -210,7 +228,12 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	// instead of syncing the whole file system (cheaper when other writers
 	// keep it busy). With new inputs, one syncfs covers their objects too.
 	targeted := len(opts.Add) == 0
-	id, err := s.allocateID(targeted)
+	var id uint64
+	if opts.ID != 0 {
+		id, err = s.reserveID(opts.ID, targeted)
+	} else {
+		id, err = s.allocateID(targeted)
+	}
 	txl.Unlock()
 	if err != nil {
 		return nil, err
@@ -240,7 +263,7 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	counts := make(chan Counts, 1)
 	go func() { counts <- CountTree(root) }() // beside the writer: both only read
 	img, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
-	tx := &Transaction{ID: id, Time: when, Inputs: inputs, Counts: <-counts}
+	tx := &Transaction{ID: id, Time: when, Inputs: inputs, Counts: <-counts, Moss: opts.Moss}
 	if err != nil {
 		<-inputsDone
 		return nil, fmt.Errorf("compose: building image: %w", err)

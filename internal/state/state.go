@@ -16,6 +16,8 @@
 //	mounts/<name>.json          mount records, written by the mount helper
 //	pins/<name>                 gc roots: a transaction id or sha256:<image hex>
 //	known-content/              stone importer's XXH3-128 → fs-verity digest index
+//	follows-moss                the moss installation root whose state ids are
+//	                            this root's transaction ids (moss-compose adopt)
 //
 // Permissions: the state root is private to its owner except for
 // PublicRecords (state.json, active, transactions/<id>.json), which any user

@@ -26,6 +26,23 @@ type Transaction struct {
 	Image  string  `json:"image"`
 	Inputs []Input `json:"inputs"`
 	Counts Counts  `json:"counts"`
+	// Moss is set on a transaction adopted from a moss state (whose id it
+	// keeps).
+	Moss *MossOrigin `json:"moss,omitempty"`
+}
+
+// MossOrigin says which moss state a transaction was adopted from.
+type MossOrigin struct {
+	// Root is the moss installation root (the directory holding .moss).
+	Root string `json:"root"`
+	// State is moss's state id, which is also the transaction's id.
+	State uint64 `json:"state"`
+	// Selection is the SHA-256 (hex) of the state's selected package ids in
+	// order: adopting the state again with the same selection is a no-op.
+	Selection string `json:"selection"`
+	// Extras is the directory that files no layout row names were taken
+	// from (moss's archived tree of the state), if any.
+	Extras string `json:"extras,omitempty"`
 }
 
 // Input kinds.
@@ -50,6 +67,9 @@ type Input struct {
 	Prefix string `json:"prefix,omitempty"`
 	// Source is the file or directory the input was imported from.
 	Source string `json:"source,omitempty"`
+	// Package is moss's package id (the .stone's SHA-256) of a package
+	// adopted from a moss installation.
+	Package string `json:"package_id,omitempty"`
 	// Provides and Conflicts are a package's dependency strings
 	// ("name(pineapple)", "soname(libz.so.1(x86_64))"); every package
 	// implicitly provides name(<Name>). A conflict matches another input's
@@ -210,6 +230,60 @@ func (s *State) SetActive(id uint64, also ...durable.File) error {
 		return fmt.Errorf("set active: %w", err)
 	}
 	return nil
+}
+
+// reserveID reserves the given id for a compose (--id, or a moss state id):
+// it must be neither published nor held by a compose in flight. The
+// counter moves past it, so that ids handed out later stay above it. The
+// caller holds txLock.
+func (s *State) reserveID(id uint64, durable bool) (uint64, error) {
+	if _, err := os.Lstat(s.metaPath(id)); err == nil {
+		return 0, fmt.Errorf("compose: transaction %d already exists", id)
+	}
+	if _, err := os.Lstat(s.inputsDir(id)); err == nil {
+		return 0, fmt.Errorf("compose: transaction %d is being composed (or a crashed compose left %s; gc removes it)", id, s.inputsDir(id))
+	}
+	next, _, err := readUint(filepath.Join(s.txDir(), "next"))
+	if err != nil {
+		return 0, fmt.Errorf("transaction counter: %w", err)
+	}
+	if next <= id {
+		if err := writeFileAtomic(filepath.Join(s.txDir(), "next"), []byte(strconv.FormatUint(id+1, 10)+"\n"), PrivateFileMode, durable); err != nil {
+			return 0, fmt.Errorf("transaction counter: %w", err)
+		}
+	}
+	return id, nil
+}
+
+// followsMossName is the file that makes a state root follow a moss
+// installation: it holds the installation root.
+const followsMossName = "follows-moss"
+
+// FollowsMoss returns the moss installation root this state root follows
+// ("" if none): its transaction ids are moss's state ids, so a compose
+// needs an explicit id.
+func (s *State) FollowsMoss() (string, error) {
+	data, err := os.ReadFile(filepath.Join(s.root, followsMossName))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("state %s: %w", s.root, err)
+	}
+	root := strings.TrimSpace(string(data))
+	if root == "" {
+		root = "/"
+	}
+	return root, nil
+}
+
+// SetFollowsMoss makes the state root follow the moss installation at
+// mossRoot (see FollowsMoss).
+func (s *State) SetFollowsMoss(mossRoot string) error {
+	if cur, err := s.FollowsMoss(); err != nil || cur == mossRoot {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(s.root, followsMossName), []byte(mossRoot+"\n"), PrivateFileMode, true)
 }
 
 // allocateID reserves the next transaction id: max(counter, highest
