@@ -3,9 +3,12 @@ package oci
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
+	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/oci/chunked"
 	"go.podman.io/image/v5/docker/reference"
 	"go.podman.io/image/v5/pkg/docker/config"
@@ -62,4 +65,23 @@ func certDirs(sys *types.SystemContext, host string) []string {
 		return []string{filepath.Join(sys.DockerPerHostCertDirPath, host)}
 	}
 	return []string{filepath.Join("/etc/containers/certs.d", host), filepath.Join("/etc/docker/certs.d", host)}
+}
+
+// StoreContents is a store's content as a partial pull looks it up: by
+// plain sha256 through the store's sha256 index.
+type StoreContents struct{ State *state.State }
+
+// HasSHA256 reports whether the index links content d to a stored object.
+func (c StoreContents) HasSHA256(d [32]byte) bool {
+	_, ok := c.State.IndexLookup(d)
+	return ok
+}
+
+// OpenSHA256 opens the object holding content d.
+func (c StoreContents) OpenSHA256(d [32]byte) (io.ReadCloser, error) {
+	v, ok := c.State.IndexLookup(d)
+	if !ok {
+		return nil, fmt.Errorf("content sha256:%x: %w", d, fs.ErrNotExist)
+	}
+	return c.State.Store().Open(v)
 }

@@ -1,10 +1,16 @@
 package oci
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/mossfs/mossfs/internal/state"
 	"go.podman.io/image/v5/docker/reference"
 	"go.podman.io/image/v5/types"
 )
@@ -36,5 +42,38 @@ func TestPartialRegistryConfig(t *testing.T) {
 	}
 	if r.Insecure || r.Username != "" || r.Repository != "other" {
 		t.Fatalf("registry not in the configuration: %+v", r)
+	}
+}
+
+// TestStoreContents: what an import stored through the sha256 index is
+// found, and opened, by its plain sha256; anything else is not.
+func TestStoreContents(t *testing.T) {
+	s, err := state.Create(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("partial pulls find me\n")
+	if _, err := s.IndexedSink().Put(bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+	c := StoreContents{State: s}
+	if !c.HasSHA256(sha256.Sum256(content)) {
+		t.Fatal("stored content not found by its sha256")
+	}
+	rc, err := c.OpenSHA256(sha256.Sum256(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, content) {
+		t.Fatalf("read %q", got)
+	}
+	other := sha256.Sum256([]byte("absent"))
+	if c.HasSHA256(other) {
+		t.Error("absent content found")
+	}
+	if _, err := c.OpenSHA256(other); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("absent content: %v, want fs.ErrNotExist", err)
 	}
 }
