@@ -26,6 +26,7 @@ import (
 
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/oci/layer"
 	"github.com/mossfs/mossfs/tree"
 )
 
@@ -66,9 +67,6 @@ type ExportRequest struct {
 	// BaseConfig is a container image's original config (JSON): exported as
 	// itself, with only rootfs.diff_ids replaced by the rebuilt layers'.
 	BaseConfig []byte
-	// Merged is the root filesystem the layers give (for the label); nil
-	// when the request has one layer (then it is that layer).
-	Merged *tree.Node
 	// UsrDigest, if set, becomes the LabelUsr label (hex).
 	UsrDigest string
 	// Open reads payloads.
@@ -98,14 +96,31 @@ type ExportResult struct {
 	Skipped []string `json:"skipped,omitempty"`
 }
 
-// ComposefsImage returns the composefs image of a root filesystem as an
-// import of the exported layers composes it, and its fs-verity digest.
-func ComposefsImage(root *tree.Node, open ContentOpener) ([]byte, [32]byte, error) {
-	view, err := ImportView(root, open)
-	if err != nil {
-		return nil, [32]byte{}, err
-	}
-	img, err := erofs.BuildImage(view, erofs.DefaultWriteOptions())
+// hashStore is a layer.Store that only computes fs-verity digests: the
+// composefs image of an export needs them, the contents are in the store.
+type hashStore struct{}
+
+func (hashStore) Put(r io.Reader) ([32]byte, error) { return fsverity.DigestReader(r) }
+
+// composefsOf applies layer tars as an import does (package layer, the
+// same code as "image pull") and returns the composefs image of the
+// result: the label is what a pull of these layers composes.
+type composefsOf struct {
+	ap *layer.Applier
+}
+
+func newComposefsOf() *composefsOf {
+	return &composefsOf{ap: layer.NewApplier(hashStore{}, layer.Limits{MaxLayerBytes: 1 << 62, Ratio: 1 << 62, MaxEntries: 1 << 40})}
+}
+
+// apply consumes one layer's uncompressed tar stream.
+func (c *composefsOf) apply(r io.Reader, name string) error {
+	_, err := c.ap.Apply(r, name)
+	return err
+}
+
+func (c *composefsOf) image() ([]byte, [32]byte, error) {
+	img, err := erofs.BuildImage(c.ap.Root, erofs.DefaultWriteOptions())
 	if err != nil {
 		return nil, [32]byte{}, err
 	}
@@ -124,13 +139,6 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	if len(req.Layers) == 0 {
 		return nil, errors.New("export: no layers")
 	}
-	merged := req.Merged
-	if merged == nil {
-		if len(req.Layers) != 1 {
-			return nil, errors.New("export: several layers but no merged tree for the composefs label")
-		}
-		merged = req.Layers[0]
-	}
 	stage, err := os.MkdirTemp(req.TempDir, "moss-export-")
 	if err != nil {
 		return nil, fmt.Errorf("export: staging: %w", err)
@@ -141,39 +149,23 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	}
 
 	res := &ExportResult{Dest: req.Dest}
-	// The composefs image is built beside the layer writer.
-	type labelResult struct {
-		img []byte
-		d   [32]byte
-		err error
-	}
-	labelc := make(chan labelResult, 1)
-	go func() {
-		img, d, err := ComposefsImage(merged, req.Open)
-		labelc <- labelResult{img, d, err}
-	}()
-
+	cfs := newComposefsOf()
 	var descs []v1.Descriptor
 	var diffIDs []digest.Digest
-	var werr error
 	for i, l := range req.Layers {
-		lb, err := writeLayerBlob(stage, l, req.Compression, req.Open)
+		lb, err := writeLayerBlob(stage, l, req.Compression, req.Open, cfs, fmt.Sprintf("%d", i+1))
 		if err != nil {
-			werr = fmt.Errorf("export: layer %d: %w", i+1, err)
-			break
+			return nil, fmt.Errorf("export: layer %d: %w", i+1, err)
 		}
 		descs = append(descs, v1.Descriptor{MediaType: lb.MediaType, Digest: sha(lb.Digest), Size: lb.Size, Annotations: lb.Annotations})
 		diffIDs = append(diffIDs, sha(lb.DiffID))
 		res.Skipped = append(res.Skipped, lb.Skipped...)
 	}
-	lr := <-labelc
-	if werr != nil {
-		return nil, werr
+	img, d, err := cfs.image()
+	if err != nil {
+		return nil, fmt.Errorf("export: composefs image: %w", err)
 	}
-	if lr.err != nil {
-		return nil, fmt.Errorf("export: composefs image: %w", lr.err)
-	}
-	res.Image, res.Composefs = lr.img, hex.EncodeToString(lr.d[:])
+	res.Image, res.Composefs = img, hex.EncodeToString(d[:])
 
 	var config []byte
 	if req.BaseConfig != nil {
@@ -239,13 +231,25 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 
 func sha(d [32]byte) digest.Digest { return digest.NewDigestFromBytes(digest.SHA256, d[:]) }
 
-// writeLayerBlob writes one layer into the staging layout's blobs.
-func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener) (*LayerBlob, error) {
+// writeLayerBlob writes one layer into the staging layout's blobs; its
+// uncompressed tar also goes through cfs, beside the compressor.
+func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener, cfs *composefsOf, name string) (*LayerBlob, error) {
 	f, err := os.CreateTemp(filepath.Join(stage, "blobs", "sha256"), ".layer-")
 	if err != nil {
 		return nil, err
 	}
-	lb, err := WriteLayer(f, root, compression, open)
+	pr, pw := io.Pipe()
+	applied := make(chan error, 1)
+	go func() {
+		err := cfs.apply(pr, name)
+		pr.CloseWithError(err)
+		applied <- err
+	}()
+	lb, err := WriteLayer(f, root, compression, open, pw)
+	pw.CloseWithError(err)
+	if aerr := <-applied; err == nil && aerr != nil {
+		err = fmt.Errorf("composefs image of the layer: %w", aerr)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -77,8 +77,9 @@ func (hw *hashingWriter) Write(p []byte) (int, error) {
 // xattrs (PAX SCHILY.xattr), in PAX format, with no user or group names and
 // no access or change times; the first name of a hardlinked inode carries
 // the content and later names are hard links to it. Regular files' contents
-// come from their inline Content or, for payloads, from open.
-func WriteLayer(out io.Writer, root *tree.Node, compression string, open ContentOpener) (*LayerBlob, error) {
+// come from their inline Content or, for payloads, from open. If tee is
+// not nil, the uncompressed tar is written to it too.
+func WriteLayer(out io.Writer, root *tree.Node, compression string, open ContentOpener, tee io.Writer) (*LayerBlob, error) {
 	blob := &hashingWriter{w: out, h: sha256.New()}
 	lb := &LayerBlob{Annotations: map[string]string{}}
 	var comp io.WriteCloser
@@ -103,7 +104,11 @@ func WriteLayer(out io.Writer, root *tree.Node, compression string, open Content
 	if err != nil {
 		return nil, fmt.Errorf("layer compressor: %w", err)
 	}
-	diff := &hashingWriter{w: comp, h: sha256.New()}
+	var tarOut io.Writer = comp
+	if tee != nil {
+		tarOut = io.MultiWriter(comp, tee)
+	}
+	diff := &hashingWriter{w: tarOut, h: sha256.New()}
 	tw := tar.NewWriter(diff)
 	werr := writeTar(tw, root, open, lb)
 	if werr == nil {

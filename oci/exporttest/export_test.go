@@ -118,8 +118,13 @@ type exportResult struct {
 
 func export(t *testing.T, bin, root, dest string, extra ...string) exportResult {
 	t.Helper()
+	return exportEnv(t, nil, bin, root, dest, extra...)
+}
+
+func exportEnv(t *testing.T, env []string, bin, root, dest string, extra ...string) exportResult {
+	t.Helper()
 	args := append([]string{"export", "--root", root, "--json", "1", dest}, extra...)
-	out := run(t, nil, filepath.Join(bin, "moss-compose"), args...)
+	out := run(t, env, filepath.Join(bin, "moss-compose"), args...)
 	var r exportResult
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatalf("export --json: %v\n%s", err, out)
@@ -146,7 +151,7 @@ func txView(t *testing.T, root string) (*tree.Node, *state.Transaction) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view, err := oci.ImportView(rfs, oci.StoreOpener(s.Store().ObjectsDir()))
+	view, err := importView(rfs, oci.StoreOpener(s.Store().ObjectsDir()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,6 +375,16 @@ func TestExportPodman(t *testing.T) {
 	outp = ce.podman(t, "run", "--rm", "--pull=never", ref, "sh", "-c", "echo $PATH; ls /bin/busybox")
 	if outp != "/usr/bin:/bin\n/bin/busybox\n" {
 		t.Errorf("podman run (merged /usr links, env) printed %q", outp)
+	}
+
+	// containers-storage: c/image applies the layer itself; the diff_id
+	// is the export's and podman runs the image.
+	cs := exportEnv(t, ce.Env, bin, root, "containers-storage:["+"overlay@"+ce.GraphRoot+"+"+ce.RunRoot+"]localhost/mossfs/cs:1", "--cmd", "/usr/bin/sh")
+	if layers := strings.TrimSpace(ce.podman(t, "image", "inspect", "--format", "{{range .RootFS.Layers}}{{.}} {{end}}", "localhost/mossfs/cs:1")); layers != strings.Join(cs.DiffIDs, " ") || cs.DiffIDs[0] != r.DiffIDs[0] {
+		t.Errorf("containers-storage: podman's layers %q, export's diff_ids %v (docker:// %v)", layers, cs.DiffIDs, r.DiffIDs)
+	}
+	if outp := ce.podman(t, "run", "--rm", "--pull=never", "localhost/mossfs/cs:1", "busybox", "cat", "/usr/share/data/hello.txt"); outp != "hello from a mossfs transaction\n" {
+		t.Errorf("podman run of the containers-storage: export printed %q", outp)
 	}
 
 	mnt := strings.TrimSpace(ce.podman(t, "image", "mount", ref))

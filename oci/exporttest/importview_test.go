@@ -1,10 +1,11 @@
-package oci
+package exporttest
 
 import (
 	"fmt"
 	"io"
 	"slices"
 
+	"github.com/mossfs/mossfs/oci"
 	"github.com/mossfs/mossfs/tree"
 )
 
@@ -12,12 +13,13 @@ import (
 // image (dirimport.InlineMax; the same rule as libcomposefs).
 const inlineMax = 64
 
-// ImportView returns the tree an import of root's exported layer gives:
+// importView states independently of package layer what tree an import of
+// root's exported layer must give:
 // a copy in which the root is root:root 0755 with mtime 0 (a layer has no
 // entry for it), the first name of a hardlinked inode in sorted order owns
 // it, regular files of 1..inlineMax bytes are inline and larger ones are
 // payloads, and sockets (which a tar cannot carry) are gone.
-func ImportView(root *tree.Node, open ContentOpener) (*tree.Node, error) {
+func importView(root *tree.Node, open oci.ContentOpener) (*tree.Node, error) {
 	root.Sort()
 	out := tree.NewDir("", 0o755)
 	owners := map[*tree.Node]*tree.Node{} // source inode -> its first copy
@@ -62,7 +64,7 @@ func ImportView(root *tree.Node, open ContentOpener) (*tree.Node, error) {
 }
 
 // inlineRule makes n inline or external as an import would.
-func inlineRule(n *tree.Node, open ContentOpener) error {
+func inlineRule(n *tree.Node, open oci.ContentOpener) error {
 	switch {
 	case n.Size == 0:
 		n.Content, n.Payload, n.Digest = nil, "", nil
