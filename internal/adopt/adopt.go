@@ -164,7 +164,7 @@ func (in *Install) State(ctx context.Context, s *state.State, id uint64, opts Op
 		return nil, fmt.Errorf("moss assets: %w", err)
 	}
 	defer assets.Close()
-	got, tr, err := importContents(ctx, s.Store(), known, assets, want, opts.Progress)
+	got, tr, err := importContents(ctx, s.Store(), s.IndexAdd, known, assets, want, opts.Progress)
 	res.Transfer = tr
 	if err != nil {
 		return res, fmt.Errorf("adopt moss state %d: %w", id, err)
@@ -178,7 +178,7 @@ func (in *Install) State(ctx context.Context, s *state.State, id uint64, opts Op
 	if !opts.NoExtras {
 		if dir := ArchivedTree(in.Root, id); dir != "" {
 			res.ExtrasFrom = dir
-			res.Extras, err = addExtras(b, dir, extrasOwner, s.Store(), &res.Transfer)
+			res.Extras, err = addExtras(b, dir, extrasOwner, s, &res.Transfer)
 			if err != nil {
 				return res, fmt.Errorf("adopt moss state %d: %w", id, err)
 			}

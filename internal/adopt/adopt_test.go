@@ -2,9 +2,11 @@ package adopt
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -158,6 +160,12 @@ func TestAdoptMatchesBlitRules(t *testing.T) {
 			}
 			if !hasWarning(res.Warnings, "/usr/share/dup") {
 				t.Errorf("state 2: no warning about the duplicate /usr/share/dup: %q", res.Warnings)
+			}
+			// Contents are findable by SHA-256 too (the state's sha256 index).
+			for _, c := range []string{string(glibc.rows[1].data), inst.archives[2]["lib/modules/6.1.0/modules.dep"]} {
+				if _, err := os.Lstat(filepath.Join(s.Root(), state.IndexRelPath(sha256.Sum256([]byte(c))))); err != nil {
+					t.Errorf("state 2: no sha256 index link for a content of %d bytes: %v", len(c), err)
+				}
 			}
 			if res.Transfer.PresentFiles == 0 {
 				t.Errorf("state 2 shares bash-completion with state 1, but nothing was already present: %+v", res.Transfer)
@@ -336,5 +344,87 @@ func TestRenameExchangeOfMountedUsrFails(t *testing.T) {
 	err := unix.Renameat2(unix.AT_FDCWD, staging, unix.AT_FDCWD, usr, unix.RENAME_EXCHANGE)
 	if !errors.Is(err, unix.EBUSY) {
 		t.Fatalf("exchange with a mounted /usr: %v, want EBUSY", err)
+	}
+}
+
+// TestFollow runs what adopt --follow does after moss transactions: moss
+// adds state 4 and prunes states 1 and 2. The newest state is adopted and
+// becomes the boot default (its entry written from the existing mossfs
+// entry), the transaction of pruned state 2 goes, and that of pruned
+// state 1 stays because it is pinned.
+func TestFollow(t *testing.T) {
+	inst := testInstall(t)
+	root := t.TempDir()
+	inst.write(t, root)
+	s := newState(t)
+	for id := uint64(1); id <= 3; id++ {
+		if _, err := adoptOne(t, s, root, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Pin("keep-1", "1"); err != nil {
+		t.Fatal(err)
+	}
+	// moss: a new state (3's packages and pineapple), states 1 and 2 pruned.
+	pine := inst.pkgs[3]
+	var sql strings.Builder
+	sql.WriteString("BEGIN;\nINSERT INTO state (id, type, created) VALUES (4, 'transaction', 1700000100);\n")
+	for _, pid := range append(append([]string{}, inst.states[2]...), pine.id) {
+		sql.WriteString("INSERT INTO state_selections VALUES (4, " + sqlStr(pid) + ", 1, NULL);\n")
+	}
+	sql.WriteString("PRAGMA foreign_keys = ON;\nDELETE FROM state_selections WHERE state_id IN (1, 2);\nDELETE FROM state WHERE id IN (1, 2);\nCOMMIT;\n")
+	sqlite(t, filepath.Join(root, mossdb.StateDB), sql.String())
+
+	entries := filepath.Join(t.TempDir(), "loader", "entries")
+	if err := os.MkdirAll(entries, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(entries, "mossfs-3.conf"), []byte("title mossfs\nlinux /vmlinuz-6.12\ninitrd /initrd-6.12\noptions root=/dev/vda quiet moss.tx=3\n"), 0o644)
+	os.WriteFile(filepath.Join(entries, "aerynos-3.conf"), []byte("title AerynOS\nlinux /vmlinuz-6.12\noptions root=/dev/vda moss.fstx=3\n"), 0o644)
+	os.WriteFile(filepath.Join(filepath.Dir(entries), "loader.conf"), []byte("default aerynos-3.conf\ntimeout 3\n"), 0o644)
+
+	in, err := Open(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	states, err := in.States(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	newest := states[len(states)-1].ID
+	if newest != 4 {
+		t.Fatalf("newest moss state %d, want 4", newest)
+	}
+	lk, _ := s.Lock()
+	res, err := in.State(context.Background(), s, newest, Options{})
+	lk.Unlock()
+	if err != nil || res.Unchanged || res.Tx.ID != 4 {
+		t.Fatalf("adopt newest: %+v, %v", res, err)
+	}
+	dirs, err := BootDefault(s, 4, []string{entries})
+	if err != nil || len(dirs) != 1 {
+		t.Fatalf("boot default: %v %v", dirs, err)
+	}
+	conf, _ := os.ReadFile(filepath.Join(filepath.Dir(entries), "loader.conf"))
+	if !strings.Contains(string(conf), "default mossfs-4.conf") || !strings.Contains(string(conf), "timeout 3") {
+		t.Fatalf("loader.conf:\n%s", conf)
+	}
+	e4, err := os.ReadFile(filepath.Join(entries, "mossfs-4.conf"))
+	if err != nil || !strings.Contains(string(e4), "moss.tx=4") || !strings.Contains(string(e4), "linux /vmlinuz-6.12") {
+		t.Fatalf("entry of transaction 4: %v\n%s", err, e4)
+	}
+	if _, err := os.Stat(filepath.Join(entries, "aerynos-3.conf")); err != nil {
+		t.Fatalf("moss's own entry was touched: %v", err)
+	}
+	pruned, kept, err := PruneFollowed(s, in.Root, states)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(pruned, []uint64{2}) || !strings.Contains(kept[1], "pinned") || len(kept) != 1 {
+		t.Fatalf("pruned %v, kept %v; want 2 pruned and 1 kept as pinned", pruned, kept)
+	}
+	if ids, _ := s.IDs(); !slices.Equal(ids, []uint64{1, 3, 4}) {
+		t.Fatalf("transactions %v, want [1 3 4]", ids)
 	}
 }

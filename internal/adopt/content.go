@@ -2,6 +2,7 @@ package adopt
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -74,7 +75,10 @@ var ErrAssetMismatch = errors.New("content does not match its XXH3-128")
 // with XXH3-128 and compared with their name while they go in, by reflink
 // where the file system allows, else by copy. user names, for errors, a
 // path that uses each content.
-func importContents(ctx context.Context, store *cas.Store, known stone.KnownContent, assets *os.Root, want map[stone.XXH128]string, progress func(files int, bytes int64)) (map[stone.XXH128]Content, Transfer, error) {
+//
+// index is told the SHA-256 of each content stored (the state's sha256
+// index, which other tools look contents up by).
+func importContents(ctx context.Context, store *cas.Store, index func(sha, verity [32]byte) error, known stone.KnownContent, assets *os.Root, want map[stone.XXH128]string, progress func(files int, bytes int64)) (map[stone.XXH128]Content, Transfer, error) {
 	out := make(map[stone.XXH128]Content, len(want))
 	var tr Transfer
 	var todo []stone.XXH128
@@ -128,7 +132,7 @@ func importContents(ctx context.Context, store *cas.Store, known stone.KnownCont
 	for range runtime.GOMAXPROCS(0) {
 		wg.Go(func() {
 			for x := range jobs {
-				c, how, err := putAsset(store, assets, x)
+				c, how, err := putAsset(store, index, assets, x)
 				mu.Lock()
 				if err != nil {
 					if firstErr == nil {
@@ -176,7 +180,7 @@ func importContents(ctx context.Context, store *cas.Store, known stone.KnownCont
 // with XXH3-128 and compared with its name; the store then takes the same
 // open file (cloned or copied), and the file must not have changed in
 // between (size, mtime and ctime, checked after the store took it).
-func putAsset(store *cas.Store, assets *os.Root, x stone.XXH128) (Content, cas.How, error) {
+func putAsset(store *cas.Store, index func(sha, verity [32]byte) error, assets *os.Root, x stone.XXH128) (Content, cas.How, error) {
 	f, err := assets.OpenFile(stone.MossAssetPath(x), os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return Content{}, 0, errors.Unwrap(err)
@@ -189,8 +193,8 @@ func putAsset(store *cas.Store, assets *os.Root, x stone.XXH128) (Content, cas.H
 	if before.Mode&unix.S_IFMT != unix.S_IFREG {
 		return Content{}, 0, errors.New("not a regular file")
 	}
-	h := xxh3.New()
-	n, err := io.Copy(h, f)
+	h, sh := xxh3.New(), sha256.New()
+	n, err := io.Copy(io.MultiWriter(h, sh), f)
 	if err != nil {
 		return Content{}, 0, fmt.Errorf("reading: %w", err)
 	}
@@ -210,6 +214,9 @@ func putAsset(store *cas.Store, assets *os.Root, x stone.XXH128) (Content, cas.H
 	}
 	if after.Size != before.Size || after.Mtim != before.Mtim || after.Ctim != before.Ctim {
 		return Content{}, 0, errors.New("changed while it was being stored")
+	}
+	if err := index([32]byte(sh.Sum(nil)), d); err != nil {
+		return Content{}, 0, err
 	}
 	return Content{Digest: d, Size: before.Size}, how, nil
 }

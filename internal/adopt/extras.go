@@ -1,8 +1,10 @@
 package adopt
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -34,7 +36,7 @@ type Extra struct {
 // for packages); lib/os-release replaces a package's. Directories of the
 // blit are entered, other entries of the blit are kept as they are.
 // Contents go into the store (reflinked where possible).
-func addExtras(b *Blit, dir string, owner int, store *cas.Store, tr *Transfer) ([]Extra, error) {
+func addExtras(b *Blit, dir string, owner int, s *state.State, tr *Transfer) ([]Extra, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return nil, fmt.Errorf("moss archived tree: %w", err)
@@ -73,7 +75,7 @@ func addExtras(b *Blit, dir string, owner int, store *cas.Store, tr *Transfer) (
 				}
 				continue
 			}
-			n, x, err := extraNode(root, p, store, tr)
+			n, x, err := extraNode(root, p, s, tr)
 			if err != nil {
 				return fmt.Errorf("moss archived tree %s: %s: %w", dir, p, err)
 			}
@@ -107,7 +109,7 @@ func addExtras(b *Blit, dir string, owner int, store *cas.Store, tr *Transfer) (
 	return extras, nil
 }
 
-func extraNode(root *os.Root, p string, store *cas.Store, tr *Transfer) (*tree.Node, Extra, error) {
+func extraNode(root *os.Root, p string, s *state.State, tr *Transfer) (*tree.Node, Extra, error) {
 	fi, err := root.Lstat(p)
 	if err != nil {
 		return nil, Extra{}, err
@@ -138,8 +140,17 @@ func extraNode(root *os.Root, p string, store *cas.Store, tr *Transfer) (*tree.N
 			if err != nil {
 				return nil, x, err
 			}
-			d, how, err := store.PutFileHow("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+			sh := sha256.New()
+			_, err = io.Copy(sh, f)
+			var d [32]byte
+			var how cas.How
+			if err == nil {
+				d, how, err = s.Store().PutFileHow("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+			}
 			f.Close()
+			if err == nil {
+				err = s.IndexAdd([32]byte(sh.Sum(nil)), d)
+			}
 			if err != nil {
 				return nil, x, err
 			}
