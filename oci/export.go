@@ -132,7 +132,7 @@ func (c *composefsOf) image() ([]byte, [32]byte, error) {
 // destination needs (docker-archive: and containers-storage: rewrite the
 // manifest; oci:, oci-archive: and docker:// keep it byte for byte).
 func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
-	destRef, err := ParseReference(req.Dest)
+	destRef, err := parseExportDest(req.Dest)
 	if err != nil {
 		return nil, fmt.Errorf("export destination %q: %w", req.Dest, err)
 	}
@@ -349,9 +349,9 @@ func rebaseConfig(orig []byte, diffIDs []digest.Digest, composefs string) ([]byt
 	return json.Marshal(raw)
 }
 
-// ParseReference parses a containers-transport reference (TRANSPORT:REST,
+// parseExportDest parses a containers-transport reference (TRANSPORT:REST,
 // as podman and skopeo spell them) among the transports package oci links.
-func ParseReference(ref string) (types.ImageReference, error) {
+func parseExportDest(ref string) (types.ImageReference, error) {
 	name, rest, ok := strings.Cut(ref, ":")
 	if !ok {
 		return nil, fmt.Errorf("%q: want TRANSPORT:REFERENCE (oci:DIR, docker://NAME, …)", ref)
