@@ -1,13 +1,11 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"syscall"
 
+	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/spf13/cobra"
 )
 
@@ -40,15 +38,9 @@ func execMossOCI(sub string, args []string) error {
 
 // mossOCIPath finds moss-oci beside this executable, else on $PATH.
 func mossOCIPath() (string, error) {
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), "moss-oci")
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath("moss-oci")
+	p, err := cli.Sibling("moss-oci")
 	if err != nil {
-		return "", errors.New("container images are handled by moss-oci, which is not installed beside moss-compose nor on $PATH")
+		return "", fmt.Errorf("container images are handled by moss-oci: %w", err)
 	}
 	return p, nil
 }

@@ -49,7 +49,10 @@ verifies (with --pubkey) and its overlay mounts; otherwise the next one is
 tried and the reason is printed on the console. Objects are checked with
 overlayfs verity=require whenever they carry fs-verity and the kernel can
 check it (so a tampered object reads as EIO; that is not a reason to fall
-back). /etc and /var stay on the root filesystem: only /usr is mounted.`,
+back). /etc and /var stay on the root filesystem: only /usr is mounted.
+System triggers are not run here (as moss's initrd skips them: /var may not
+be mounted yet); mossfs-triggers.service runs them once the booted system
+is up.`,
 	Args: cobra.NoArgs,
 	RunE: runBoot,
 }

@@ -9,6 +9,7 @@ import (
 var rollbackFlags struct {
 	root, target, pubkey, driver, verity string
 	blsDirs                              []string
+	skipTriggers                         bool
 }
 
 var rollbackCmd = &cobra.Command{
@@ -16,7 +17,8 @@ var rollbackCmd = &cobra.Command{
 	Short: "Switch back to the previous transaction",
 	Long: `Switch TARGET (default /usr) back to the previous transaction: the parent
 recorded in the active transaction's metadata, or else the transaction that
-was active before the last switch.`,
+was active before the last switch. As with switch, the system triggers of
+that transaction run afterwards unless --skip-triggers is given.`,
 	Args: cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, args []string) error {
 		f := rollbackFlags
@@ -24,7 +26,7 @@ was active before the last switch.`,
 		if err != nil {
 			return err
 		}
-		return switchTo(cmd, f.root, prev, f.target, f.pubkey, f.driver, f.verity, f.blsDirs)
+		return switchTo(cmd, f.root, prev, f.target, f.pubkey, f.driver, f.verity, f.blsDirs, f.skipTriggers)
 	},
 }
 
@@ -36,6 +38,7 @@ func init() {
 	fl.StringVar(&rollbackFlags.driver, "driver", "auto", "auto, overlay or fuse")
 	fl.StringVar(&rollbackFlags.verity, "verity", "auto", "require, on, off or auto")
 	fl.StringSliceVar(&rollbackFlags.blsDirs, "bls-dir", nil, "BLS entries directory whose default entry becomes the transaction (default: the standard ones under / that hold mossfs entries)")
+	fl.BoolVar(&rollbackFlags.skipTriggers, "skip-triggers", false, "do not run the system triggers of the transaction")
 	addFUSEPassthroughFlag(rollbackCmd)
 	rootCmd.AddCommand(rollbackCmd)
 }

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 
 	"github.com/mossfs/mossfs/internal/bls"
+	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/durable"
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/sign"
@@ -17,6 +19,7 @@ import (
 var switchFlags struct {
 	root, target, pubkey, driver, verity string
 	blsDirs                              []string
+	skipTriggers                         bool
 }
 
 var switchCmd = &cobra.Command{
@@ -28,7 +31,13 @@ The new tree is mounted detached and slid beneath the current mount, which is
 then detached: programs that open files afterwards see the new transaction,
 programs holding files open keep the old one until they let go. The boot
 loader's default entry (BLS, see mossfs bls) becomes TX too. With
---pubkey the transaction's signature must verify first.`,
+--pubkey the transaction's signature must verify first.
+
+When TARGET is /usr, the system triggers of TX (usr/share/moss/triggers/sys.d)
+run afterwards through moss-compose triggers run --scope sys, one line per
+command; a failing trigger is a warning and does not undo the switch.
+--skip-triggers leaves them out (mossfs-triggers.service then runs them at
+the next boot).`,
 	Args: cobra.ExactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		f := switchFlags
@@ -39,7 +48,7 @@ loader's default entry (BLS, see mossfs bls) becomes TX too. With
 		if err != nil {
 			return fmt.Errorf("switch: transaction id %q: %w", args[0], err)
 		}
-		return switchTo(cmd, f.root, id, f.target, f.pubkey, f.driver, f.verity, f.blsDirs)
+		return switchTo(cmd, f.root, id, f.target, f.pubkey, f.driver, f.verity, f.blsDirs, f.skipTriggers)
 	},
 }
 
@@ -51,6 +60,7 @@ func init() {
 	fl.StringVar(&switchFlags.driver, "driver", "auto", "auto, overlay or fuse")
 	fl.StringVar(&switchFlags.verity, "verity", "auto", "require, on, off or auto")
 	fl.StringSliceVar(&switchFlags.blsDirs, "bls-dir", nil, "BLS entries directory whose default entry becomes TX (default: the standard ones under / that hold mossfs entries)")
+	fl.BoolVar(&switchFlags.skipTriggers, "skip-triggers", false, "do not run the system triggers of TX")
 	addFUSEPassthroughFlag(switchCmd)
 	rootCmd.AddCommand(switchCmd)
 }
@@ -67,7 +77,7 @@ func previousActivePath(root string) string {
 //
 // The boot loader's default entry follows (see bootDefaultFiles), so that a
 // reboot starts the transaction now running instead of silently going back.
-func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver, verity string, blsDirs []string) error {
+func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver, verity string, blsDirs []string, skipTriggers bool) error {
 	unlock, err := mountrec.Lock(root)
 	if err != nil {
 		return err
@@ -142,13 +152,44 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 		return fmt.Errorf("switch: mounted, but recording the active transaction failed: %w", err)
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "switched %s to transaction %d (%s, verity %s)\n", t, id, rec.Driver, orDash(rec.Verity))
+	if bootErr == nil {
+		for _, d := range dirs {
+			fmt.Fprintf(cmd.ErrOrStderr(), "boot default in %s: transaction %d\n", d, id)
+		}
+	}
+	// id is live: its system triggers run even if the boot entry could not
+	// follow.
+	if !skipTriggers {
+		runSysTriggers(cmd, root, id, t)
+	}
 	if bootErr != nil {
 		return fmt.Errorf("switch: switched to transaction %d, but the next boot would not start it: %w", id, bootErr)
 	}
-	for _, d := range dirs {
-		fmt.Fprintf(cmd.ErrOrStderr(), "boot default in %s: transaction %d\n", d, id)
-	}
 	return nil
+}
+
+// runSysTriggers runs the system triggers of transaction id, now live at
+// target, through moss-compose (the trigger engine stays out of mossfs,
+// which goes into the initramfs). They run on the host as their files
+// say, with paths under /usr, so only when /usr itself was switched.
+// Nothing here fails the switch: it is done, and a failing trigger is a
+// warning, as in moss.
+func runSysTriggers(cmd *cobra.Command, root string, id uint64, target string) {
+	log := cmd.ErrOrStderr()
+	if target != "/usr" {
+		fmt.Fprintf(log, "system triggers not run: they run only when /usr is switched (target %s)\n", target)
+		return
+	}
+	mc, err := cli.Sibling("moss-compose")
+	if err != nil {
+		fmt.Fprintf(log, "warning: system triggers of transaction %d not run: %v\n", id, err)
+		return
+	}
+	c := exec.Command(mc, "triggers", "run", "--scope", "sys", "--root", root, "--usr", target, "--tx", strconv.FormatUint(id, 10))
+	c.Stdout, c.Stderr = log, log
+	if err := c.Run(); err != nil {
+		fmt.Fprintf(log, "warning: system triggers of transaction %d: %s: %v\n", id, mc, err)
+	}
 }
 
 // afterSignatureCheck runs between a switch's signature check and its mount:

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime/debug"
 
 	"github.com/vbauerster/mpb/v8"
@@ -100,4 +102,20 @@ func (p *Progress) Wait() {
 	if p != nil && p.p != nil {
 		p.p.Shutdown()
 	}
+}
+
+// Sibling finds the mossfs program name beside this executable (as make
+// install puts them, or in a build directory), else on $PATH.
+func Sibling(name string) (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s is not installed beside %s nor on $PATH", name, filepath.Base(os.Args[0]))
+	}
+	return p, nil
 }

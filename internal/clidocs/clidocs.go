@@ -61,6 +61,25 @@ func Command(root *cobra.Command) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// Document the tree the installed program has: without this
+			// command, and without cobra's completion command when this
+			// one was the only reason it was added (cobra adds it to
+			// programs that have subcommands).
+			root.RemoveCommand(cmd)
+			others := 0
+			var completion *cobra.Command
+			for _, c := range root.Commands() {
+				switch c.Name() {
+				case "completion":
+					completion = c
+				case "help":
+				default:
+					others++
+				}
+			}
+			if others == 0 && completion != nil {
+				root.RemoveCommand(completion)
+			}
 			return Generate(root, args[0])
 		},
 	}
