@@ -283,10 +283,15 @@ type removeResult struct {
 	Removed []uint64        `json:"removed"`
 	DryRun  bool            `json:"dry_run,omitempty"`
 	GC      *state.GCResult `json:"gc,omitempty"`
+	// The two parts of the command, timed: the removal itself and the
+	// garbage collection that follows it (unless --no-gc).
+	RemoveMS float64 `json:"remove_ms"`
+	GCMS     float64 `json:"gc_ms,omitempty"`
 }
 
 func removeAndCollect(s *state.State, ids []uint64) error {
 	res := removeResult{Removed: ids}
+	start := time.Now()
 	if len(ids) > 0 {
 		if err := s.Remove(ids, stateFlags.force); err != nil {
 			var pe *state.ProtectedError
@@ -296,12 +301,14 @@ func removeAndCollect(s *state.State, ids []uint64) error {
 			return err
 		}
 	}
+	res.RemoveMS = msSince(start)
 	if !stateFlags.noGC {
+		start = time.Now()
 		g, err := runGC(s, false, true, stateFlags.quiet || stateFlags.json)
 		if err != nil {
 			return fmt.Errorf("removed %v, then: %w", ids, err)
 		}
-		res.GC = g
+		res.GC, res.GCMS = g, msSince(start)
 	}
 	if stateFlags.json {
 		return cli.PrintJSON(os.Stdout, res)
@@ -309,13 +316,16 @@ func removeAndCollect(s *state.State, ids []uint64) error {
 	if len(ids) == 0 {
 		fmt.Println("nothing to remove")
 	} else {
-		fmt.Printf("removed %s\n", joinIDs(ids))
+		fmt.Printf("removed %s (%.1f ms)\n", joinIDs(ids), res.RemoveMS)
 	}
 	if res.GC != nil {
+		fmt.Printf("then collected garbage (%.1f ms):\n", res.GCMS)
 		printGC(res.GC)
 	}
 	return nil
 }
+
+func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
 
 func joinIDs(ids []uint64) string {
 	var parts []string
