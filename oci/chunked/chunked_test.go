@@ -169,13 +169,19 @@ func TestPartialPullEmptyStoreAndBearer(t *testing.T) {
 	d := tl.desc()
 	srv := &blobServer{blob: tl.blob, digest: d.Digest, bearer: true, maxRanges: 3}
 	_, reg := srv.start(t)
-	l, err := Prepare(context.Background(), reg.Blob(d.Digest), d, memStore{}, Options{TempDir: t.TempDir()})
+	var progress int64
+	d.DiffID = "" // the caller checks the stream itself
+	l, err := Prepare(context.Background(), reg.Blob(d.Digest), d, memStore{}, Options{TempDir: t.TempDir(), Progress: func(n int64) { progress += n }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	if st := l.Stats(); st.Fetched != 41 || st.Present != 0 || st.Requests < 3 {
+	st := l.Stats()
+	if st.Fetched != 41 || st.Present != 0 || st.Requests < 3 {
 		t.Errorf("stats %+v: want 41 fetched in several requests (the server takes at most 3 ranges)", st)
+	}
+	if progress != st.MetadataBytes+st.FetchedBytes {
+		t.Errorf("progress reported %d bytes, stats say %d", progress, st.MetadataBytes+st.FetchedBytes)
 	}
 	got, err := readAllTar(t, l)
 	if err != nil || !bytes.Equal(got, tl.tar) {

@@ -36,7 +36,9 @@ type Descriptor struct {
 	Digest      string // the blob's digest (for the registry request and messages)
 	Size        int64  // the blob's size
 	Annotations map[string]string
-	DiffID      string // the config's diff_id of the layer: sha256 of its tar stream
+	// DiffID is the config's diff_id of the layer, the sha256 of its tar
+	// stream; empty when the caller checks the stream itself.
+	DiffID string
 }
 
 // Options tune Prepare.
@@ -53,6 +55,9 @@ type Options struct {
 	// the TOC, so its diff_id cannot be checked. Off: such layers fail with
 	// ErrFallback and are downloaded whole.
 	AllowUnverified bool
+	// Progress, if set, is called with the bytes of each piece read from
+	// the source.
+	Progress func(n int64)
 }
 
 // ErrFallback wraps every reason to download a layer whole instead: no TOC
@@ -115,6 +120,9 @@ func Prepare(ctx context.Context, rr RangeReader, desc Descriptor, store Content
 	}
 	if (lay.Format == Estargz || lay.Format == ZstdChunkedOld) && !opts.AllowUnverified {
 		return nil, fmt.Errorf("layer %s is %s: without a tar-split its diff_id cannot be checked from a partial pull: %w", desc.Digest, lay.Format, ErrFallback)
+	}
+	if opts.Progress != nil {
+		rr = progressReader{rr, opts.Progress}
 	}
 	l := &Layer{desc: desc, store: store, staged: map[[32]byte]string{}}
 	l.stats.Format = lay.Format
@@ -505,7 +513,7 @@ func (g *fileGetter) Get(name string) (io.ReadCloser, error) {
 
 // Tar returns the layer's tar stream. With a tar-split it is the original
 // stream rebuilt byte for byte, and reading it to io.EOF fails unless its
-// sha256 equals the descriptor's DiffID: callers must read to io.EOF (a tar
+// sha256 equals the descriptor's DiffID (when given): callers must read to io.EOF (a tar
 // reader stops at the end-of-archive blocks) and honour the error before
 // they keep anything. Without one (AllowUnverified) it is synthesized from
 // the TOC and not checked.
@@ -516,14 +524,18 @@ func (l *Layer) Tar() io.ReadCloser {
 			pw.CloseWithError(l.synthesize(pw))
 			return
 		}
-		want, err := ParseDigest(l.desc.DiffID)
-		if err != nil {
-			pw.CloseWithError(fmt.Errorf("layer %s: diff_id: %w", l.desc.Digest, err))
-			return
+		var want [32]byte
+		check := l.desc.DiffID != ""
+		if check {
+			var err error
+			if want, err = ParseDigest(l.desc.DiffID); err != nil {
+				pw.CloseWithError(fmt.Errorf("layer %s: diff_id: %w", l.desc.Digest, err))
+				return
+			}
 		}
 		h := sha256.New()
-		err = asm.WriteOutputTarStream(&fileGetter{l: l}, &sliceUnpacker{entries: l.segments}, io.MultiWriter(pw, hashWriter{h}))
-		if err == nil && [32]byte(h.Sum(nil)) != want {
+		err := asm.WriteOutputTarStream(&fileGetter{l: l}, &sliceUnpacker{entries: l.segments}, io.MultiWriter(pw, hashWriter{h}))
+		if err == nil && check && [32]byte(h.Sum(nil)) != want {
 			err = fmt.Errorf("layer %s: the tar stream rebuilt from its tar-split has diff_id sha256:%x, the config says %s", l.desc.Digest, h.Sum(nil), l.desc.DiffID)
 		}
 		if err != nil && !errors.Is(err, io.ErrClosedPipe) {
@@ -532,6 +544,31 @@ func (l *Layer) Tar() io.ReadCloser {
 		pw.CloseWithError(err)
 	}()
 	return pr
+}
+
+// progressReader reports the bytes of every piece read.
+type progressReader struct {
+	rr RangeReader
+	fn func(int64)
+}
+
+func (p progressReader) ReadRanges(ctx context.Context, rs []Range, fn func(Range, io.Reader) error) error {
+	return p.rr.ReadRanges(ctx, rs, func(r Range, rd io.Reader) error {
+		return fn(r, &progressPiece{rd, p.fn})
+	})
+}
+
+type progressPiece struct {
+	r  io.Reader
+	fn func(int64)
+}
+
+func (p *progressPiece) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.fn(int64(n))
+	}
+	return n, err
 }
 
 // sliceUnpacker replays tar-split entries parsed once.
