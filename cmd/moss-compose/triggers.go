@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -79,6 +81,11 @@ func runTriggers(cmd *cobra.Command, args []string) error {
 	if tx == 0 {
 		p := filepath.Join(fl.usr, state.StateIDName)
 		data, err := os.ReadFile(p)
+		if fl.booted && errors.Is(err, fs.ErrNotExist) {
+			// Booted without mossfs boot (moss's own /usr, or none).
+			fmt.Fprintf(log, "%s is not a mossfs transaction (no %s): no system triggers to run\n", fl.usr, state.StateIDName)
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("triggers run: which transaction is live: %w", err)
 		}

@@ -392,8 +392,17 @@ func sysTrigChild(t *testing.T, cfgJSON string) {
 	}
 	// The boot-time unit's command: 2 is live and the record says 1, so
 	// they run; run again, they do not.
+	// The unit's own command line (its program from the build, the test's state root).
+	unit, err := os.ReadFile("../../dist/systemd/mossfs-triggers.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^ExecStart=/usr/bin/(\S+) (.*)$`).FindStringSubmatch(string(unit))
+	if m == nil || m[1] != "moss-compose" {
+		t.Fatalf("mossfs-triggers.service: no ExecStart=/usr/bin/moss-compose …:\n%s", unit)
+	}
 	bootUnit := func() string {
-		o, err := exec.Command(filepath.Join(cfg.Bin, "moss-compose"), "triggers", "run", "--scope", "sys", "--booted", "--root", cfg.Root).CombinedOutput()
+		o, err := exec.Command(filepath.Join(cfg.Bin, m[1]), append(strings.Fields(m[2]), "--root", cfg.Root)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("triggers run --booted: %v\n%s", err, o)
 		}
@@ -405,6 +414,11 @@ func sysTrigChild(t *testing.T, cfgJSON string) {
 	first := record().Finished
 	if o := bootUnit(); !strings.Contains(o, "already ran for transaction 2") || !record().Finished.Equal(first) {
 		t.Errorf("--booted a second time ran again:\n%s", o)
+	}
+	// A /usr that mossfs did not mount (no .stateID): nothing to run, no error.
+	o, err := exec.Command(filepath.Join(cfg.Bin, m[1]), append(strings.Fields(m[2]), "--root", cfg.Root, "--usr", t.TempDir())...).CombinedOutput()
+	if err != nil || !strings.Contains(string(o), "is not a mossfs transaction") || !record().Finished.Equal(first) {
+		t.Errorf("--booted on a /usr without .stateID: %v\n%s", err, o)
 	}
 	// Rollback goes to 1 and runs its triggers.
 	out = mossfs("rollback")
