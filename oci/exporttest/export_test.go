@@ -18,6 +18,7 @@ import (
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/oci"
+	"github.com/mossfs/mossfs/oci/ocitest"
 	"github.com/mossfs/mossfs/tree"
 )
 
@@ -343,14 +344,14 @@ func TestExportPodman(t *testing.T) {
 		t.Skip("podman as root")
 	}
 	bin := binaries(t)
-	reg := startRegistry(t)
-	ce := newContainersEnv(t, reg.Addr)
+	reg := ocitest.StartRegistry(t)
+	ce := ocitest.NewContainers(t, ocitest.Options{Registries: []string{reg.Host}})
 	src := makeSourceTree(t)
 	root := composeTx(t, bin, src)
 	want, tx := txView(t, root)
-	ref := reg.Addr + "/mossfs/os:1"
+	ref := reg.Name("mossfs/os:1")
 	r := export(t, bin, root, "docker://"+ref, "--tls-verify=false", "--cmd", "/usr/bin/sh", "--env", "PATH=/usr/bin:/bin", "--label", "org.example=yes")
-	r2 := export(t, bin, root, "docker://"+reg.Addr+"/mossfs/os:again", "--tls-verify=false", "--cmd", "/usr/bin/sh", "--env", "PATH=/usr/bin:/bin", "--label", "org.example=yes")
+	r2 := export(t, bin, root, reg.Ref("mossfs/os:again"), "--tls-verify=false", "--cmd", "/usr/bin/sh", "--env", "PATH=/usr/bin:/bin", "--label", "org.example=yes")
 	if r.ManifestDigest != r2.ManifestDigest {
 		t.Errorf("two pushes: manifest %s vs %s", r.ManifestDigest, r2.ManifestDigest)
 	}
@@ -359,20 +360,20 @@ func TestExportPodman(t *testing.T) {
 		Digest string
 		Labels map[string]string
 	}
-	if err := json.Unmarshal([]byte(ce.skopeo(t, "inspect", "--tls-verify=false", "docker://"+ref)), &insp); err != nil {
+	if err := json.Unmarshal([]byte(ce.Skopeo(t, "inspect", "--tls-verify=false", "docker://"+ref)), &insp); err != nil {
 		t.Fatal(err)
 	}
 	if insp.Digest != r.ManifestDigest || insp.Labels[oci.LabelComposefs] != r.Composefs || insp.Labels[oci.LabelUsr] != tx.Image || insp.Labels["org.example"] != "yes" {
 		t.Errorf("skopeo inspect: %+v; export %+v", insp, r)
 	}
 
-	ce.podman(t, "pull", "--tls-verify=false", "-q", ref)
-	outp := ce.podman(t, "run", "--rm", "--pull=never", ref, "/usr/bin/busybox", "cat", "/usr/share/data/hello.txt")
+	podmanOut(t, ce, "pull", "--tls-verify=false", "-q", ref)
+	outp := podmanOut(t, ce, "run", "--rm", "--pull=never", ref, "/usr/bin/busybox", "cat", "/usr/share/data/hello.txt")
 	if outp != "hello from a mossfs transaction\n" {
 		t.Errorf("podman run printed %q", outp)
 	}
 	// The image's config: cmd and env reach the container.
-	outp = ce.podman(t, "run", "--rm", "--pull=never", ref, "sh", "-c", "echo $PATH; ls /bin/busybox")
+	outp = podmanOut(t, ce, "run", "--rm", "--pull=never", ref, "sh", "-c", "echo $PATH; ls /bin/busybox")
 	if outp != "/usr/bin:/bin\n/bin/busybox\n" {
 		t.Errorf("podman run (merged /usr links, env) printed %q", outp)
 	}
@@ -380,17 +381,22 @@ func TestExportPodman(t *testing.T) {
 	// containers-storage: c/image applies the layer itself; the diff_id
 	// is the export's and podman runs the image.
 	cs := exportEnv(t, ce.Env, bin, root, "containers-storage:["+"overlay@"+ce.GraphRoot+"+"+ce.RunRoot+"]localhost/mossfs/cs:1", "--cmd", "/usr/bin/sh")
-	if layers := strings.TrimSpace(ce.podman(t, "image", "inspect", "--format", "{{range .RootFS.Layers}}{{.}} {{end}}", "localhost/mossfs/cs:1")); layers != strings.Join(cs.DiffIDs, " ") || cs.DiffIDs[0] != r.DiffIDs[0] {
+	if layers := strings.TrimSpace(podmanOut(t, ce, "image", "inspect", "--format", "{{range .RootFS.Layers}}{{.}} {{end}}", "localhost/mossfs/cs:1")); layers != strings.Join(cs.DiffIDs, " ") || cs.DiffIDs[0] != r.DiffIDs[0] {
 		t.Errorf("containers-storage: podman's layers %q, export's diff_ids %v (docker:// %v)", layers, cs.DiffIDs, r.DiffIDs)
 	}
-	if outp := ce.podman(t, "run", "--rm", "--pull=never", "localhost/mossfs/cs:1", "busybox", "cat", "/usr/share/data/hello.txt"); outp != "hello from a mossfs transaction\n" {
+	if outp := podmanOut(t, ce, "run", "--rm", "--pull=never", "localhost/mossfs/cs:1", "busybox", "cat", "/usr/share/data/hello.txt"); outp != "hello from a mossfs transaction\n" {
 		t.Errorf("podman run of the containers-storage: export printed %q", outp)
 	}
 
-	mnt := strings.TrimSpace(ce.podman(t, "image", "mount", ref))
-	defer ce.podman(t, "image", "unmount", ref)
+	mnt := strings.TrimSpace(podmanOut(t, ce, "image", "mount", ref))
+	defer ce.PodmanErr("image", "unmount", ref)
 	got := importDir(t, mnt)
 	if err := tree.Equal(want, got); err != nil {
 		t.Errorf("podman image mount differs from the transaction: %v", err)
 	}
+}
+
+func podmanOut(t *testing.T, ce *ocitest.Containers, args ...string) string {
+	t.Helper()
+	return string(ce.Podman(t, args...))
 }
