@@ -15,6 +15,11 @@
 package oci
 
 import (
+	"fmt"
+	"strings"
+
+	"go.podman.io/image/v5/types"
+
 	// The transports a reference may name; each registers itself. Not
 	// alltransports: that also links docker-daemon (the moby client), sif
 	// and openshift, which mossfs does not offer.
@@ -25,3 +30,31 @@ import (
 	_ "go.podman.io/image/v5/oci/layout"
 	_ "go.podman.io/image/v5/storage"
 )
+
+// SysOptions are the command-line options that become a SystemContext.
+type SysOptions struct {
+	Platform  string // OS/ARCH[/VARIANT]
+	AuthFile  string
+	Creds     string // USER:PASSWORD
+	TLSVerify bool   // false also allows plain HTTP
+}
+
+// SystemContext builds the containers/image context of a pull: the
+// destination's (auth file, credentials, TLS) plus the platform choice.
+func SystemContext(o SysOptions) (*types.SystemContext, error) {
+	sys, err := DestSystemContext(o.AuthFile, o.Creds, o.TLSVerify)
+	if err != nil {
+		return nil, err
+	}
+	if o.Platform != "" {
+		parts := strings.Split(o.Platform, "/")
+		if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+			return nil, fmt.Errorf("--platform %q: want OS/ARCH[/VARIANT]", o.Platform)
+		}
+		sys.OSChoice, sys.ArchitectureChoice = parts[0], parts[1]
+		if len(parts) == 3 {
+			sys.VariantChoice = parts[2]
+		}
+	}
+	return sys, nil
+}

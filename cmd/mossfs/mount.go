@@ -18,12 +18,12 @@ import (
 )
 
 var mountFlags struct {
-	root, driver, verity, objects string
-	foreground                    bool
+	root, driver, verity, objects, image string
+	foreground                           bool
 }
 
 var mountCmd = &cobra.Command{
-	Use:   "mount [flags] TX|sha256:DIGEST|IMAGE TARGET",
+	Use:   "mount [flags] TX|sha256:DIGEST|IMAGE TARGET | --image NAME TARGET",
 	Short: "Mount a transaction (or an image) read-only at a directory",
 	Long: `Mount a transaction read-only at TARGET.
 
@@ -34,10 +34,29 @@ from --objects (default <root>/cas/objects).
 The overlay driver mounts the EROFS image under overlayfs with the object
 store as a data-only lower layer; the FUSE driver serves the image from a
 daemon. auto takes the overlay where the kernel can, FUSE otherwise. If a
-mossfs mount is already at TARGET it is replaced atomically, as by switch.`,
-	Args: cobra.ExactArgs(2),
+mossfs mount is already at TARGET it is replaced atomically, as by switch.
+
+--image NAME mounts a container image pulled with moss-oci (moss-compose
+image pull) by its name or id: its root is a container's root filesystem.
+Run it with podman as "podman run --rootfs TARGET:O IMAGE-COMMAND": the :O
+puts a writable overlay over the read-only mount (plain --rootfs would
+write into it), and --rootfs ignores the image's entrypoint and
+environment, so give the command (and -e variables) yourself.`,
+	Args: func(cmd *cobra.Command, args []string) error {
+		if mountFlags.image != "" {
+			return cobra.ExactArgs(1)(cmd, args)
+		}
+		return cobra.ExactArgs(2)(cmd, args)
+	},
 	RunE: func(cmd *cobra.Command, args []string) error {
 		f := mountFlags
+		if f.image != "" {
+			img, err := containerImageSource(f.root, f.image)
+			if err != nil {
+				return err
+			}
+			args = []string{img, args[0]}
+		}
 		src, err := resolveSource(f.root, args[0], f.objects)
 		if err != nil {
 			return err
@@ -73,6 +92,7 @@ func init() {
 	fl.StringVar(&mountFlags.verity, "verity", "auto", "object fs-verity checks: require, on, off or auto (require when the objects have fs-verity)")
 	fl.StringVar(&mountFlags.objects, "objects", "", "object directory for an image file (default <root>/cas/objects)")
 	fl.BoolVar(&mountFlags.foreground, "foreground", false, "serve with the FUSE driver in the foreground until unmounted")
+	fl.StringVar(&mountFlags.image, "image", "", "mount the container image with this name or id (records in the state root)")
 	addFUSEPassthroughFlag(mountCmd)
 	rootCmd.AddCommand(mountCmd)
 }
@@ -176,6 +196,20 @@ func resolveSource(root, arg, objects string) (mountSource, error) {
 		}
 		return mountSource{image: img, objects: objects}, nil
 	}
+}
+
+// containerImageSource turns a container image's name or id into the
+// sha256:<image> argument of its EROFS image in the store.
+func containerImageSource(root, ref string) (string, error) {
+	st, err := state.Open(root)
+	if err != nil {
+		return "", err
+	}
+	c, err := st.FindContainer(ref)
+	if err != nil {
+		return "", err
+	}
+	return "sha256:" + c.Image, nil
 }
 
 func isDigits(s string) bool {

@@ -51,7 +51,7 @@ type GCResult struct {
 }
 
 // GC removes everything no retained transaction needs. Roots are every
-// existing transaction, pinned transactions and images, and the active and
+// existing transaction, container image record, pinned transactions and images, and the active and
 // mounted ones (mount records carry the image, so a mounted transaction
 // removed with force keeps its image and objects). Live objects are marked
 // from the images themselves, read with the erofs reader (the payloads of
@@ -97,6 +97,13 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	for _, h := range pinnedImages {
+		images[h] = true
+	}
+	containerImages, err := s.containerRoots(opts.DryRun)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	for _, h := range containerImages {
 		images[h] = true
 	}
 	mounts, err := s.Mounts()

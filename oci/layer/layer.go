@@ -119,9 +119,11 @@ type Applier struct {
 	links map[*tree.Node][]*tree.Node
 }
 
-// NewApplier starts an image with an empty root directory (0755, root-owned).
+// NewApplier starts an image with an empty root directory: root-owned,
+// mode 0555 unless a layer has an entry for the root (as containers/storage
+// makes a layer's root, and podman shows it).
 func NewApplier(store Store, lim Limits) *Applier {
-	return &Applier{Root: tree.NewDir("", 0o755), store: store, lim: lim.withDefaults(), links: map[*tree.Node][]*tree.Node{}}
+	return &Applier{Root: tree.NewDir("", 0o555), store: store, lim: lim.withDefaults(), links: map[*tree.Node][]*tree.Node{}}
 }
 
 // Entries is the number of tar entries applied so far.
@@ -443,6 +445,16 @@ func (ap *apply) hardlink(parent *tree.Node, base string, old *tree.Node, h *tar
 	ap.created[n] = true
 	inode.Nlink++
 	ap.a.links[inode] = append(ap.a.links[inode], n)
+	// The link's header applies to the inode, as when a runtime unpacks
+	// it (link, then chown, chmod, set xattrs and times on the new name).
+	inode.Mode = inode.Mode&tree.TypeMask | uint32(h.Mode)&0o7777
+	inode.UID, inode.GID = uint32(h.Uid), uint32(h.Gid)
+	inode.Mtime = tree.Timespec{Sec: h.ModTime.Unix(), Nsec: uint32(h.ModTime.Nanosecond())}
+	for k, v := range h.PAXRecords {
+		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			inode.SetXattr(name, []byte(v))
+		}
+	}
 	return n, nil
 }
 
@@ -503,9 +515,13 @@ func mkdev(major, minor uint32) uint32 {
 	return (minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12
 }
 
-// setMeta copies mode bits, owners, time and xattrs from the header.
+// setMeta copies mode bits, owners, time and xattrs from the header
+// (symlinks are always 0777).
 func setMeta(n *tree.Node, h *tar.Header) {
 	n.Mode = n.Mode&tree.TypeMask | uint32(h.Mode)&0o7777
+	if n.Mode&tree.TypeMask == tree.TypeLink {
+		n.Mode = tree.TypeLink | 0o777
+	}
 	n.UID, n.GID = uint32(h.Uid), uint32(h.Gid)
 	n.Mtime = tree.Timespec{Sec: h.ModTime.Unix(), Nsec: uint32(h.ModTime.Nanosecond())}
 	n.Xattrs = nil

@@ -253,7 +253,20 @@ func unescapeMountinfo(s string) string {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-var blobInfoOnce sync.Once
+var (
+	blobInfoOnce     sync.Once
+	blobInfoIsolated bool
+)
+
+// ClearBlobInfoCache empties the blob-info cache podman and skopeo share,
+// where isolateBlobInfoCache made it this process's own (else it does
+// nothing): a push that follows another of the same layers then
+// compresses as told instead of reusing the other push's blobs.
+func ClearBlobInfoCache() {
+	if blobInfoIsolated {
+		os.Remove("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+	}
+}
 
 // isolateBlobInfoCache mounts a tmpfs over /var/lib/containers/cache, where
 // podman and skopeo keep their blob-info cache, when running in the private
@@ -270,6 +283,8 @@ func isolateBlobInfoCache(t testing.TB) {
 		}
 		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
 			t.Logf("blob-info cache stays shared: %v", err)
+			return
 		}
+		blobInfoIsolated = true
 	})
 }
