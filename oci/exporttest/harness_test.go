@@ -28,7 +28,9 @@ func binaries(t *testing.T) string {
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+			return
 		}
+		buildErr = os.Symlink("moss-compose", binDir+"/mkcomposefs")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
