@@ -6,9 +6,11 @@ import (
 	"io/fs"
 	"sort"
 	"text/tabwriter"
+	"time"
 
 	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/mountrec"
+	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/mounttuck"
 	"github.com/spf13/cobra"
 )
@@ -42,6 +44,9 @@ type statusReport struct {
 	Root   string        `json:"root"`
 	Active uint64        `json:"active"`
 	Mounts []mountStatus `json:"mounts"`
+	// SysTriggers is the last run of system triggers (nil: none, or the
+	// record is private to the store's owner).
+	SysTriggers *state.SysTriggerRun `json:"system_triggers,omitempty"`
 }
 
 var statusCmd = &cobra.Command{
@@ -58,6 +63,13 @@ var statusCmd = &cobra.Command{
 		}
 		w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 		fmt.Fprintf(w, "active transaction: %s\n", txLabel(rep.Active))
+		if r := rep.SysTriggers; r != nil {
+			n := 0
+			for _, tr := range r.Triggers {
+				n += len(tr.Commands)
+			}
+			fmt.Fprintf(w, "system triggers: ran for transaction %d at %s, %d of %d commands failed\n", r.Tx, r.Finished.Local().Format(time.DateTime), r.Failed(), n)
+		}
 		fmt.Fprintln(w, "TARGET\tTX\tDRIVER\tVERITY\tIMAGE\tSTATE")
 		for _, m := range rep.Mounts {
 			state := "mounted"
@@ -103,6 +115,9 @@ func collectStatus(root string) (statusReport, error) {
 		return rep, err
 	}
 	rep.Active = active
+	if rep.SysTriggers, err = state.ReadSysTriggers(root); err != nil && !errors.Is(err, fs.ErrPermission) {
+		return rep, err
+	}
 	recs, err := mountrec.List(root)
 	if errors.Is(err, fs.ErrPermission) {
 		// Mount records are private to the store's owner: others see

@@ -425,4 +425,10 @@ func sysTrigChild(t *testing.T, cfgJSON string) {
 	if !strings.Contains(out, "system trigger 3/7 systemd_sysusers") || record().Tx != 1 {
 		t.Errorf("rollback: record tx %d\n%s", record().Tx, out)
 	}
+	// mossfs status shows the record.
+	so, err := exec.Command(filepath.Join(cfg.Bin, "mossfs"), "status", "--json", "--root", cfg.Root).Output()
+	var rep statusReport
+	if err != nil || json.Unmarshal(so, &rep) != nil || rep.SysTriggers == nil || rep.SysTriggers.Tx != 1 || len(rep.SysTriggers.Triggers) != 7 {
+		t.Errorf("mossfs status --json: %v\n%s", err, so)
+	}
 }

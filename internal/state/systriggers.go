@@ -58,15 +58,22 @@ func (r *SysTriggerRun) Failed() int {
 }
 
 // sysTriggersDir holds the record; private like the rest of the state root.
-func (s *State) sysTriggersDir() string { return filepath.Join(s.root, "system-triggers") }
+func (s *State) sysTriggersDir() string { return filepath.Dir(s.SysTriggersPath()) }
 
 // SysTriggersPath is the file holding the last run's record.
-func (s *State) SysTriggersPath() string { return filepath.Join(s.sysTriggersDir(), "last.json") }
+func (s *State) SysTriggersPath() string {
+	return filepath.Join(s.root, "system-triggers", "last.json")
+}
 
 // LastSysTriggers returns the record of the last system trigger run, nil
 // if there was none.
-func (s *State) LastSysTriggers() (*SysTriggerRun, error) {
-	data, err := os.ReadFile(s.SysTriggersPath())
+func (s *State) LastSysTriggers() (*SysTriggerRun, error) { return ReadSysTriggers(s.root) }
+
+// ReadSysTriggers is LastSysTriggers for the state root root without
+// opening it (mossfs status reads it as it reads mount records).
+func ReadSysTriggers(root string) (*SysTriggerRun, error) {
+	path := filepath.Join(root, "system-triggers", "last.json")
+	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -75,7 +82,7 @@ func (s *State) LastSysTriggers() (*SysTriggerRun, error) {
 	}
 	var r SysTriggerRun
 	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("system trigger record %s: %w", s.SysTriggersPath(), err)
+		return nil, fmt.Errorf("system trigger record %s: %w", path, err)
 	}
 	return &r, nil
 }
