@@ -92,6 +92,14 @@ func ParseDump(r io.Reader, opts DumpOptions) (*tree.Node, error) {
 	return parseDumpString(unsafe.String(unsafe.SliceData(data), len(data)), opts)
 }
 
+// ParseDumpBytes is ParseDump of a dump already in memory, without copying
+// it: the tree's strings share data's memory, so data must not be changed
+// afterwards (compose parses the base's fragments this way and then writes
+// or links the same bytes).
+func ParseDumpBytes(data []byte, opts DumpOptions) (*tree.Node, error) {
+	return parseDumpString(unsafe.String(unsafe.SliceData(data), len(data)), opts)
+}
+
 // readAll reads r to its end into a buffer of the right size when r can
 // tell its length (bytes and strings readers, files).
 func readAll(r io.Reader) ([]byte, error) {

@@ -107,6 +107,21 @@ func TestParseDumpAssets(t *testing.T) {
 			if !root.IsDir() || root.Parent != nil {
 				t.Fatalf("root is not a directory")
 			}
+			// The in-memory parse (no copy) gives the same tree.
+			var want, got bytes.Buffer
+			if err := WriteDump(&want, root); err != nil {
+				t.Fatal(err)
+			}
+			root2, err := ParseDumpBytes(readAsset(t, a), DumpOptions{Name: a.name})
+			if err != nil {
+				t.Fatalf("ParseDumpBytes: %v", err)
+			}
+			if err := WriteDump(&got, root2); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(want.Bytes(), got.Bytes()) {
+				t.Errorf("ParseDumpBytes and ParseDump differ:\n%s\n%s", got.Bytes(), want.Bytes())
+			}
 		})
 	}
 	for _, a := range negative {

@@ -26,9 +26,11 @@ func EncodeFragment(root *tree.Node) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// DecodeFragment parses a fragment; name is used in error messages.
+// DecodeFragment parses a fragment; name is used in error messages. The
+// tree shares data's memory (no copy of the text): data must not be changed
+// afterwards.
 func DecodeFragment(data []byte, name string) (*tree.Node, error) {
-	root, err := erofs.ParseDump(bytes.NewReader(data), erofs.DumpOptions{Name: name})
+	root, err := erofs.ParseDumpBytes(data, erofs.DumpOptions{Name: name})
 	if err != nil {
 		return nil, fmt.Errorf("fragment %s: %w", name, err)
 	}
