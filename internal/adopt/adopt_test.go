@@ -19,7 +19,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestMain(m *testing.M) { testenv.MainInMountNS(m) }
+// TestMain runs the tests in a private mount namespace (as root) and
+// removes the benchmark's installation afterwards.
+func TestMain(m *testing.M) {
+	if testenv.InPrivateMountNS() || os.Geteuid() != 0 {
+		code := m.Run()
+		if benchDir != "" {
+			os.RemoveAll(benchDir)
+		}
+		os.Exit(code)
+	}
+	testenv.MainInMountNS(m)
+}
 
 // Generated packages that exercise the blit rules.
 var (
