@@ -322,6 +322,15 @@ func (s *Store) commit(t *temp, d [32]byte, size int64) error {
 	}
 	final := s.ObjectPath(d)
 	err := t.link(final)
+	if errors.Is(err, unix.ENOENT) {
+		// The fan-out directory went (an importer removing the empty
+		// directories of a refused import, see PruneFanout): make it again.
+		s.fanout[d[0]].Store(false)
+		if err := s.ensureFanout(d); err != nil {
+			return err
+		}
+		err = t.link(final)
+	}
 	if errors.Is(err, unix.EEXIST) {
 		if have, ok := s.objectSize(d); ok && have == size {
 			return nil // another writer stored it first
@@ -402,6 +411,15 @@ func (s *Store) enableVerity(t *temp) error {
 		return err
 	}
 	return nil
+}
+
+// PruneFanout removes the fan-out directory of object d if it is empty, so
+// that an import that was refused and removed its objects leaves the store
+// as it found it. A writer that meant to use the directory makes it again.
+func (s *Store) PruneFanout(d [32]byte) {
+	if os.Remove(filepath.Join(s.objects, Payload(d)[:2])) == nil {
+		s.fanout[d[0]].Store(false)
+	}
 }
 
 func (s *Store) ensureFanout(d [32]byte) error {

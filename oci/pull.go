@@ -449,6 +449,9 @@ func (s *stager) discard() int {
 	for _, d := range s.added {
 		s.st.Store().Remove(d)
 	}
+	for _, d := range s.added {
+		s.st.Store().PruneFanout(d)
+	}
 	s.st.Sync()
 	return len(s.added)
 }
