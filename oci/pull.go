@@ -59,6 +59,9 @@ type PullOptions struct {
 	Fetcher LayerFetcher
 	// Progress, if set, receives per-layer progress.
 	Progress Progress
+	// NoVerifySeal skips the check of the config's composefs label
+	// (LabelComposefs) against the image composed from the layers.
+	NoVerifySeal bool
 }
 
 // Progress receives what a pull is doing; implementations draw bars.
@@ -314,6 +317,14 @@ func Pull(ctx context.Context, st *state.State, refStr string, opts PullOptions)
 		}
 		own = append(own, lt)
 		rec.Layers = append(rec.Layers, state.ContainerLayer{Digest: lname, DiffID: diffIDs[i].String(), MediaType: info.MediaType, Size: info.Size})
+	}
+	// A sealed image (containers.composefs.fsverity) must compose to the
+	// image its label names; refused, nothing of it stays (the deferred
+	// discard removes the staged objects).
+	if !opts.NoVerifySeal {
+		if _, err := VerifySeal(cfg.Config.Labels, ap.Root); err != nil {
+			return nil, fmt.Errorf("%s: %w", refStr, err)
+		}
 	}
 	// Every layer checked out: the contents get their index links, then
 	// the image, its directory and its record.

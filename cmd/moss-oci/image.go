@@ -18,6 +18,7 @@ var imageFlags struct {
 	root          string
 	json          bool
 	quiet         bool
+	noVerifySeal  bool
 	name          string
 	platform      string
 	authfile      string
@@ -89,6 +90,7 @@ func init() {
 	fl.Int64Var(&imageFlags.maxRatio, "max-ratio", layer.DefaultRatio, "refuse a layer expanding past this many times its compressed size (once past 1 GiB)")
 	fl.IntVar(&imageFlags.maxEntries, "max-entries", layer.DefaultMaxEntries, "refuse an image with more entries")
 	fl.BoolVarP(&imageFlags.quiet, "quiet", "q", false, "no progress display or summary")
+	fl.BoolVar(&imageFlags.noVerifySeal, "no-verify-seal", false, "do not check the config's containers.composefs.fsverity label against the image composed from the layers")
 	rootCmd.AddCommand(imageCmd)
 }
 
@@ -107,8 +109,9 @@ func runPull(cmd *cobra.Command, ref string) error {
 	prog := cli.NewProgress(imageFlags.quiet || imageFlags.json)
 	res, err := oci.Pull(context.Background(), st, ref, oci.PullOptions{
 		Name: imageFlags.name, Sys: sys, PolicyPath: imageFlags.policy,
-		Limits:   layer.Limits{MaxLayerBytes: imageFlags.maxLayerBytes, Ratio: imageFlags.maxRatio, MaxEntries: imageFlags.maxEntries},
-		Progress: barProgress{prog},
+		Limits:       layer.Limits{MaxLayerBytes: imageFlags.maxLayerBytes, Ratio: imageFlags.maxRatio, MaxEntries: imageFlags.maxEntries},
+		Progress:     barProgress{prog},
+		NoVerifySeal: imageFlags.noVerifySeal,
 	})
 	prog.Wait()
 	if err != nil {

@@ -388,6 +388,15 @@ func TestExportPodman(t *testing.T) {
 		t.Errorf("podman run of the containers-storage: export printed %q", outp)
 	}
 
+	// Pulled back by moss-oci from the registry and from podman's store:
+	// the image the label names.
+	if got, _ := pullBack(t, ce.Env, bin, "docker://"+ref, "--tls-verify=false"); got != r.Composefs {
+		t.Errorf("docker:// pulled back: composefs image %s, label %s", got, r.Composefs)
+	}
+	if got, _ := pullBack(t, ce.Env, bin, "containers-storage:localhost/mossfs/cs:1"); got != cs.Composefs || got != r.Composefs {
+		t.Errorf("containers-storage: pulled back: composefs image %s, labels %s and %s", got, cs.Composefs, r.Composefs)
+	}
+
 	mnt := strings.TrimSpace(podmanOut(t, ce, "image", "mount", ref))
 	defer ce.PodmanErr("image", "unmount", ref)
 	got := importDir(t, mnt)
