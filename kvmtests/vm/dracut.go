@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Dracut is Debian's dracut (dracut-core, dracut) and udev, downloaded with
@@ -42,11 +44,20 @@ func FetchDracut(cacheDir string) (*Dracut, error) {
 	versions := strings.Join(pkgs, " ")
 	dir := filepath.Join(cacheDir, "dracut-"+strings.NewReplacer("=", "_", " ", "-", "~", "_", ":", "_").Replace(versions))
 	d := &Dracut{Layer: filepath.Join(dir, "layer"), Versions: versions}
-	if _, err := os.Stat(filepath.Join(d.Layer, "usr/lib/dracut/dracut-install")); err == nil {
-		return d, nil
-	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return nil, err
+	}
+	// One download at a time (test packages run in parallel).
+	lock, err := os.OpenFile(filepath.Join(cacheDir, ".dracut.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("dracut cache lock: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(d.Layer, "usr/lib/dracut/dracut-install")); err == nil {
+		return d, nil
 	}
 	work, err := os.MkdirTemp(cacheDir, ".dracut-")
 	if err != nil {
