@@ -193,6 +193,35 @@ func timeRun(b *testing.B, name string, args ...string) time.Duration {
 	return time.Since(start)
 }
 
+// timeRunCPU is timeRun that also appends the process's CPU time (user and
+// system) to cpu: under load, wall times mostly measure waiting for a CPU,
+// CPU times do not.
+func timeRunCPU(b *testing.B, cpu *[]time.Duration, name string, args ...string) time.Duration {
+	b.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.Bytes())
+	}
+	d := time.Since(start)
+	*cpu = append(*cpu, cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime())
+	return d
+}
+
+// logCPU logs the medians of CPU times gathered by timeRunCPU, and of their
+// pairwise difference.
+func logCPU(b *testing.B, oursName, baseName string, ours, base []time.Duration) {
+	b.Helper()
+	var diff []time.Duration
+	for i := range min(len(ours), len(base)) {
+		diff = append(diff, ours[i]-base[i])
+	}
+	b.Logf("     CPU time (user+sys), medians: %s %.1f ms, %s %.1f ms, difference %.1f ms", oursName, ms(median(ours)), baseName, ms(median(base)), ms(median(diff)))
+	b.ReportMetric(ms(median(diff)), "cpu-cost-ms")
+}
+
 // pairsPerOp is how many interleaved pairs one benchmark iteration times.
 func pairsPerOp(small, full int) int {
 	if s := os.Getenv("MOSSFS_BENCH_PAIRS"); s != "" {
@@ -289,12 +318,13 @@ func BenchmarkMkcomposefsFromFile(b *testing.B) {
 	out := filepath.Join(b.TempDir(), "out.cfs")
 	cp := filepath.Join(b.TempDir(), "out.dump")
 	var p, inproc pairs
+	var cpuOurs, cpuBase []time.Duration
 	n := pairsPerOp(3, 15)
 	b.ResetTimer()
 	for i := 0; i < b.N*n; i++ {
 		p.time(func() time.Duration {
-			return timeRun(b, f.mossCompose, "mkcomposefs", "--from-file", f.dump, out)
-		}, func() time.Duration { return timeRun(b, "cp", f.dump, cp) })
+			return timeRunCPU(b, &cpuOurs, f.mossCompose, "mkcomposefs", "--from-file", f.dump, out)
+		}, func() time.Duration { return timeRunCPU(b, &cpuBase, "cp", f.dump, cp) })
 		inproc.time(func() time.Duration {
 			start := time.Now()
 			r, err := os.Open(f.dump)
@@ -320,6 +350,7 @@ func BenchmarkMkcomposefsFromFile(b *testing.B) {
 	p.report(b, fmt.Sprintf("mkcomposefs --from-file (%d-entry dump)", f.entries), "mkcomposefs", "cp-dump", "≥ 5× faster than C mkcomposefs (0.50 s in the issue's run: ≤ 100 ms)", true)
 	b.ReportMetric(ms(median(inproc.ours)), "in-process-ms")
 	b.Logf("     in this process: %.1f ms (median); the process adds %.1f ms", ms(median(inproc.ours)), ms(median(p.ours)-median(inproc.ours)))
+	logCPU(b, "mkcomposefs", "cp-dump", cpuOurs, cpuBase)
 	a, _ := os.ReadFile(out)
 	c, _ := os.ReadFile(out + ".inproc")
 	if !bytes.Equal(a, c) {
@@ -537,15 +568,16 @@ func BenchmarkSwitch(b *testing.B) {
 				}(r)
 			}
 			var p pairs
+			var cpuOurs, cpuBase []time.Duration
 			n := pairsPerOp(10, 200)
 			next := 2
 			b.ResetTimer()
 			for i := 0; i < b.N*n; i++ {
 				p.time(func() time.Duration {
-					d := timeRun(b, f.mossfs, sw(next)...)
+					d := timeRunCPU(b, &cpuOurs, f.mossfs, sw(next)...)
 					next = 3 - next
 					return d
-				}, func() time.Duration { return timeRun(b, f.mossfs, "--version") })
+				}, func() time.Duration { return timeRunCPU(b, &cpuBase, f.mossfs, "--version") })
 			}
 			b.StopTimer()
 			stop.Store(true)
@@ -554,6 +586,7 @@ func BenchmarkSwitch(b *testing.B) {
 				b.Fatal("the readers read nothing")
 			}
 			p.report(b, fmt.Sprintf("mossfs switch between 2k-entry transactions, %d reader threads busy", busy), "switch", "version", "≤ 3 ms (median)", false)
+			logCPU(b, "switch", "version", cpuOurs, cpuBase)
 		})
 	}
 }
