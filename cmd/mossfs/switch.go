@@ -13,6 +13,7 @@ import (
 	"github.com/mossfs/mossfs/internal/durable"
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/sign"
+	"github.com/mossfs/mossfs/internal/state"
 	"github.com/spf13/cobra"
 )
 
@@ -42,6 +43,9 @@ the next boot).`,
 	RunE: func(cmd *cobra.Command, args []string) error {
 		f := switchFlags
 		if !isDigits(args[0]) {
+			if st, err := state.Open(f.root); err == nil {
+				return st.NotATransaction("switch", args[0])
+			}
 			return fmt.Errorf("switch: %q is not a transaction id", args[0])
 		}
 		id, err := strconv.ParseUint(args[0], 10, 64)

@@ -302,3 +302,13 @@ func (s *State) containerRoots(dryRun bool) ([]string, error) {
 	}
 	return images, nil
 }
+
+// NotATransaction is the error of commands that take OS transactions
+// (switch, rollback, bls, active) given something else: it says when arg
+// names a container image, which they refuse.
+func (s *State) NotATransaction(cmd, arg string) error {
+	if c, err := s.FindContainer(arg); err == nil {
+		return fmt.Errorf("%s: %q is a container image (%s), not an OS transaction: %s takes transaction ids; mount a container image with mossfs mount --image", cmd, arg, c.ConfigDigest, cmd)
+	}
+	return fmt.Errorf("%s: %q is not a transaction id", cmd, arg)
+}
