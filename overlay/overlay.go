@@ -547,3 +547,16 @@ func (t *tempMount) detach() {
 	_ = unix.Unmount(t.dir, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 	_ = os.Remove(t.dir)
 }
+
+// MountImage mounts a composefs EROFS image read-only, file-backed or on a
+// loop device, and returns it as a detached mount (an fsmount descriptor,
+// close-on-exec) for the caller to attach, e.g. as a lower layer of a
+// writable overlay of its own.
+func MountImage(image string) (int, error) {
+	acl, err := imageHasACL(image)
+	if err != nil {
+		return -1, err
+	}
+	fd, _, _, err := mountErofs(image, acl, false)
+	return fd, err
+}
