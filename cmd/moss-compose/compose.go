@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"time"
 
 	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/state"
@@ -23,6 +25,9 @@ var composeFlags struct {
 	json    bool
 	quiet   bool
 	force   bool
+
+	skipTriggers, rerunTriggers bool
+	triggerTimeout              time.Duration
 }
 
 var composeCmd = &cobra.Command{
@@ -42,7 +47,21 @@ transaction, image or metadata is written.
 A compose that changes nothing (no input removed, every new input the same
 as the one of --from it replaces) creates nothing: it says so and prints the
 id of --from (JSON: "unchanged": true); --force creates a new transaction
-anyway.`,
+anyway.
+
+Transaction triggers: the trigger files of the new tree
+(/usr/share/moss/triggers/tx.d/*.yaml, moss's format) are matched against
+every path of the tree as moss does, and their handlers run, each in a fresh
+container (new mount, pid, ipc, uts and net namespaces; as root; no network)
+whose /usr is the new transaction, writable; /etc is the host's, read-only;
+/proc is new; /tmp, /var and /run are empty tmpfs; the environment is only
+PATH, LANG=C.UTF-8 and SOURCE_DATE_EPOCH (the transaction's time). What they
+write is folded into the image (mtimes set to the transaction's time) and
+recorded per trigger (state show, state diff). A trigger whose inputs are
+unchanged since --from is not run again: its outputs are carried over. A
+handler exiting non-zero is a warning; one that cannot start or times out
+fails the compose, and nothing is published. The transaction's time is
+$SOURCE_DATE_EPOCH when set, else now.`,
 	Args: cobra.NoArgs,
 	RunE: runCompose,
 }
@@ -58,6 +77,9 @@ func init() {
 	fl.StringSliceVar(&composeFlags.xattrs, "xattrs", nil, "keep only these xattr namespaces of directories (user,security,trusted,system)")
 	fl.StringArrayVar(&composeFlags.remove, "remove", nil, "leave out this input of --from: a package name or tree directory (repeatable)")
 	fl.Uint64Var(&composeFlags.id, "id", 0, "the new transaction's id (needed in a state root that follows moss, whose ids are moss's state ids)")
+	fl.BoolVar(&composeFlags.skipTriggers, "skip-triggers", false, "run no transaction trigger (needed to compose as a user who is not root)")
+	fl.BoolVar(&composeFlags.rerunTriggers, "rerun-triggers", false, "run every hit transaction trigger, even those whose inputs are unchanged since --from")
+	fl.DurationVar(&composeFlags.triggerTimeout, "trigger-timeout", state.DefaultTriggerTimeout, "time limit of one trigger handler")
 	fl.BoolVar(&composeFlags.json, "json", false, "print the new transaction as JSON")
 	fl.BoolVarP(&composeFlags.quiet, "quiet", "q", false, "no progress display")
 	fl.BoolVar(&composeFlags.force, "force", false, "create a transaction even when it would hold what --from holds")
@@ -78,6 +100,19 @@ func conflictError(err error) error {
 		cli.PrintJSON(os.Stdout, map[string]any{"conflicts": ce.Conflicts, "more": ce.More})
 	}
 	return fmt.Errorf("compose: %w", err)
+}
+
+// sourceDateEpoch returns the time $SOURCE_DATE_EPOCH names (zero if unset).
+func sourceDateEpoch() (time.Time, error) {
+	v := os.Getenv("SOURCE_DATE_EPOCH")
+	if v == "" {
+		return time.Time{}, nil
+	}
+	sec, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || sec <= 0 {
+		return time.Time{}, fmt.Errorf("compose: SOURCE_DATE_EPOCH=%q is not a positive number of seconds", v)
+	}
+	return time.Unix(sec, 0), nil
 }
 
 func runCompose(cmd *cobra.Command, args []string) error {
@@ -125,7 +160,15 @@ func runCompose(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("compose: %w", err)
 	}
 	added := describeInputs(frags)
-	res, err := s.Compose(state.ComposeOptions{From: composeFlags.from, Remove: composeFlags.remove, Add: frags, Force: composeFlags.force, ID: composeFlags.id})
+	if os.Geteuid() != 0 && !composeFlags.skipTriggers {
+		return errors.New("compose: transaction triggers run in containers as root: compose as root, or pass --skip-triggers")
+	}
+	when, err := sourceDateEpoch()
+	if err != nil {
+		return err
+	}
+	res, err := s.Compose(state.ComposeOptions{From: composeFlags.from, Remove: composeFlags.remove, Add: frags, Force: composeFlags.force, ID: composeFlags.id, Time: when,
+		Triggers: state.TriggerOptions{Skip: composeFlags.skipTriggers, Rerun: composeFlags.rerunTriggers, Timeout: composeFlags.triggerTimeout}})
 	if err != nil {
 		return conflictError(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 
 	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/sandbox"
 	"github.com/spf13/cobra"
 )
 
@@ -25,6 +26,8 @@ var rootCmd = &cobra.Command{
 }
 
 func main() {
+	// The container init of transaction triggers is this program, re-executed.
+	sandbox.Init()
 	// Multi-call: a link named mkcomposefs runs the mkcomposefs subcommand.
 	if filepath.Base(os.Args[0]) == "mkcomposefs" {
 		rootCmd.SetArgs(append([]string{"mkcomposefs"}, os.Args[1:]...))

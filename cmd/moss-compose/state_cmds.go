@@ -214,6 +214,22 @@ var stateShowCmd = &cobra.Command{
 		for _, in := range tx.Inputs {
 			fmt.Printf("    %s (%d entries, %s)\n", in.Label(), in.Entries, humanBytes(in.Bytes))
 		}
+		if len(tx.Triggers) > 0 {
+			fmt.Printf("  triggers: %d\n", len(tx.Triggers))
+			for _, r := range tx.Triggers {
+				how := "ran"
+				if !r.Ran {
+					how = "carried over from the parent (inputs unchanged)"
+				}
+				fmt.Printf("    %s: %s, %d paths written, %d removed\n", r.Name, how, len(r.Paths), len(r.Removed))
+				for _, p := range r.Paths {
+					fmt.Printf("      + %s\n", p)
+				}
+				for _, p := range r.Removed {
+					fmt.Printf("      - %s\n", p)
+				}
+			}
+		}
 		return nil
 	},
 }
@@ -271,6 +287,15 @@ where the image is mounted; --json gives paths relative to the image root.`,
 		}
 		for _, c := range d.Changed {
 			fmt.Printf("~ /usr%s (%s)\n", c.Path, c.What)
+		}
+		for _, tc := range d.Triggers {
+			fmt.Printf("trigger %s: %s\n", tc.Name, tc.Status)
+			for _, p := range tc.Paths {
+				fmt.Printf("  + %s\n", p)
+			}
+			for _, p := range tc.Removed {
+				fmt.Printf("  - %s\n", p)
+			}
 		}
 		fmt.Fprintf(os.Stderr, "%d→%d: inputs +%d -%d ~%d, paths +%d -%d ~%d\n", a, b,
 			len(d.InputsAdded), len(d.InputsRemoved), len(d.InputsChanged), len(d.Added), len(d.Removed), len(d.Changed))

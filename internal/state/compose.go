@@ -38,6 +38,8 @@ type ComposeOptions struct {
 	ID uint64
 	// Moss records the moss state an adopted transaction comes from.
 	Moss *MossOrigin
+	// Triggers control the transaction triggers.
+	Triggers TriggerOptions
 }
 
 // ComposeResult describes what Compose did.
@@ -181,7 +183,7 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	}
 	// A compose that would hold what the base holds creates nothing
 	// (decided before the base's fragments are read).
-	if base != nil && !opts.Force && len(res.Removed) == 0 && len(res.Replaced) == len(added) {
+	if base != nil && !opts.Force && !opts.Triggers.Rerun && len(res.Removed) == 0 && len(res.Replaced) == len(added) {
 		same := true
 		for _, f := range added {
 			i := slices.IndexFunc(res.Replaced, func(in Input) bool { return in.Key() == f.Input.Key() })
@@ -218,6 +220,18 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	when := opts.Time
+	if when.IsZero() {
+		when = time.Now()
+	}
+	when = when.UTC().Truncate(time.Second)
+	// The one trigger step: run the tree's transaction triggers and fold
+	// their outputs into it (objects go into the store, nothing else is
+	// written before the transaction's own files below).
+	trig, err := s.applyTriggers(root, base, when, opts.Triggers)
+	if err != nil {
+		return nil, fmt.Errorf("compose: %w", err)
+	}
 
 	// Nothing is written before this point.
 	txl, err := s.txLock()
@@ -227,7 +241,7 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	// Without new inputs nothing but our own few files is new: fsync them
 	// instead of syncing the whole file system (cheaper when other writers
 	// keep it busy). With new inputs, one syncfs covers their objects too.
-	targeted := len(opts.Add) == 0
+	targeted := len(opts.Add) == 0 && !trig.stored
 	var id uint64
 	if opts.ID != 0 {
 		id, err = s.reserveID(opts.ID, targeted)
@@ -240,11 +254,6 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	}
 	crash(CPComposeAlloc)
 
-	when := opts.Time
-	if when.IsZero() {
-		when = time.Now()
-	}
-	when = when.UTC().Truncate(time.Second)
 	idText := []byte(strconv.FormatUint(id, 10))
 	root.AddChild(&tree.Node{Name: StateIDName, Mode: tree.TypeReg | 0o644, Nlink: 1,
 		Size: uint64(len(idText)), Content: idText, Mtime: tree.Timespec{Sec: when.Unix()}})
@@ -253,7 +262,7 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	// The fragments are written beside the image writer.
 	inputsDone := make(chan error, 1)
 	go func() {
-		err := s.writeInputs(id, inputs, pending, targeted)
+		err := s.writeInputs(id, append(slices.Clip(inputs), trig.fragmentInputs()...), append(slices.Clip(pending), trig.pending...), targeted)
 		if err == nil {
 			crash(CPComposeInputs)
 		}
@@ -263,7 +272,7 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	counts := make(chan Counts, 1)
 	go func() { counts <- CountTree(root) }() // beside the writer: both only read
 	img, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
-	tx := &Transaction{ID: id, Time: when, Inputs: inputs, Counts: <-counts, Moss: opts.Moss}
+	tx := &Transaction{ID: id, Time: when, Inputs: inputs, Triggers: trig.records, Counts: <-counts, Moss: opts.Moss}
 	if err != nil {
 		<-inputsDone
 		return nil, fmt.Errorf("compose: building image: %w", err)
@@ -464,6 +473,7 @@ func (s *State) DiffTx(a, b uint64) (*Diff, error) {
 	}
 	d := &Diff{A: a, B: b}
 	DiffInputs(ta.Inputs, tb.Inputs, d)
+	DiffTriggers(ta.Triggers, tb.Triggers, d)
 	ra, err := s.Tree(ta)
 	if err != nil {
 		return nil, err

@@ -20,6 +20,43 @@ type Diff struct {
 	Added   []string     `json:"added"`
 	Removed []string     `json:"removed"`
 	Changed []PathChange `json:"changed"`
+	// Triggers: what B's transaction triggers did compared with A's.
+	Triggers []TriggerChange `json:"triggers,omitempty"`
+}
+
+// TriggerChange is one transaction trigger in a diff: its status in B
+// ("ran", "carried over", "new", or "gone" when only A had it) and the
+// paths it writes (and removes) in B.
+type TriggerChange struct {
+	Name    string   `json:"name"`
+	Status  string   `json:"status"`
+	Paths   []string `json:"paths,omitempty"`
+	Removed []string `json:"removed,omitempty"`
+}
+
+// DiffTriggers compares two transactions' trigger records.
+func DiffTriggers(a, b []TriggerRecord, d *Diff) {
+	inA := map[string]bool{}
+	for _, r := range a {
+		inA[r.Name] = true
+	}
+	inB := map[string]bool{}
+	for _, r := range b {
+		inB[r.Name] = true
+		st := "ran"
+		switch {
+		case !r.Ran:
+			st = "carried over"
+		case !inA[r.Name]:
+			st = "new, ran"
+		}
+		d.Triggers = append(d.Triggers, TriggerChange{Name: r.Name, Status: st, Paths: r.Paths, Removed: r.Removed})
+	}
+	for _, r := range a {
+		if !inB[r.Name] {
+			d.Triggers = append(d.Triggers, TriggerChange{Name: r.Name, Status: "gone"})
+		}
+	}
 }
 
 // InputChange names an input in a diff.

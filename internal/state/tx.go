@@ -25,7 +25,9 @@ type Transaction struct {
 	// Image is the hex fs-verity digest of the image (its name under images/).
 	Image  string  `json:"image"`
 	Inputs []Input `json:"inputs"`
-	Counts Counts  `json:"counts"`
+	// Triggers are the transaction triggers the tree hit, in run order.
+	Triggers []TriggerRecord `json:"triggers,omitempty"`
+	Counts   Counts          `json:"counts"`
 	// Moss is set on a transaction adopted from a moss state (whose id it
 	// keeps).
 	Moss *MossOrigin `json:"moss,omitempty"`

@@ -241,11 +241,57 @@ func Files(fsys fs.FS, scope Scope) []string {
 	}
 	ents, _ := fs.ReadDir(fsys, string(scope)+".d")
 	for _, e := range ents {
-		if !e.IsDir() && (strings.HasSuffix(e.Name(), ".yaml") || strings.HasSuffix(e.Name(), ".kdl")) {
+		if !e.IsDir() {
 			names = append(names, path.Join(string(scope)+".d", e.Name()))
 		}
 	}
-	return dedupeKDL(names)
+	return Select(names, scope)
+}
+
+// Select picks, from file names relative to the trigger directory, those
+// moss loads for a scope (<scope>.yaml|kdl, <scope>.d/*.yaml|kdl, no
+// deeper), in load order.
+func Select(names []string, scope Scope) []string {
+	var out []string
+	for _, n := range names {
+		dir, base := path.Split(n)
+		ext := path.Ext(base)
+		if ext != ".yaml" && ext != ".kdl" {
+			continue
+		}
+		if (dir == "" && strings.TrimSuffix(base, ext) == string(scope)) || dir == string(scope)+".d/" {
+			out = append(out, n)
+		}
+	}
+	return dedupeKDL(out)
+}
+
+// LoadFiles is Load over file contents by name (relative to the trigger
+// directory), for trees that are not a file system.
+func LoadFiles(files map[string][]byte, scope Scope) (trigs []*Trigger, skipped []*LoadError) {
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	for _, name := range Select(names, scope) {
+		t, err := parseFile(name, files[name], nil)
+		if err != nil {
+			skipped = append(skipped, &LoadError{File: name, Err: err})
+			continue
+		}
+		trigs = append(trigs, t)
+	}
+	return trigs, skipped
+}
+
+func parseFile(name string, data []byte, readErr error) (*Trigger, error) {
+	if strings.HasSuffix(name, ".kdl") {
+		return nil, fmt.Errorf("trigger %s: KDL trigger files are not supported", name)
+	}
+	if readErr != nil {
+		return nil, fmt.Errorf("trigger %s: %w", name, readErr)
+	}
+	return Parse(name, data)
 }
 
 // dedupeKDL keeps, of foo.yaml and foo.kdl, the .kdl one (as moss does).
@@ -272,16 +318,12 @@ func dedupeKDL(names []string) []string {
 // not parse are returned as skipped, each error naming its file.
 func Load(fsys fs.FS, scope Scope) (trigs []*Trigger, skipped []*LoadError) {
 	for _, name := range Files(fsys, scope) {
-		if strings.HasSuffix(name, ".kdl") {
-			skipped = append(skipped, &LoadError{File: name, Err: fmt.Errorf("trigger %s: KDL trigger files are not supported", name)})
-			continue
+		var data []byte
+		var err error
+		if !strings.HasSuffix(name, ".kdl") {
+			data, err = fs.ReadFile(fsys, name)
 		}
-		data, err := fs.ReadFile(fsys, name)
-		if err != nil {
-			skipped = append(skipped, &LoadError{File: name, Err: fmt.Errorf("trigger %s: %w", name, err)})
-			continue
-		}
-		t, err := Parse(name, data)
+		t, err := parseFile(name, data, err)
 		if err != nil {
 			skipped = append(skipped, &LoadError{File: name, Err: err})
 			continue

@@ -367,3 +367,13 @@ func TestOrder(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadFiles(t *testing.T) {
+	trigs, skipped := LoadFiles(map[string][]byte{
+		"tx.d/kmod.yaml": []byte(kmodYAML), "tx.d/a/b.yaml": []byte(kmodYAML), "sys.yaml": []byte(kmodYAML),
+		"tx.d/bad.yaml": []byte("x: 1\n"), "tx.d/readme": []byte("x"),
+	}, Transaction)
+	if len(trigs) != 1 || trigs[0].File != "tx.d/kmod.yaml" || len(skipped) != 1 || skipped[0].File != "tx.d/bad.yaml" {
+		t.Errorf("loaded %v, skipped %v", trigs, skipped)
+	}
+}
