@@ -90,6 +90,10 @@ func fromDir(d *tree.Node, origin string, lower Lookup) error {
 			redirect, redirected := c.Xattr(ovlRedirect)
 			stripOverlay(c)
 			switch {
+			case opaque && (childOrigin == "" || !isDir(lower(childOrigin))):
+				// A new directory: overlayfs marks those opaque too, but
+				// there is nothing lower to hide; it merges like any other.
+				childOrigin = ""
 			case opaque:
 				c.SetXattr(OpaqueXattr, []byte("y"))
 				childOrigin = ""
@@ -147,15 +151,19 @@ func fromDir(d *tree.Node, origin string, lower Lookup) error {
 	return nil
 }
 
-func resolveRedirect(r, origin string) string {
+// resolveRedirect resolves a redirect xattr: absolute, or a name relative
+// to the lower directory of the entry's parent (dir).
+func resolveRedirect(r, dir string) string {
 	if strings.HasPrefix(r, "/") {
 		return path.Clean(r)
 	}
-	if origin == "" {
-		origin = "/"
+	if dir == "" {
+		dir = "/"
 	}
-	return path.Join(path.Dir(origin), r)
+	return path.Join(dir, r)
 }
+
+func isDir(n *tree.Node) bool { return n != nil && n.IsDir() }
 
 func xattrIs(n *tree.Node, name, val string) bool {
 	v, ok := n.Xattr(name)
