@@ -37,8 +37,8 @@ var exportFlags struct {
 }
 
 var exportCmd = &cobra.Command{
-	Use:   "export TX DEST",
-	Short: "Export a transaction as an OCI image to a containers-transport destination",
+	Use:   "export TX|IMAGE DEST",
+	Short: "Export a transaction or a container image as an OCI image to a containers-transport destination",
 	Long: `Export an OS transaction as an OCI image to any containers-transport destination:
 oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://REGISTRY/NAME:TAG (push)
 or containers-storage:NAME.
@@ -58,7 +58,13 @@ manifest, so there only the layers' diff_ids are stable.
 The config carries the label containers.composefs.fsverity (the fs-verity
 digest of the composefs image that "image pull" composes from the layers) and
 org.mossfs.usr.fsverity (the transaction's own /usr image). --composefs FILE
-also writes that composefs image, and with --key a detached signature FILE.sig.`,
+also writes that composefs image, and with --key a detached signature FILE.sig.
+
+A container image (a name or ID that "image pull" recorded) exports as itself:
+its original config (the --entrypoint, --cmd, --env, --label, --arch and
+--usr-only flags do not apply; the composefs label is set to the rebuilt
+layers') and the same number of layers, rebuilt from the stored fragments, so
+their digests are new.`,
 	Args: cobra.ExactArgs(2),
 	RunE: runExport,
 }
@@ -87,7 +93,7 @@ func init() {
 func runExport(cmd *cobra.Command, args []string) error {
 	id, err := strconv.ParseUint(args[0], 10, 64)
 	if err != nil || id == 0 {
-		return fmt.Errorf("export: bad transaction id %q", args[0])
+		return runExportContainer(cmd, args)
 	}
 	if exportFlags.key != "" && exportFlags.composefs == "" {
 		return errors.New("export: --key signs the --composefs image: give --composefs FILE too")
@@ -158,6 +164,12 @@ func runExport(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
+	return finishExport(res, tx.ID, fmt.Sprintf("transaction %d", tx.ID))
+}
+
+// finishExport writes the --composefs image and signature (signed for id)
+// and prints the result.
+func finishExport(res *oci.ExportResult, id uint64, what string) error {
 	if exportFlags.composefs != "" {
 		if err := writeExportFile(exportFlags.composefs, res.Image, 0o644); err != nil {
 			return fmt.Errorf("export: --composefs: %w", err)
@@ -171,7 +183,7 @@ func runExport(cmd *cobra.Command, args []string) error {
 			if err != nil {
 				return err
 			}
-			if err := writeExportFile(exportFlags.composefs+".sig", sign.Encode(sign.Sign(key, tx.ID, d)), 0o644); err != nil {
+			if err := writeExportFile(exportFlags.composefs+".sig", sign.Encode(sign.Sign(key, id, d)), 0o644); err != nil {
 				return fmt.Errorf("export: signature: %w", err)
 			}
 		}
@@ -182,9 +194,60 @@ func runExport(cmd *cobra.Command, args []string) error {
 	if exportFlags.json {
 		return cli.PrintJSON(os.Stdout, res)
 	}
-	fmt.Printf("exported transaction %d to %s\nmanifest %s\nconfig   %s\ncomposefs fs-verity %s\n",
-		tx.ID, res.Dest, res.ManifestDigest, res.ConfigDigest, res.Composefs)
+	fmt.Printf("exported %s to %s\nmanifest %s\nconfig   %s\ncomposefs fs-verity %s\n",
+		what, res.Dest, res.ManifestDigest, res.ConfigDigest, res.Composefs)
 	return nil
+}
+
+// runExportContainer exports a recorded container image as itself.
+func runExportContainer(cmd *cobra.Command, args []string) error {
+	for _, f := range []string{"entrypoint", "cmd", "env", "label", "arch", "usr-only"} {
+		if cmd.Flags().Changed(f) {
+			return fmt.Errorf("export: %s is a container image, exported with its own config: --%s does not apply", args[0], f)
+		}
+	}
+	if exportFlags.key != "" && exportFlags.composefs == "" {
+		return errors.New("export: --key signs the --composefs image: give --composefs FILE too")
+	}
+	s, err := state.Open(exportFlags.root)
+	if err != nil {
+		return err
+	}
+	lk, err := s.Lock()
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	c, err := s.FindContainer(args[0])
+	if err != nil {
+		return fmt.Errorf("export %s: not a transaction id, and %w", args[0], err)
+	}
+	config, layers, err := oci.ContainerLayers(s, c)
+	if err != nil {
+		return err
+	}
+	sys, err := oci.DestSystemContext(exportFlags.authfile, exportFlags.creds, exportFlags.tlsVerify)
+	if err != nil {
+		return err
+	}
+	var report io.Writer
+	if !exportFlags.quiet && !exportFlags.json && cli.IsTerminal(os.Stderr) {
+		report = os.Stderr
+	}
+	res, err := oci.Export(cmd.Context(), oci.ExportRequest{
+		Layers:      layers,
+		BaseConfig:  config,
+		Open:        oci.StoreOpener(s.Store().ObjectsDir()),
+		Compression: exportFlags.compression,
+		Dest:        args[1],
+		Sys:         sys,
+		TempDir:     exportFlags.tmpdir,
+		Report:      report,
+	})
+	if err != nil {
+		return err
+	}
+	return finishExport(res, 0, "container image "+c.ID())
 }
 
 // writeExportFile writes data to path through a temporary file in the same
