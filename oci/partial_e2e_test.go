@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/oci/chunked"
 	"github.com/mossfs/mossfs/oci/ocitest"
 	"go.podman.io/image/v5/copy"
@@ -196,5 +197,70 @@ func TestPartialPullBAfterA(t *testing.T) {
 	}
 	if bytesA < da.Size*9/10 {
 		t.Errorf("A, into an empty store, fetched only %d of %d bytes: the counting is off", bytesA, da.Size)
+	}
+}
+
+// TestPullPartialBAfterA is the partial pull through image pull: image A,
+// then image B sharing 90% of A's files, both zstd:chunked by
+// containers/image, pulled from Debian's docker-registry with PartialLayers.
+// B's layer costs at most 15% of its compressed size by the registry's
+// access log, and the image it gives is the one a whole download gives (the
+// same EROFS image digest, pulled into another store with WholeLayers).
+func TestPullPartialBAfterA(t *testing.T) {
+	reg := ocitest.StartRegistry(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "registries.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("unqualified-search-registries = []\n[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host)), 0o600)
+	policy := filepath.Join(dir, "policy.json")
+	os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600)
+	sys := &types.SystemContext{SystemRegistriesConfPath: conf, SystemRegistriesConfDirPath: filepath.Join(dir, "none"),
+		AuthFilePath: filepath.Join(dir, "auth.json"), BlobInfoCacheDir: filepath.Join(dir, "cache")}
+	os.WriteFile(sys.AuthFilePath, []byte(`{}`), 0o600)
+	lay := filepath.Join(dir, "layout")
+	for _, name := range []string{"a", "b"} {
+		ocitest.WriteLayout(t, lay, name, ocitest.Image{Layers: [][]byte{
+			ocitest.Tar(t, ocitest.Entry{Name: "etc/", Type: tar.TypeDir}, ocitest.Entry{Name: "etc/image", Body: name + "\n"}),
+			ocitest.Tar(t, genEntries(gentree.Tiny, name == "b")...),
+		}})
+		ref, _ := reference.ParseNormalizedNamed(reg.Name("pp/" + name + ":1"))
+		pushZstdChunked(t, lay, name, ref, sys)
+	}
+	st, err := state.Create(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull := func(st *state.State, name string, f LayerFetcher) *PullResult {
+		res, err := Pull(context.Background(), st, reg.Ref("pp/"+name+":1"), PullOptions{Sys: sys, PolicyPath: policy, Fetcher: f})
+		if err != nil {
+			t.Fatalf("pull %s: %v", name, err)
+		}
+		return res
+	}
+	resA := pull(st, "a", &PartialLayers{State: st, Sys: sys})
+	if resA.Partial == nil || resA.Partial.PartialLayers != 2 || resA.Partial.FilesPresent != 0 {
+		t.Fatalf("A: partial totals %+v, want both layers partial into an empty store", resA.Partial)
+	}
+	resB := pull(st, "b", &PartialLayers{State: st, Sys: sys})
+	p := resB.Partial
+	bigB := resB.Image.Layers[1]
+	bytesB, reqs := reg.BlobBytes(t, "pp/b", bigB.Digest)
+	t.Logf("B after A: layer %d bytes, registry sent %d (%.1f%%) in %d requests; partial totals %+v; pull result files %d present %d",
+		bigB.Size, bytesB, 100*float64(bytesB)/float64(bigB.Size), reqs, *p, resB.Files, resB.FilesPresent)
+	if bytesB > bigB.Size*15/100 {
+		t.Errorf("B's layer cost %d bytes, more than 15%% of its %d", bytesB, bigB.Size)
+	}
+	// Files small enough to be inlined in the EROFS image are not objects,
+	// so not in the index: they are fetched again (a few bytes each).
+	if p.PartialLayers != 2 || p.FilesPresent < 4*p.FilesFetched || p.BytesSaved < 5*p.BytesFetched {
+		t.Errorf("B: partial totals %+v, want most files and bytes present", p)
+	}
+	// The oracle: the same image pulled whole into another store.
+	st2, err := state.Create(filepath.Join(dir, "store2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole := pull(st2, "b", WholeLayers{})
+	if whole.Partial != nil || whole.Image.Image != resB.Image.Image || whole.Image.ConfigDigest != resB.Image.ConfigDigest {
+		t.Errorf("partial pull gave image %s (config %s), whole download %s (config %s)", resB.Image.Image, resB.Image.ConfigDigest, whole.Image.Image, whole.Image.ConfigDigest)
 	}
 }

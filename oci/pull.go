@@ -171,6 +171,11 @@ type PullResult struct {
 	BytesPresent   int64                 `json:"bytes_present"`   // their uncompressed bytes: saved
 	BytesNew       int64                 `json:"bytes_new"`       // uncompressed bytes of new objects
 	ObjectsRemoved int                   `json:"objects_removed"` // after a refusal (never in a result)
+	// UnverifiedLayers were pulled partially without a tar-split: their
+	// diff_id could not be checked (--insecure-allow-unpredictable-image-contents).
+	UnverifiedLayers int `json:"unverified_layers,omitempty"`
+	// Partial: what PartialLayers fetched by range requests and saved.
+	Partial *PartialTotals `json:"partial,omitempty"`
 }
 
 // Pull reads the image ref names into the store st: it picks the platform
@@ -312,7 +317,11 @@ func Pull(ctx context.Context, st *state.State, refStr string, opts PullOptions)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", refStr, err)
 		}
-		if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != diffIDs[i] {
+		// A partial layer without a tar-split (allowed only on request) is
+		// synthesized from its TOC: its digest is not the diff_id.
+		if u, ok := ls.(interface{ Unverified() bool }); ok && u.Unverified() {
+			res.UnverifiedLayers++
+		} else if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != diffIDs[i] {
 			return nil, fmt.Errorf("%s: layer %s: its tar stream's digest %s does not match the config's diff_id %s", refStr, lname, got, diffIDs[i])
 		}
 		own = append(own, lt)
@@ -340,6 +349,10 @@ func Pull(ctx context.Context, st *state.State, refStr string, opts PullOptions)
 	ok = true
 	res.Image = out
 	res.Layers = len(infos)
+	if pf, ok := opts.Fetcher.(*PartialLayers); ok {
+		t := pf.Totals()
+		res.Partial = &t
+	}
 	res.Files, res.FilesPresent = len(stg.objects), stg.present
 	res.BytesPresent, res.BytesNew = stg.presentBytes, stg.newBytes
 	return res, nil

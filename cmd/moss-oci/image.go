@@ -28,6 +28,8 @@ var imageFlags struct {
 	maxLayerBytes int64
 	maxRatio      int64
 	maxEntries    int
+	partial       bool
+	unverified    bool
 }
 
 var imageCmd = &cobra.Command{
@@ -91,6 +93,9 @@ func init() {
 	fl.IntVar(&imageFlags.maxEntries, "max-entries", layer.DefaultMaxEntries, "refuse an image with more entries")
 	fl.BoolVarP(&imageFlags.quiet, "quiet", "q", false, "no progress display or summary")
 	fl.BoolVar(&imageFlags.noVerifySeal, "no-verify-seal", false, "do not check the config's containers.composefs.fsverity label against the image composed from the layers")
+	fl.BoolVar(&imageFlags.partial, "partial", true, "read zstd:chunked layers from registries partially: only the files the store lacks")
+	fl.BoolVar(&imageFlags.unverified, "insecure-allow-unpredictable-image-contents", false,
+		"also read eStargz and tar-split-less zstd:chunked layers partially, although their diff_id cannot be checked (unsafe)")
 	rootCmd.AddCommand(imageCmd)
 }
 
@@ -107,11 +112,16 @@ func runPull(cmd *cobra.Command, ref string) error {
 		return err
 	}
 	prog := cli.NewProgress(imageFlags.quiet || imageFlags.json)
+	var fetcher oci.LayerFetcher = oci.WholeLayers{}
+	if imageFlags.partial {
+		fetcher = &oci.PartialLayers{State: st, Sys: sys, AllowUnverified: imageFlags.unverified}
+	}
 	res, err := oci.Pull(context.Background(), st, ref, oci.PullOptions{
 		Name: imageFlags.name, Sys: sys, PolicyPath: imageFlags.policy,
 		Limits:       layer.Limits{MaxLayerBytes: imageFlags.maxLayerBytes, Ratio: imageFlags.maxRatio, MaxEntries: imageFlags.maxEntries},
 		Progress:     barProgress{prog},
 		NoVerifySeal: imageFlags.noVerifySeal,
+		Fetcher:      fetcher,
 	})
 	prog.Wait()
 	if err != nil {
@@ -127,6 +137,13 @@ func runPull(cmd *cobra.Command, ref string) error {
 	if !imageFlags.quiet {
 		fmt.Fprintf(os.Stderr, "%d layer(s), %s fetched; %d file(s): %d new (%s), %d already in the store (%s saved)\n",
 			res.Layers, human(res.FetchedBytes), res.Files, res.Files-res.FilesPresent, human(res.BytesNew), res.FilesPresent, human(res.BytesPresent))
+		if p := res.Partial; p != nil && p.PartialLayers > 0 {
+			fmt.Fprintf(os.Stderr, "partial pull: %d layer(s) by range requests (%d whole): %d file(s) fetched (%s), %d already present (%s not fetched)\n",
+				p.PartialLayers, p.WholeLayers, p.FilesFetched, human(p.BytesFetched), p.FilesPresent, human(p.BytesSaved))
+		}
+		if res.UnverifiedLayers > 0 {
+			fmt.Fprintf(os.Stderr, "warning: %d layer(s) without tar-split pulled partially: their diff_id was not checked\n", res.UnverifiedLayers)
+		}
 	}
 	fmt.Println(res.Image.ConfigDigest)
 	return nil
