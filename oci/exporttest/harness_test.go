@@ -19,6 +19,11 @@ var (
 // make build does) and returns their directory.
 func binaries(t *testing.T) string {
 	t.Helper()
+	return benchBinaries(t)
+}
+
+func benchBinaries(t testing.TB) string {
+	t.Helper()
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "exporttest-bin-")
 		if buildErr != nil {
