@@ -22,8 +22,8 @@ import (
 func BenchmarkBAfterA(b *testing.B) {
 	reg := ocitest.StartRegistry(b)
 	spec := gentree.FromEnv()
-	la := storageChunked(b, genTar(b, spec, false))
-	lb := storageChunked(b, genTar(b, spec, true))
+	la := storageChunked(b, ocitest.GenTar(b, spec, false))
+	lb := storageChunked(b, ocitest.GenTar(b, spec, true))
 	pushBlob(b, reg, "bench/a", la.blob)
 	db := pushBlob(b, reg, "bench/b", lb.blob)
 	store := memStore{}

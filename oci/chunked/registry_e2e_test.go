@@ -10,48 +10,11 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/oci/ocitest"
 	"go.podman.io/storage/pkg/chunked/compressor"
 )
-
-// genTar writes the generated tree as a tar; with changed, every tenth
-// regular file gets other content (image B sharing 90% of A's files).
-func genTar(tb testing.TB, spec gentree.Spec, changed bool) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range gentree.List(spec) {
-		h := &tar.Header{Name: f.Path, Mode: int64(f.Mode & 0o7777), ModTime: time.Unix(f.Mtime.Sec, 0), Format: tar.FormatPAX}
-		var data io.Reader
-		switch f.Mode & 0o170000 {
-		case 0o040000:
-			h.Typeflag, h.Name = tar.TypeDir, f.Path+"/"
-		case 0o120000:
-			h.Typeflag, h.Linkname = tar.TypeSymlink, f.Target
-		default:
-			h.Typeflag, h.Size = tar.TypeReg, f.Size
-			src := f
-			if changed && f.Index%10 == 0 {
-				src.Index += 1 << 30
-			}
-			data = gentree.ContentReader(src)
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			tb.Fatal(err)
-		}
-		if data != nil {
-			if _, err := io.Copy(tw, data); err != nil {
-				tb.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	return buf.Bytes()
-}
 
 // storageChunked compresses a tar to zstd:chunked with containers/storage's
 // compressor, the one containers/image uses for --dest-compress-format
@@ -150,8 +113,8 @@ func pullLayer(tb testing.TB, reg *Registry, tl *testLayer, store memStore) (*La
 // both rebuilt tar streams are the layers' own (diff_id checked).
 func TestRegistryBAfterA(t *testing.T) {
 	reg := ocitest.StartRegistry(t)
-	a := storageChunked(t, genTar(t, gentree.Tiny, false))
-	b := storageChunked(t, genTar(t, gentree.Tiny, true))
+	a := storageChunked(t, ocitest.GenTar(t, gentree.Tiny, false))
+	b := storageChunked(t, ocitest.GenTar(t, gentree.Tiny, true))
 	da := pushBlob(t, reg, "partial/a", a.blob)
 	db := pushBlob(t, reg, "partial/b", b.blob)
 
