@@ -16,7 +16,7 @@ import (
 )
 
 // probeTree is a /usr holding only the (static) probe program.
-func probeTree(t *testing.T) string {
+func probeTree(t testing.TB) string {
 	t.Helper()
 	d := tmpDir(t)
 	if err := os.MkdirAll(filepath.Join(d, "libexec"), 0o755); err != nil {

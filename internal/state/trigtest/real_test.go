@@ -132,10 +132,12 @@ func TestRealTriggers(t *testing.T) {
 	usr := hostUsr(t)
 	s := newState(t)
 	base := importTree(t, s, usr)
-	trig := importTree(t, s, writeTree(t, realTriggers))
+	trigDir := writeTree(t, realTriggers)
+	trig := importTree(t, s, trigDir)
 	schemaDir := writeTree(t, schema("org.mossfs.Test", "hello"))
 	schemas := importTree(t, s, schemaDir)
-	mods := importTree(t, s, moduleTree(t, k, map[string]string{"erofs": "fs/erofs", "libcrc32c": "lib", "overlay": "fs/overlayfs"}))
+	modTree := moduleTree(t, k, map[string]string{"erofs": "fs/erofs", "libcrc32c": "lib", "overlay": "fs/overlayfs"})
+	mods := importTree(t, s, modTree)
 
 	// A: every trigger runs.
 	resA, err := s.Compose(state.ComposeOptions{Add: []state.Fragment{base, trig, schemas, mods}, Time: epoch})
@@ -145,6 +147,21 @@ func TestRealTriggers(t *testing.T) {
 	a := resA.Tx
 	if got, want := ran(a), []string{"mimedb", "glib2", "depmod"}; !slices.Equal(got, want) {
 		t.Fatalf("A ran %v, want %v (moss's order: reverse alphabetical)", got, want)
+	}
+	// Reproducible: the same inputs composed in another state root give
+	// the same image, trigger outputs included.
+	s2 := newState(t)
+	resA2, err := s2.Compose(state.ComposeOptions{Add: []state.Fragment{importTree(t, s2, usr), importTree(t, s2, trigDir),
+		importTree(t, s2, schemaDir), importTree(t, s2, modTree)}, Time: epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resA2.Tx.Image != a.Image {
+		d, _ := s2.Tree(resA2.Tx)
+		r, _ := s.Tree(a)
+		var diff state.Diff
+		state.DiffTrees(r, d, &diff)
+		t.Errorf("the same inputs composed twice give images %s and %s: %+v", a.Image, resA2.Tx.Image, diff)
 	}
 	rootA, err := s.Tree(a)
 	if err != nil {
