@@ -116,6 +116,10 @@ func sourceDateEpoch() (time.Time, error) {
 }
 
 func runCompose(cmd *cobra.Command, args []string) error {
+	// Refused before anything is imported.
+	if os.Geteuid() != 0 && !composeFlags.skipTriggers {
+		return errors.New("compose: transaction triggers run in containers as root: compose as root, or pass --skip-triggers")
+	}
 	if len(composeFlags.remove) > 0 && composeFlags.from == 0 {
 		return errors.New("compose: --remove needs --from")
 	}
@@ -160,9 +164,6 @@ func runCompose(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("compose: %w", err)
 	}
 	added := describeInputs(frags)
-	if os.Geteuid() != 0 && !composeFlags.skipTriggers {
-		return errors.New("compose: transaction triggers run in containers as root: compose as root, or pass --skip-triggers")
-	}
 	when, err := sourceDateEpoch()
 	if err != nil {
 		return err
