@@ -289,3 +289,49 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// TestOrderedTriggersSeeEarlierOutputs: a trigger ordered after another
+// runs over the other's outputs (its container's /usr holds them), the
+// independent one does not, and each output is attributed to its maker.
+func TestOrderedTriggersSeeEarlierOutputs(t *testing.T) {
+	requireRoot(t)
+	files := probeTrigger("first", "write", "/usr/share/probe-in/made-by-first", "first")
+	for k, v := range probeTrigger("second", "copy", "/usr/share/probe-in/made-by-first", "/usr/share/probe-in/copied-by-second") {
+		files[k] = v
+	}
+	for k, v := range probeTrigger("zindependent", "copy", "/usr/share/probe-in/made-by-first", "/usr/share/probe-in/copied-by-z") {
+		files[k] = v
+	}
+	files["share/moss/triggers/tx.d/second.yaml"] = strings.Replace(files["share/moss/triggers/tx.d/second.yaml"], "description: test\n", "description: test\nafter: first\n", 1)
+	c := composeProbe(t, 0, files)
+	if c.err != nil {
+		t.Fatal(c.err)
+	}
+	root, err := c.s.Tree(c.res.Tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(fileOf(t, c.s, root, "/share/probe-in/copied-by-second")); got != "first" {
+		t.Errorf("second copied %q, want first's output", got)
+	}
+	if find(root, "/share/probe-in/copied-by-z") != nil {
+		t.Error("an independent trigger saw another's output")
+	}
+	recs := recordsByName(c.res.Tx)
+	if w := recs["zindependent"].Warnings; len(w) != 1 || !strings.Contains(w[0], "no such file") {
+		t.Errorf("zindependent: %v", w)
+	}
+	if p := recs["second"].Paths; len(p) != 1 || p[0] != "/usr/share/probe-in/copied-by-second" {
+		t.Errorf("second's outputs %v", p)
+	}
+	if p := recs["first"].Paths; len(p) != 1 || p[0] != "/usr/share/probe-in/made-by-first" {
+		t.Errorf("first's outputs %v", p)
+	}
+	var order []string
+	for _, r := range c.res.Tx.Triggers {
+		order = append(order, r.Name)
+	}
+	if strings.Join(order, " ") != "zindependent first second" {
+		t.Errorf("run order %v", order)
+	}
+}

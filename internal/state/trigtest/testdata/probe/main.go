@@ -41,6 +41,14 @@ func main() {
 		if err := os.WriteFile(os.Args[2], []byte(os.Args[3]), 0o644); err != nil {
 			fail(err)
 		}
+	case "copy":
+		data, err := os.ReadFile(os.Args[2])
+		if err != nil {
+			fail(err)
+		}
+		if err := os.WriteFile(os.Args[3], data, 0o644); err != nil {
+			fail(err)
+		}
 	case "env":
 		// What the handler sees: environment, identity, mounts' writability.
 		var b strings.Builder
