@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/mossfs/mossfs/internal/adopt"
 	"github.com/mossfs/mossfs/internal/cli"
@@ -20,6 +21,8 @@ var adoptFlags struct {
 	follow   bool
 	blsDirs  []string
 	noExtras bool
+	skipTrig bool
+	trigTime time.Duration
 	json     bool
 	quiet    bool
 }
@@ -70,6 +73,8 @@ func init() {
 	fl.BoolVar(&adoptFlags.follow, "follow", false, "adopt the newest state, make it the next boot's default, drop states moss pruned")
 	fl.StringSliceVar(&adoptFlags.blsDirs, "bls-dir", nil, "with --follow: BLS entries directory whose default becomes the newest state")
 	fl.BoolVar(&adoptFlags.noExtras, "no-extras", false, "leave out the files of moss's archived tree that no layout row names")
+	fl.BoolVar(&adoptFlags.skipTrig, "skip-triggers", false, "run no transaction trigger (needed as a user who is not root)")
+	fl.DurationVar(&adoptFlags.trigTime, "trigger-timeout", state.DefaultTriggerTimeout, "time limit of one trigger handler")
 	fl.BoolVar(&adoptFlags.json, "json", false, "print the result as JSON")
 	fl.BoolVarP(&adoptFlags.quiet, "quiet", "q", false, "no progress display or warnings")
 	rootCmd.AddCommand(adoptCmd)
@@ -95,6 +100,9 @@ func runAdopt(cmd *cobra.Command, args []string) error {
 	}
 	if n != 1 {
 		return errors.New("adopt: give exactly one of --state N, --all, --newest (or --follow)")
+	}
+	if os.Geteuid() != 0 && !f.skipTrig {
+		return errors.New("adopt: transaction triggers run in containers as root: adopt as root, or pass --skip-triggers")
 	}
 	if len(f.blsDirs) > 0 && !f.follow {
 		return errors.New("adopt: --bls-dir needs --follow")
@@ -142,10 +150,16 @@ func runAdopt(cmd *cobra.Command, args []string) error {
 		prog := cli.NewProgress(quiet)
 		bar := prog.AddBar(fmt.Sprintf("moss state %d", id), 0, false)
 		var last int
-		res, err := in.State(ctx, s, id, adopt.Options{NoExtras: f.noExtras, Progress: func(files int, _ int64) {
-			bar.Add(int64(files - last))
-			last = files
-		}})
+		res, err := in.State(ctx, s, id, adopt.Options{NoExtras: f.noExtras,
+			Triggers: state.TriggerOptions{Skip: f.skipTrig, Timeout: f.trigTime, Warn: func(m string) {
+				if !quiet {
+					fmt.Fprintln(os.Stderr, "warning:", m)
+				}
+			}},
+			Progress: func(files int, _ int64) {
+				bar.Add(int64(files - last))
+				last = files
+			}})
 		bar.SetTotal(int64(last), true)
 		prog.Wait()
 		if err != nil {
@@ -210,6 +224,13 @@ func reportAdopt(r *adopt.Result) {
 		}
 	} else {
 		fmt.Fprintf(os.Stderr, "moss state %d: no archived tree, so no os-release or transaction-trigger output\n", r.State)
+	}
+	for _, tr := range r.Tx.Triggers {
+		how := "ran"
+		if !tr.Ran {
+			how = "output carried over"
+		}
+		fmt.Fprintf(os.Stderr, "moss state %d: transaction trigger %s: %s\n", r.State, tr.Name, how)
 	}
 	t := r.Transfer
 	c := r.Tx.Counts

@@ -4,8 +4,9 @@
 // with contents taken from moss's assets/v2 (checked against their XXH3-128
 // as they enter the store, reflinked where the file system allows, never
 // hardlinked) and the files moss or its transaction triggers wrote into the
-// archived tree (.moss/root/<id>/usr) that no row names. The transaction
-// keeps moss's state id, and its inputs are the packages.
+// archived tree (.moss/root/<id>/usr) that no row names. The state's
+// transaction triggers then run as in any compose, their output folded in.
+// The transaction keeps moss's state id, and its inputs are the packages.
 package adopt
 
 import (
@@ -35,6 +36,10 @@ type Options struct {
 	Progress func(files int, bytes int64)
 	// NoExtras leaves out the files of moss's archived tree.
 	NoExtras bool
+	// Triggers: the state's transaction triggers (its
+	// usr/share/moss/triggers/tx.d) run as in compose, over the tree
+	// with the archived tree's files, their output folded into the image.
+	Triggers state.TriggerOptions
 }
 
 // Result describes the adoption of one state.
@@ -205,7 +210,7 @@ func (in *Install) State(ctx context.Context, s *state.State, id uint64, opts Op
 	if err != nil {
 		return res, err
 	}
-	cres, err := s.Compose(state.ComposeOptions{ID: id, Add: frags, Time: mossState.Created,
+	cres, err := s.Compose(state.ComposeOptions{ID: id, Add: frags, Time: mossState.Created, Triggers: opts.Triggers,
 		Moss: &state.MossOrigin{Root: in.Root, State: id, Selection: digest, Extras: res.ExtrasFrom}})
 	if err != nil {
 		return res, fmt.Errorf("adopt moss state %d: %w", id, err)

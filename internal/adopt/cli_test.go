@@ -8,6 +8,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/internal/testenv"
 )
 
 var (
@@ -124,5 +127,54 @@ func TestAdoptCommand(t *testing.T) {
 	conf, _ := os.ReadFile(filepath.Join(filepath.Dir(entries), "loader.conf"))
 	if !strings.Contains(string(conf), "default mossfs-3.conf") {
 		t.Fatalf("loader.conf after --follow:\n%s", conf)
+	}
+}
+
+// TestAdoptRunsTransactionTriggers: a state whose package ships a
+// transaction trigger (moss's tx.d format) and its handler (a static
+// busybox) gets the trigger's output in its image, as moss's own blit
+// would have, with no archived tree to take it from.
+func TestAdoptRunsTransactionTriggers(t *testing.T) {
+	testenv.RequireMountNS(t)
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no /bin/busybox (busybox-static; make test installs it)")
+		}
+		t.Skip("no /bin/busybox")
+	}
+	trigger := `name: stamp
+description: writes a stamp listing what it matched
+handlers:
+  stamp:
+    run: /usr/bin/busybox
+    args: ["sh", "-c", "echo stamped $(item) > /usr/share/stamp"]
+paths:
+  "/usr/share/stampme/(item:*)":
+    handlers: [stamp]
+`
+	p := genPkg("stamper",
+		reg("bin/busybox", 0o755, string(bb)),
+		reg("share/moss/triggers/tx.d/stamp.yaml", 0o644, trigger),
+		reg("share/stampme/one", 0o644, "x\n"))
+	inst := &tInstall{pkgs: []tPkg{baselayout, p}, states: [][]string{{baselayout.id, p.id}}}
+	root := t.TempDir()
+	inst.write(t, root)
+	sr := filepath.Join(t.TempDir(), "state")
+	cli(t, true, "adopt", "--root", sr, "--moss-root", root, "--state", "1")
+	s, err := state.Open(sr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.Get(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tx.Triggers) != 1 || tx.Triggers[0].Name != "stamp" || !tx.Triggers[0].Ran {
+		t.Fatalf("triggers recorded: %+v", tx.Triggers)
+	}
+	got, err := os.ReadFile(filepath.Join(mountTx(t, s, tx), "share", "stamp"))
+	if err != nil || string(got) != "stamped one\n" {
+		t.Fatalf("trigger output in the image: %q, %v", got, err)
 	}
 }
