@@ -141,14 +141,7 @@ func newDedupFixture(tb testing.TB, spec gentree.Spec) *dedupFixture {
 	if err := os.WriteFile(f.RegConf, []byte(fmt.Sprintf("unqualified-search-registries = []\n[[registry]]\nlocation = %q\ninsecure = true\n", f.Reg.Host)), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	auth := filepath.Join(dir, "auth.json")
-	os.WriteFile(auth, []byte("{}\n"), 0o600)
-	f.Sys = &types.SystemContext{
-		SystemRegistriesConfPath:    f.RegConf,
-		SystemRegistriesConfDirPath: filepath.Join(dir, "no-registries.d"),
-		AuthFilePath:                auth,
-		BlobInfoCacheDir:            filepath.Join(dir, "blob-info-cache"),
-	}
+	f.Sys = sysContext(dir, f.RegConf)
 	f.Current = "share/b-current:1"
 	pushZstdChunked(tb, bLay, "b", f.Reg.Name(f.Current), f.Sys)
 	f.Skopeo19 = "share/b-skopeo19:1"
@@ -157,6 +150,20 @@ func newDedupFixture(tb testing.TB, spec gentree.Spec) *dedupFixture {
 	run(tb, "skopeo", "--policy", policy, "--registries-conf", f.RegConf, "copy", "-q", "--dest-tls-verify=false",
 		"--dest-compress-format", "zstd:chunked", "oci:"+bLay+":b", f.Reg.Ref(f.Skopeo19))
 	return f
+}
+
+// sysContext is containers/image's configuration for the test: its
+// registries.conf, an empty auth file, and a blob-info cache of its own in
+// dir (a cache shared between runs could make a pull skip blobs).
+func sysContext(dir, registriesConf string) *types.SystemContext {
+	auth := filepath.Join(dir, "auth.json")
+	os.WriteFile(auth, []byte("{}\n"), 0o600)
+	return &types.SystemContext{
+		SystemRegistriesConfPath:    registriesConf,
+		SystemRegistriesConfDirPath: filepath.Join(dir, "no-registries.d"),
+		AuthFilePath:                auth,
+		BlobInfoCacheDir:            filepath.Join(dir, "blob-info-cache"),
+	}
 }
 
 // onlyLayer returns the blob of the only layer of the only image of an OCI
