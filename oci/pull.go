@@ -307,7 +307,7 @@ func Pull(ctx context.Context, st *state.State, refStr string, opts PullOptions)
 		}
 		h := sha256.New()
 		tarStream := layer.CapReader(io.TeeReader(ls, h), info.Size, opts.Limits, lname)
-		lt, err := ap.Apply(tarStream, lname)
+		lt, err := ap.ApplyCompressed(tarStream, lname, info.Size)
 		cerr := ls.Close()
 		done()
 		res.FetchedBytes += ls.Fetched()

@@ -132,7 +132,14 @@ func (a *Applier) Entries() int { return a.entries }
 // Apply reads one layer's uncompressed tar stream and applies it. name is
 // used in errors (the layer's digest). It returns the layer's own tree.
 func (a *Applier) Apply(r io.Reader, name string) (*tree.Node, error) {
-	ap := &apply{a: a, name: name, created: map[*tree.Node]bool{}, ownRoot: tree.NewDir("", 0o755)}
+	return a.ApplyCompressed(r, name, 0)
+}
+
+// ApplyCompressed is Apply for a layer of compressedSize bytes: the caps
+// also hold for the files' sizes as the tar headers give them (a sparse
+// entry expands without reading its stream, so CapReader cannot see it).
+func (a *Applier) ApplyCompressed(r io.Reader, name string, compressedSize int64) (*tree.Node, error) {
+	ap := &apply{a: a, name: name, created: map[*tree.Node]bool{}, ownRoot: tree.NewDir("", 0o755), compressed: compressedSize}
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -165,6 +172,9 @@ type apply struct {
 	name    string
 	created map[*tree.Node]bool // nodes this layer made (opaque keeps them)
 	ownRoot *tree.Node          // the layer as it spells itself
+	// size: the layer's file bytes so far, as its headers say; compressed:
+	// its blob's size (0: unknown).
+	size, compressed int64
 }
 
 const (
@@ -462,6 +472,14 @@ func (ap *apply) hardlink(parent *tree.Node, base string, old *tree.Node, h *tar
 func (ap *apply) content(n *tree.Node, h *tar.Header, body io.Reader) error {
 	if h.Size < 0 {
 		return errors.New("negative size")
+	}
+	ap.size += h.Size
+	lim := ap.a.lim
+	if ap.size > lim.MaxLayerBytes || ap.size < 0 {
+		return fmt.Errorf("layer %s expands past %d bytes (--max-layer-bytes): %w", ap.name, lim.MaxLayerBytes, ErrLimit)
+	}
+	if ap.compressed > 0 && ap.size > lim.RatioAfter && ap.size/ap.compressed > lim.Ratio {
+		return fmt.Errorf("layer %s expands past %d× its compressed size of %d bytes (--max-ratio): %w", ap.name, lim.Ratio, ap.compressed, ErrLimit)
 	}
 	n.Size = uint64(h.Size)
 	switch {
