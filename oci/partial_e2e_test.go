@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/gentree"
@@ -67,7 +68,9 @@ func pushZstdChunked(t testing.TB, layoutDir, tag string, dest reference.Named, 
 	}
 	defer pc.Destroy()
 	dctx := *sys
-	dctx.CompressionFormat = &compression.ZstdChunked
+	if dctx.CompressionFormat == nil {
+		dctx.CompressionFormat = &compression.ZstdChunked
+	}
 	if _, err := copy.Image(context.Background(), pc, dst, src, &copy.Options{DestinationCtx: &dctx, ForceCompressionFormat: true, ReportWriter: io.Discard}); err != nil {
 		t.Fatalf("copy to %s: %v", dest, err)
 	}
@@ -253,6 +256,20 @@ func TestPullPartialBAfterA(t *testing.T) {
 	// so not in the index: they are fetched again (a few bytes each).
 	if p.PartialLayers != 2 || p.FilesPresent < 4*p.FilesFetched || p.BytesSaved < 5*p.BytesFetched {
 		t.Errorf("B: partial totals %+v, want most files and bytes present", p)
+	}
+	// A gzip image has no table of contents: PartialLayers downloads it
+	// whole, and says why.
+	gz := *sys
+	gz.CompressionFormat = &compression.Gzip
+	gref, _ := reference.ParseNormalizedNamed(reg.Name("pp/g:1"))
+	ocitest.WriteLayout(t, lay, "g", ocitest.Image{Layers: [][]byte{
+		ocitest.Tar(t, ocitest.Entry{Name: "etc/", Type: tar.TypeDir}, ocitest.Entry{Name: "etc/image", Body: "g\n"}),
+		ocitest.Tar(t, ocitest.Entry{Name: "g", Body: "gzip\n"}),
+	}})
+	pushZstdChunked(t, lay, "g", gref, &gz)
+	resG := pull(st, "g", &PartialLayers{State: st, Sys: sys})
+	if g := resG.Partial; resG.AlreadyPresent || g == nil || g.PartialLayers != 0 || g.WholeLayers != 2 || len(g.Fallbacks) != 2 || !strings.Contains(g.Fallbacks[0], "no table of contents") {
+		t.Errorf("gzip image: already present %v, partial totals %+v, want two whole layers for want of a TOC", resG.AlreadyPresent, g)
 	}
 	// The oracle: the same image pulled whole into another store.
 	st2, err := state.Create(filepath.Join(dir, "store2"))
