@@ -273,6 +273,13 @@ func TestRealTriggers(t *testing.T) {
 	if !slices.Contains(changedPaths(dAB), "/share/glib-2.0/schemas/gschemas.compiled") {
 		t.Errorf("state diff A B does not show gschemas.compiled changed: %v", dAB.Changed)
 	}
+	status := map[string]string{}
+	for _, tc := range dAB.Triggers {
+		status[tc.Name] = tc.Status
+	}
+	if status["glib2"] != "ran" || status["depmod"] != "carried over" || status["mimedb"] != "carried over" {
+		t.Errorf("state diff A B triggers: %+v", dAB.Triggers)
+	}
 
 	// C: a module two directories below a matched directory: depmod again.
 	loop := importTree(t, s, moduleTree(t, k, map[string]string{"loop": "drivers/block"}))
