@@ -198,6 +198,13 @@ func TestPartialPullFallsBack(t *testing.T) {
 	if !errors.Is(err, ErrFallback) || !errors.Is(err, ErrRangesRefused) {
 		t.Fatalf("registry without ranges: %v, want ErrFallback", err)
 	}
+	// A TOC of a version this reader does not know (its digest right).
+	v2 := *tl
+	v2.toc.Version = 2
+	v2l := rewrap(t, &v2)
+	if _, err := Prepare(context.Background(), memBlob(v2l.blob), v2l.desc(), memStore{}, Options{TempDir: t.TempDir()}); !errors.Is(err, ErrFallback) || !errors.Is(err, ErrTOCVersion) {
+		t.Fatalf("TOC version 2: %v, want ErrFallback", err)
+	}
 	d.Annotations = nil
 	if _, err := Prepare(context.Background(), reg.Blob(d.Digest), d, memStore{}, Options{}); !errors.Is(err, ErrFallback) {
 		t.Fatalf("layer without TOC: %v, want ErrFallback", err)

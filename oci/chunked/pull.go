@@ -241,6 +241,9 @@ func (l *Layer) readMetadata(ctx context.Context, rr RangeReader, lay Layout, op
 		contentEnd = min(contentEnd, lay.TarSplit.Offset-skippableHeader)
 	}
 	l.toc, err = ParseTOC(js, Limits{ContentEnd: contentEnd, MaxEntries: opts.MaxEntries})
+	if errors.Is(err, ErrTOCVersion) {
+		return fmt.Errorf("layer %s: %w: %w", d, err, ErrFallback)
+	}
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", d, err)
 	}

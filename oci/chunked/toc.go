@@ -40,6 +40,10 @@ const MaxMetadataSize = 150 << 20
 // the OCI import is 10 million; one layer cannot have more).
 const DefaultMaxEntries = 10_000_000
 
+// ErrTOCVersion: a TOC of a version this package does not read (newer
+// writers); Prepare falls back to a whole download for it.
+var ErrTOCVersion = errors.New("TOC version not supported")
+
 // TOC is a parsed and validated table of contents.
 type TOC struct {
 	Version        int     `json:"version"`
@@ -138,7 +142,7 @@ func ParseTOC(data []byte, lim Limits) (*TOC, error) {
 		return nil, fmt.Errorf("TOC: %w", err)
 	}
 	if toc.Version != 1 {
-		return nil, fmt.Errorf("TOC version %d not supported", toc.Version)
+		return nil, fmt.Errorf("TOC version %d: %w", toc.Version, ErrTOCVersion)
 	}
 	maxEntries := lim.MaxEntries
 	if maxEntries <= 0 {
