@@ -32,6 +32,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -361,6 +362,10 @@ func Run(ctx context.Context, s Spec) (*Result, error) {
 		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWNET,
 		Pdeathsig:  syscall.SIGKILL,
 	}
+	// The parent-death signal follows the thread that forked: keep that
+	// thread alive (and ours) until the container is gone.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
 		sw.Close()
 		return nil, fmt.Errorf("sandbox: starting the container: %w", err)
