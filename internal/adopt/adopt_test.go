@@ -20,12 +20,15 @@ import (
 )
 
 // TestMain runs the tests in a private mount namespace (as root) and
-// removes the benchmark's installation afterwards.
+// removes the benchmark's installation and the built command afterwards.
 func TestMain(m *testing.M) {
 	if testenv.InPrivateMountNS() || os.Geteuid() != 0 {
 		code := m.Run()
 		if benchDir != "" {
 			os.RemoveAll(benchDir)
+		}
+		if cliBin != "" {
+			os.RemoveAll(filepath.Dir(cliBin))
 		}
 		os.Exit(code)
 	}
