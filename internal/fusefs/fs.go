@@ -46,6 +46,7 @@ type generation struct {
 	blocks  uint64    // statfs: image size in 4 KiB blocks
 
 	dirs sync.Map // nid → []Dirent, hidden entries removed
+	pos  sync.Map // nid of a regular file → dirPos where it was listed (prefetch)
 
 	// refs counts what the kernel still holds of this generation: lookups
 	// not yet forgotten and open files. An old generation is closed when it
@@ -94,6 +95,7 @@ type fileSystem struct {
 	// and are served from objs.
 	noOpen bool
 	objs   *refCache[*os.File] // node ID → open, checked object
+	pf     prefetcher
 }
 
 // maxObjFiles bounds the objects kept open for handle-less reads.
@@ -246,7 +248,14 @@ func (g *generation) readDir(f *fileSystem, nid uint64) ([]Dirent, fuse.Status) 
 	if !slices.IsSortedFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) }) {
 		slices.SortFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
 	}
-	v, _ := g.dirs.LoadOrStore(nid, out)
+	v, loaded := g.dirs.LoadOrStore(nid, out)
+	if !loaded {
+		for i, e := range out {
+			if e.Type == tree.TypeReg {
+				g.pos.LoadOrStore(e.Nid, dirPos{dir: nid, idx: i})
+			}
+		}
+	}
 	return v.([]Dirent), fuse.OK
 }
 
@@ -712,6 +721,7 @@ func (f *fileSystem) acquireObject(g *generation, in *Inode, id uint64) (*refEnt
 	if o, ok := f.objs.get(id); ok {
 		return o, fuse.OK
 	}
+	f.prefetchAfter(g, in.Nid)
 	file, err := f.openObject(g, in)
 	if err != nil {
 		f.logger.Printf("%v", err)

@@ -49,6 +49,13 @@ func (c *refCache[T]) get(id uint64) (*refEntry[T], bool) {
 	return e, true
 }
 
+// has reports whether id has an entry, without taking a reference.
+func (c *refCache[T]) has(id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[id] != nil
+}
+
 // add stores v for id and returns its entry with a reference taken. If
 // another caller stored a value for id meanwhile, v is dropped and that
 // entry is returned instead.

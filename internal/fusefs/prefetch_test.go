@@ -1,0 +1,98 @@
+package fusefs
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/testenv"
+	"github.com/mossfs/mossfs/overlay/overlaytest"
+	"github.com/mossfs/mossfs/tree"
+)
+
+// The first read of a file opens and checks the next files of its
+// directory in the background; a corrupted one among them is not kept,
+// and its own read answers EIO.
+func TestPrefetchAfterRead(t *testing.T) {
+	testenv.RequireMountNS(t)
+	objects := t.TempDir()
+	root := &tree.Node{Mode: tree.TypeDir | 0o755, Nlink: 2}
+	d := &tree.Node{Name: "d", Mode: tree.TypeDir | 0o755, Nlink: 2}
+	root.AddChild(d)
+	content := map[string][]byte{}
+	const bad = "f05"
+	var badObj string
+	for i := range 12 {
+		name := fmt.Sprintf("f%02d", i)
+		c := overlaytest.Content("p", "/d/"+name, 3000+i)
+		sum := fsverity.Sum(c)
+		n := &tree.Node{Name: name, Mode: tree.TypeReg | 0o644, Nlink: 1, Size: uint64(len(c)), Digest: sum[:],
+			Payload: hex.EncodeToString(sum[:1]) + "/" + hex.EncodeToString(sum[1:])}
+		d.AddChild(n)
+		obj := filepath.Join(objects, n.Payload)
+		if err := os.MkdirAll(filepath.Dir(obj), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if name == bad {
+			badObj = obj
+			c = bytes.Clone(c)
+			c[10] ^= 1
+		}
+		if err := os.WriteFile(obj, c, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		content[name] = c
+	}
+	root.Sort()
+	src, err := NewTreeSource(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := mountOpts(t, Options{Source: src, Objects: objects})
+	if !s.fs.noOpen {
+		t.Skip("the kernel has no FUSE no-open support: reads go through handles")
+	}
+	dir := filepath.Join(s.Target(), "d")
+	if got, err := os.ReadFile(filepath.Join(dir, "f00")); err != nil || !bytes.Equal(got, content["f00"]) {
+		t.Fatalf("f00: %v", err)
+	}
+	id := func(name string) uint64 {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(dir, name), &st); err != nil {
+			t.Fatal(err)
+		}
+		return nodeID(s.fs.current(), st.Ino)
+	}
+	for _, name := range []string{"f01", "f04", "f06", "f11"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for !s.fs.objs.has(id(name)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not opened in the background after the read of f00", name)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if s.fs.objs.has(id(bad)) {
+		t.Errorf("%s: a corrupted object was kept open", bad)
+	}
+	for name, want := range content {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if name == bad {
+			if !errors.Is(err, syscall.EIO) {
+				t.Errorf("%s (%s corrupted): %v, want EIO", name, badObj, err)
+			}
+			continue
+		}
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %v (content equal: %v)", name, err, bytes.Equal(got, want))
+		}
+	}
+}
