@@ -403,6 +403,20 @@ func TestExportPodman(t *testing.T) {
 	if err := tree.Equal(want, got); err != nil {
 		t.Errorf("podman image mount differs from the transaction: %v", err)
 	}
+	// podman's usr/ is what mossfs mount shows of the transaction.
+	mossMnt := filepath.Join(t.TempDir(), "usr")
+	if err := os.Mkdir(mossMnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(t, nil, filepath.Join(bin, "mossfs"), "mount", "--root", root, "--driver", "overlay", "1", mossMnt)
+	defer unix.Unmount(mossMnt, unix.MNT_DETACH)
+	podmanUsr, mossUsr := importDir(t, filepath.Join(mnt, "usr")), importDir(t, mossMnt)
+	if err := tree.Equal(mossUsr, podmanUsr); err != nil {
+		t.Errorf("podman image mount's usr/ differs from mossfs mount: %v", err)
+	}
+	if mossUsr.Lookup("bin/busybox") == nil || mossUsr.Lookup(".stateID") == nil {
+		t.Errorf("mossfs mount lacks bin/busybox or .stateID")
+	}
 }
 
 func podmanOut(t *testing.T, ce *ocitest.Containers, args ...string) string {
