@@ -313,6 +313,9 @@ func rebaseConfig(orig []byte, diffIDs []digest.Digest, composefs string) ([]byt
 	if err := json.Unmarshal(orig, &raw); err != nil {
 		return nil, fmt.Errorf("original config: %w", err)
 	}
+	if raw == nil {
+		return nil, errors.New("original config: not a JSON object")
+	}
 	var rootfs map[string]json.RawMessage
 	if r, ok := raw["rootfs"]; ok {
 		if err := json.Unmarshal(r, &rootfs); err != nil {
