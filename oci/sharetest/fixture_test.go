@@ -145,10 +145,10 @@ func newDedupFixture(tb testing.TB, spec gentree.Spec) *dedupFixture {
 	f.Current = "share/b-current:1"
 	pushZstdChunked(tb, bLay, "b", f.Reg.Name(f.Current), f.Sys)
 	f.Skopeo19 = "share/b-skopeo19:1"
-	policy := filepath.Join(dir, "policy.json")
-	os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600)
-	run(tb, "skopeo", "--policy", policy, "--registries-conf", f.RegConf, "copy", "-q", "--dest-tls-verify=false",
-		"--dest-compress-format", "zstd:chunked", "oci:"+bLay+":b", f.Reg.Ref(f.Skopeo19))
+	// skopeo through ocitest: its own policy and registries.conf, and the
+	// blob-info cache on a tmpfs in this mount namespace (never the host's).
+	c := ocitest.NewContainers(tb, ocitest.Options{Registries: []string{f.Reg.Host}})
+	c.Skopeo(tb, "copy", "-q", "--dest-tls-verify=false", "--dest-compress-format", "zstd:chunked", "oci:"+bLay+":b", f.Reg.Ref(f.Skopeo19))
 	return f
 }
 
