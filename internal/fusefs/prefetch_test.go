@@ -96,3 +96,33 @@ func TestPrefetchAfterRead(t *testing.T) {
 		}
 	}
 }
+
+// Directories are opened without OPENDIR where the kernel allows it, and
+// their listings stay cached: listing again asks the daemon nothing.
+func TestNoOpenDirKeepsListingsCached(t *testing.T) {
+	testenv.RequireMountNS(t)
+	tx, src, objects := sampleSource(t, "a")
+	s := mountOpts(t, Options{Source: src, Objects: objects})
+	if !s.fs.noOpenDir {
+		t.Skip("the kernel does not offer FUSE no-opendir")
+	}
+	overlaytest.Compare(t, s.Target(), tx)
+	for _, d := range []string{"", "etc", "usr/share/doc/pkg"} {
+		p := filepath.Join(s.Target(), d)
+		first, err := os.ReadDir(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := s.fs.dirReads.Load()
+		again, err := os.ReadDir(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := s.fs.dirReads.Load() - before; n != 0 {
+			t.Errorf("/%s: listing it again sent %d READDIR requests, want 0 (cached)", d, n)
+		}
+		if len(again) != len(first) || len(first) == 0 {
+			t.Errorf("/%s: %d entries, then %d", d, len(first), len(again))
+		}
+	}
+}
