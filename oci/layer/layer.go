@@ -119,11 +119,13 @@ type Applier struct {
 	links map[*tree.Node][]*tree.Node
 }
 
-// NewApplier starts an image with an empty root directory: root-owned,
-// mode 0555 unless a layer has an entry for the root (as containers/storage
-// makes a layer's root, and podman shows it).
+// NewApplier starts an image with an empty root directory, root-owned,
+// 0755 until a layer has an entry for the root. (podman shows the root of
+// an image none of whose layers has a root entry as 0555, containers/
+// storage's mode for a layer's root; export writes layers without one and
+// records the composefs digest of a 0755 root, so that is kept here.)
 func NewApplier(store Store, lim Limits) *Applier {
-	return &Applier{Root: tree.NewDir("", 0o555), store: store, lim: lim.withDefaults(), links: map[*tree.Node][]*tree.Node{}}
+	return &Applier{Root: tree.NewDir("", 0o755), store: store, lim: lim.withDefaults(), links: map[*tree.Node][]*tree.Node{}}
 }
 
 // Entries is the number of tar entries applied so far.
