@@ -172,7 +172,7 @@ func importDir(t *testing.T, dir string) *tree.Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got.Mode, got.UID, got.GID, got.Mtime, got.Xattrs = tree.TypeDir|0o555, 0, 0, tree.Timespec{}, nil
+	got.Mode, got.UID, got.GID, got.Mtime, got.Xattrs = tree.TypeDir|0o755, 0, 0, tree.Timespec{}, nil
 	got.Sort()
 	return got
 }

@@ -15,13 +15,13 @@ const inlineMax = 64
 
 // importView states independently of package layer what tree an import of
 // root's exported layer must give:
-// a copy in which the root is root:root 0555 with mtime 0 (a layer has no
+// a copy in which the root is root:root 0755 with mtime 0 (a layer has no
 // entry for it), the first name of a hardlinked inode in sorted order owns
 // it, regular files of 1..inlineMax bytes are inline and larger ones are
 // payloads, and sockets (which a tar cannot carry) are gone.
 func importView(root *tree.Node, open oci.ContentOpener) (*tree.Node, error) {
 	root.Sort()
-	out := tree.NewDir("", 0o555)
+	out := tree.NewDir("", 0o755)
 	owners := map[*tree.Node]*tree.Node{} // source inode -> its first copy
 	var walk func(src, dst *tree.Node) error
 	walk = func(src, dst *tree.Node) error {
