@@ -1,17 +1,22 @@
-// Package oci brings OCI container images into the mossfs store: it reads an
-// image through containers/image (go.podman.io/image/v5, the library inside
+// Package oci is mossfs's OCI library: it reads and writes OCI container
+// images through containers/image (go.podman.io/image/v5, the library inside
 // podman and skopeo, so registries.conf, auth.json and policy.json apply as
-// they do there) from any of the transports podman spells (docker://, oci:,
-// oci-archive:, docker-archive:, containers-storage:, dir:), applies its
-// layers in order into one tree, stores the contents in the CAS and records
-// the image apart from the OS transactions.
+// they do there) on any of the transports podman spells (docker://, oci:,
+// oci-archive:, docker-archive:, containers-storage:, dir:). Subpackage layer
+// applies layer tars onto a tree, chunked reads zstd:chunked and eStargz
+// layers partially; this package writes reproducible layers (WriteLayer),
+// exports a tree as an image (Export, RootFS), checks the composefs seal
+// label (VerifySeal) and builds SystemContexts from command-line options.
 //
-// Every containers/image and containers/storage import of the module lives
-// in this package (and its tests), so that no other package, and no other
-// package's test binary, links them. Only the moss-oci command imports it:
-// linking containers/image adds about 10 ms to a program's start-up, which
-// moss-compose (also run as mkcomposefs, once per layer by containers/storage)
-// must not pay, and mossfs (in the initramfs) must not grow.
+// Pulling into a mossfs state root (records, the sha256 index, staging) is
+// internal/ocipull, built on this package: the state root's types are not
+// public. Every containers/image and containers/storage import of the module
+// lives in oci/... and internal/ocipull (and their tests), so that no other
+// package, and no other package's test binary, links them. Only the moss-oci
+// command imports them: linking containers/image adds about 10 ms to a
+// program's start-up, which moss-compose (also run as mkcomposefs, once per
+// layer by containers/storage) must not pay, and mossfs (in the initramfs)
+// must not grow.
 package oci
 
 import (

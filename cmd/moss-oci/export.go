@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/mossfs/mossfs/internal/ocipull"
 	"io"
 	"os"
 	"strconv"
@@ -222,7 +223,7 @@ func runExportContainer(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return fmt.Errorf("export %s: not a transaction id, and %w", args[0], err)
 	}
-	config, layers, err := oci.ContainerLayers(s, c)
+	config, layers, err := ocipull.ContainerLayers(s, c)
 	if err != nil {
 		return err
 	}

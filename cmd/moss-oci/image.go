@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/mossfs/mossfs/internal/ocipull"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -112,11 +113,11 @@ func runPull(cmd *cobra.Command, ref string) error {
 		return err
 	}
 	prog := cli.NewProgress(imageFlags.quiet || imageFlags.json)
-	var fetcher oci.LayerFetcher = oci.WholeLayers{}
+	var fetcher ocipull.LayerFetcher = ocipull.WholeLayers{}
 	if imageFlags.partial {
-		fetcher = &oci.PartialLayers{State: st, Sys: sys, AllowUnverified: imageFlags.unverified}
+		fetcher = &ocipull.PartialLayers{State: st, Sys: sys, AllowUnverified: imageFlags.unverified}
 	}
-	res, err := oci.Pull(context.Background(), st, ref, oci.PullOptions{
+	res, err := ocipull.Pull(context.Background(), st, ref, ocipull.PullOptions{
 		Name: imageFlags.name, Sys: sys, PolicyPath: imageFlags.policy,
 		Limits:       layer.Limits{MaxLayerBytes: imageFlags.maxLayerBytes, Ratio: imageFlags.maxRatio, MaxEntries: imageFlags.maxEntries},
 		Progress:     barProgress{prog},

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
-	"github.com/mossfs/mossfs/oci/ocitest"
 )
 
 // TestImageCommands runs the built moss-oci: pull (--json, and again: "already

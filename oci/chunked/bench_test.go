@@ -11,7 +11,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/mossfs/mossfs/internal/gentree"
-	"github.com/mossfs/mossfs/oci/ocitest"
+	"github.com/mossfs/mossfs/internal/ocitest"
 )
 
 // BenchmarkBAfterA pulls layer B (sharing 90% of A's files, the generated

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/gentree"
-	"github.com/mossfs/mossfs/oci/ocitest"
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"go.podman.io/storage/pkg/chunked/compressor"
 )
 

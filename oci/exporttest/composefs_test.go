@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/oci"
-	"github.com/mossfs/mossfs/oci/ocitest"
 	"github.com/mossfs/mossfs/tree"
 )
 

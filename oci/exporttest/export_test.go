@@ -15,10 +15,10 @@ import (
 	"github.com/mossfs/mossfs/dirimport"
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/oci"
-	"github.com/mossfs/mossfs/oci/ocitest"
 	"github.com/mossfs/mossfs/tree"
 )
 

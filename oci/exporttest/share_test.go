@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mossfs/mossfs/oci/ocitest"
+	"github.com/mossfs/mossfs/internal/ocitest"
 )
 
 // writeRandomFiles writes n files of size incompressible bytes, named

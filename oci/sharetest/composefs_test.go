@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/oci/ocitest"
 	"golang.org/x/sys/unix"
 )
 

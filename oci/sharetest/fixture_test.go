@@ -17,8 +17,8 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/oci/ocitest"
 	"go.podman.io/image/v5/copy"
 	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/docker/reference"

@@ -1,4 +1,4 @@
-package oci
+package ocipull
 
 import (
 	"context"
@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/oci/ocitest"
 	"go.podman.io/image/v5/types"
 )
 

@@ -1,9 +1,10 @@
-package oci
+package ocipull
 
 import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"github.com/mossfs/mossfs/oci"
 	"io"
 	"os"
 	"strings"
@@ -331,7 +332,7 @@ func Pull(ctx context.Context, st *state.State, refStr string, opts PullOptions)
 	// image its label names; refused, nothing of it stays (the deferred
 	// discard removes the staged objects).
 	if !opts.NoVerifySeal {
-		if _, err := VerifySeal(cfg.Config.Labels, ap.Root); err != nil {
+		if _, err := oci.VerifySeal(cfg.Config.Labels, ap.Root); err != nil {
 			return nil, fmt.Errorf("%s: %w", refStr, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package oci
+package ocipull
 
 import (
 	"archive/tar"
@@ -14,9 +14,9 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/oci/chunked"
-	"github.com/mossfs/mossfs/oci/ocitest"
 	"go.podman.io/image/v5/copy"
 	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/docker/reference"

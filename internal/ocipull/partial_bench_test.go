@@ -1,4 +1,4 @@
-package oci
+package ocipull
 
 import (
 	"context"
@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
-	"github.com/mossfs/mossfs/oci/ocitest"
 	"go.podman.io/image/v5/docker/reference"
 	"go.podman.io/image/v5/types"
 )

@@ -1,4 +1,4 @@
-package oci
+package ocipull
 
 import (
 	"archive/tar"
@@ -11,9 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/oci/layer"
-	"github.com/mossfs/mossfs/oci/ocitest"
 )
 
 // storeSnapshot lists everything under a state root: paths, types, modes,

@@ -1,4 +1,4 @@
-package oci
+package ocipull
 
 import (
 	"archive/tar"
@@ -16,9 +16,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/oci/ocitest"
 	"go.podman.io/image/v5/copy"
 	"go.podman.io/image/v5/pkg/compression"
 	"go.podman.io/image/v5/signature"

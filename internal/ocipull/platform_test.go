@@ -1,4 +1,4 @@
-package oci
+package ocipull
 
 import (
 	"archive/tar"
@@ -6,13 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"github.com/mossfs/mossfs/oci"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
 
+	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
-	"github.com/mossfs/mossfs/oci/ocitest"
 )
 
 // TestPullPlatform: a multi-arch index gives this host's platform by
@@ -80,7 +81,7 @@ func TestPullPlatform(t *testing.T) {
 	if res.Image.ConfigDigest != host.ConfigDigest || res.Image.ManifestDigest != host.ManifestDigest || res.Image.Platform != "linux/"+runtime.GOARCH {
 		t.Errorf("default platform: %+v", res.Image)
 	}
-	sys, err := SystemContext(SysOptions{Platform: "linux/" + other, TLSVerify: true})
+	sys, err := oci.SystemContext(oci.SysOptions{Platform: "linux/" + other, TLSVerify: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func TestPullPlatform(t *testing.T) {
 	if res.Image.ConfigDigest != foreign.ConfigDigest || res.Image.Platform != "linux/"+other {
 		t.Errorf("--platform linux/%s: %+v", other, res.Image)
 	}
-	if _, err := SystemContext(SysOptions{Platform: "linux"}); err == nil {
+	if _, err := oci.SystemContext(oci.SysOptions{Platform: "linux"}); err == nil {
 		t.Errorf("--platform linux accepted")
 	}
 }
