@@ -169,7 +169,7 @@ func diffSnapshots(t *testing.T, what string, want, got map[string]string) {
 func mossfsBin(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "mossfs")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "../cmd/mossfs")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "../../cmd/mossfs")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building mossfs: %v\n%s", err, out)
 	}
