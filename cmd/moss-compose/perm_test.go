@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,26 +17,9 @@ import (
 // reads a transaction's private inputs) is refused, and `verify` finds
 // nothing others can reach.
 func TestStateListAsOtherUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root, to run moss-compose as another user")
-		}
-		t.Skip("needs root, to run moss-compose as another user")
-	}
-	u, err := user.Lookup("nobody")
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	base, err := os.MkdirTemp("/tmp", "mossfs-perm-cli-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(base)
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	nobody := testenv.Nobody(t)
+	uid, gid := nobody.Uid, nobody.Gid
+	base := testenv.WorldDir(t, "mossfs-perm-cli-")
 	bin := filepath.Join(base, "moss-compose")
 	data, err := os.ReadFile(mossCompose(t))
 	if err != nil {

@@ -3,32 +3,21 @@ package main
 import (
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/mossfs/mossfs/internal/testenv"
 )
 
 // TestComposeNotRootNeedsSkipTriggers: a user who is not root cannot run
 // transaction triggers (containers need root), so compose refuses unless
 // told --skip-triggers, and then composes.
 func TestComposeNotRootNeedsSkipTriggers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root, to run moss-compose as another user")
-	}
-	u, err := user.Lookup("nobody")
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	base, err := os.MkdirTemp("/tmp", "mossfs-trig-cli-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(base)
+	nobody := testenv.Nobody(t)
+	uid, gid := nobody.Uid, nobody.Gid
+	base := testenv.WorldDir(t, "mossfs-trig-cli-")
 	bin := filepath.Join(base, "moss-compose")
 	data, err := os.ReadFile(mossCompose(t))
 	if err != nil {

@@ -4,12 +4,12 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/mossfs/mossfs/internal/testenv"
 
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/state"
@@ -19,26 +19,9 @@ import (
 // root reads the active transaction (a public record) and shows no mount
 // record (they are private), without failing; root sees the record.
 func TestStatusAsOtherUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root, to run mossfs as another user")
-		}
-		t.Skip("needs root, to run mossfs as another user")
-	}
-	u, err := user.Lookup("nobody")
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	base, err := os.MkdirTemp("/tmp", "mossfs-perm-status-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(base)
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	nobody := testenv.Nobody(t)
+	uid, gid := nobody.Uid, nobody.Gid
+	base := testenv.WorldDir(t, "mossfs-perm-status-")
 	bin := filepath.Join(base, "mossfs")
 	build := exec.Command("go", "build", "-o", bin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")

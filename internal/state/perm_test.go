@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -86,17 +85,6 @@ func runProbe(stateRoot string) {
 	enc.Encode(map[string]any{"ids": ids, "active": active, "listed": len(txs), "errors": errors.Join(err, aerr, lerr)})
 }
 
-// nobodyCred is the credential of the unprivileged user the test runs as.
-func nobodyCred(t *testing.T) *syscall.Credential {
-	u, err := user.Lookup("nobody")
-	if err != nil {
-		t.Fatalf("no user nobody: %v", err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
-}
-
 // TestOthersReadOnlyPublicRecords composes a tree with 0600 files in 0700
 // directories and a stone package, records a mount and a pin, and then,
 // as the user nobody, tries to stat, list and read everything under the
@@ -106,20 +94,9 @@ func nobodyCred(t *testing.T) *syscall.Credential {
 // read by the same user in the same run, shows that the directories above
 // the store let that user in.
 func TestOthersReadOnlyPublicRecords(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root, to run a probe as another user")
-		}
-		t.Skip("needs root, to run a probe as another user")
-	}
-	cred := nobodyCred(t)
+	cred := testenv.Nobody(t)
 	// Not under t.TempDir (0700): a dedicated directory others may enter.
-	base, err := os.MkdirTemp("/tmp", "mossfs-perm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	must(t, os.Chmod(base, 0o755))
+	base := testenv.WorldDir(t, "mossfs-perm-")
 	control := filepath.Join(base, "control.txt")
 	must(t, os.WriteFile(control, []byte("readable by all\n"), 0o644))
 	must(t, os.Chmod(control, 0o644))

@@ -1,12 +1,15 @@
 // Package testenv holds what tests across mossfs share: where shared/ test data
-// lives, and running a test binary inside a private mount namespace.
+// lives, running a test binary inside a private mount namespace, and running
+// as another user.
 package testenv
 
 import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 )
@@ -103,4 +106,43 @@ func RequireMountNS(t testing.TB) {
 		t.Fatal(reason)
 	}
 	t.Skip(reason)
+}
+
+// Nobody returns the credential of the unprivileged user "nobody", for tests
+// that check what another user can reach. Switching to it needs root: without
+// root the test skips, and in CI (CI=true) that is a failure.
+func Nobody(t testing.TB) *syscall.Credential {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root, to run as the user nobody")
+		}
+		t.Skip("needs root, to run as the user nobody")
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("no user nobody: %v", err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("user nobody: uid %q gid %q", u.Uid, u.Gid)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
+}
+
+// WorldDir makes a directory under /tmp that every user may enter (0755),
+// removed when the test ends. A t.TempDir is 0700 under a 0700 parent, so a
+// test of what another user can reach inside it would prove nothing.
+func WorldDir(t testing.TB, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
