@@ -15,6 +15,12 @@
 //	reg.BlobBytes(t, "app", "sha256:…")  // bytes served for GETs of one blob (settles first)
 //	reg.Settle(); reg.Served(t)          // totals: requests, blob GETs, blob bytes
 //
+// With RegistryOptions.Users, StartRegistryWith turns on the registry's
+// htpasswd authentication (bcrypt entries written by the test): every
+// request then needs basic credentials, and /v2/ answers 401 without them.
+//
+//	reg := ocitest.StartRegistryWith(t, ocitest.RegistryOptions{Users: map[string]string{"u": "p"}})
+//
 // Containers: the configuration podman and skopeo read (containers.conf,
 // storage.conf, registries.conf, policy.json, as in
 // shared/reference/oci.md), written into the test's directory and passed by
@@ -61,6 +67,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Registry is a running docker-registry.
@@ -70,18 +78,48 @@ type Registry struct {
 	LogPath string // the access log (the registry's stdout)
 }
 
+// RegistryOptions changes how StartRegistryWith configures the registry.
+// The zero value is StartRegistry's: no authentication.
+type RegistryOptions struct {
+	// Users, when not empty, turns on htpasswd authentication with these
+	// user names and passwords.
+	Users map[string]string
+}
+
 // StartRegistry starts docker-registry on a free loopback port; t.Cleanup
 // stops it. The test is skipped if docker-registry is not installed, unless
 // CI=true, where that is a failure.
 func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
+	return StartRegistryWith(t, RegistryOptions{})
+}
+
+// StartRegistryWith is StartRegistry with options.
+func StartRegistryWith(t testing.TB, o RegistryOptions) *Registry {
+	t.Helper()
 	bin := requireTool(t, "docker-registry")
 	dir := t.TempDir()
+	var auth string
+	if len(o.Users) > 0 {
+		path := filepath.Join(dir, "htpasswd")
+		var b strings.Builder
+		for u, p := range o.Users {
+			h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+			if err != nil {
+				t.Fatalf("htpasswd entry for %s: %v", u, err)
+			}
+			fmt.Fprintf(&b, "%s:%s\n", u, h)
+		}
+		if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		auth = fmt.Sprintf("auth: {htpasswd: {realm: mossfs-test, path: %q}}\n", path)
+	}
 	// The port is free when chosen; the registry binds it a moment later.
 	// Another process taking it in between makes the start fail below, and
 	// we try another port.
 	for attempt := 0; ; attempt++ {
-		r, err := startRegistry(t, bin, dir, attempt)
+		r, err := startRegistry(t, bin, dir, auth, attempt)
 		if err == nil {
 			return r
 		}
@@ -91,7 +129,7 @@ func StartRegistry(t testing.TB) *Registry {
 	}
 }
 
-func startRegistry(t testing.TB, bin, dir string, attempt int) (*Registry, error) {
+func startRegistry(t testing.TB, bin, dir, auth string, attempt int) (*Registry, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -103,7 +141,7 @@ func startRegistry(t testing.TB, bin, dir string, attempt int) (*Registry, error
 log: {level: warn, accesslog: {disabled: false}}
 storage: {filesystem: {rootdirectory: %q}, delete: {enabled: true}}
 http: {addr: %q}
-`, filepath.Join(dir, "data"), addr)
+`, filepath.Join(dir, "data"), addr) + auth
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -146,7 +184,8 @@ http: {addr: %q}
 		resp, err := client.Get("http://" + addr + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			// With authentication, /v2/ asks for credentials once ready.
+			if resp.StatusCode == http.StatusOK || (auth != "" && resp.StatusCode == http.StatusUnauthorized) {
 				t.Cleanup(stop)
 				return r, nil
 			}
