@@ -77,6 +77,8 @@ fuzz:
 # Full-size benchmarks (65k-entry trees); figures go into closing notes.
 # The binaries as users run them first (one ROW line per row of issue 13,
 # each with its baseline from the same run), then the in-process ones.
+# MOSSFS_BENCH_DEBIAN=1 make bench: the pull benchmark (internal/ocipull) on a
+# ~1 GB debootstrapped Debian 12 image, cached in /var/tmp/mossfs-bench-debian.
 bench: deps build
 	MOSSFS_BENCH_FULL=1 $(GO) test -count=1 -timeout 120m -run '^$$' -bench=. ./internal/procbench
 	MOSSFS_BENCH_FULL=1 $(GO) test -count=1 -timeout 120m -run '^$$' -bench=. -benchmem $$($(GO) list ./... | grep -v /internal/procbench$$)

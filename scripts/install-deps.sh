@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what mossfs's tests and demo need on Debian 12 (as root). Idempotent.
 set -euo pipefail
-pkgs=(erofs-utils fsverity attr fuse3 zstd e2fsprogs cpio xz-utils qemu-system-x86 busybox-static kmod util-linux xfsprogs make systemd docker-registry skopeo podman runc conmon catatonit golang-github-containers-common umoci sqlite3 libglib2.0-bin shared-mime-info)
+pkgs=(erofs-utils fsverity attr fuse3 zstd e2fsprogs cpio xz-utils qemu-system-x86 busybox-static kmod util-linux xfsprogs make systemd docker-registry skopeo podman runc conmon catatonit golang-github-containers-common umoci debootstrap sqlite3 libglib2.0-bin shared-mime-info)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -17,8 +17,9 @@ import (
 )
 
 // BenchmarkPullVsPodman pulls image A (the generated tree, gentree.Small;
-// Full, ~800 MB in 65k entries, with MOSSFS_BENCH_FULL=1; one gzip layer)
-// from the loopback docker-registry with image pull, with skopeo copy to an
+// Full, ~800 MB in 65k entries, with MOSSFS_BENCH_FULL=1; with
+// MOSSFS_BENCH_DEBIAN=1 a debootstrapped Debian 12 tree near 1 GB, see
+// ocitest.DebianTar; one gzip layer) from the loopback docker-registry with image pull, with skopeo copy to an
 // OCI layout, and with podman pull (blob-info cache emptied and podman's
 // store emptied before each), all in the same run, and reports the times
 // and the ratio to podman's. Then it pulls B (90% of A's files) after A and
@@ -29,8 +30,18 @@ func BenchmarkPullVsPodman(b *testing.B) {
 	reg := ocitest.StartRegistry(b)
 	c := ocitest.NewContainers(b, ocitest.Options{Registries: []string{reg.Host}})
 	layout := filepath.Join(b.TempDir(), "layout")
-	ocitest.WriteLayout(b, layout, "a", ocitest.Image{Layers: [][]byte{ocitest.GenTar(b, spec, false)}})
-	ocitest.WriteLayout(b, layout, "b", ocitest.Image{Layers: [][]byte{ocitest.GenTar(b, spec, true)}})
+	if os.Getenv("MOSSFS_BENCH_DEBIAN") == "1" {
+		a, err := os.ReadFile(ocitest.DebianTar(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(len(a))/(1<<20), "image-tar-MiB")
+		ocitest.WriteLayout(b, layout, "a", ocitest.Image{Layers: [][]byte{a}})
+		ocitest.WriteLayout(b, layout, "b", ocitest.Image{Layers: [][]byte{ocitest.AlterTar(b, a)}})
+	} else {
+		ocitest.WriteLayout(b, layout, "a", ocitest.Image{Layers: [][]byte{ocitest.GenTar(b, spec, false)}})
+		ocitest.WriteLayout(b, layout, "b", ocitest.Image{Layers: [][]byte{ocitest.GenTar(b, spec, true)}})
+	}
 	for _, n := range []string{"a", "b"} {
 		ocitest.ClearBlobInfoCache()
 		c.Skopeo(b, "copy", "--dest-compress", "--dest-compress-format", "gzip", "oci:"+layout+":"+n, reg.Ref("bench/"+n+":1"))
