@@ -307,8 +307,32 @@ func (s *State) containerRoots(dryRun bool) ([]string, error) {
 // (switch, rollback, bls, active) given something else: it says when arg
 // names a container image, which they refuse.
 func (s *State) NotATransaction(cmd, arg string) error {
-	if c, err := s.FindContainer(arg); err == nil {
+	if c := s.containerByAnyDigest(arg); c != nil {
 		return fmt.Errorf("%s: %q is a container image (%s), not an OS transaction: %s takes transaction ids; mount a container image with mossfs mount --image", cmd, arg, c.ConfigDigest, cmd)
 	}
 	return fmt.Errorf("%s: %q is not a transaction id", cmd, arg)
+}
+
+// containerByAnyDigest finds the container image arg names the way
+// FindContainer does (name, config digest or its prefix), or by its manifest
+// digest or its EROFS image digest (with or without "sha256:"): whatever a
+// user may have copied from image inspect. Nil when none matches.
+func (s *State) containerByAnyDigest(arg string) *ContainerImage {
+	if c, err := s.FindContainer(arg); err == nil {
+		return c
+	}
+	all, err := s.Containers()
+	if err != nil {
+		return nil
+	}
+	bare := strings.TrimPrefix(arg, "sha256:")
+	if bare == "" {
+		return nil
+	}
+	for _, c := range all {
+		if c.ManifestDigest == "sha256:"+bare || c.Image == bare {
+			return c
+		}
+	}
+	return nil
 }

@@ -206,8 +206,16 @@ func (s *State) List() ([]*Transaction, error) {
 
 // Active returns the active transaction id, 0 if none is recorded.
 func (s *State) Active() (uint64, error) {
-	id, _, err := readUint(filepath.Join(s.root, "active"))
+	path := filepath.Join(s.root, "active")
+	id, _, err := readUint(path)
 	if err != nil {
+		// Only transactions may be active: say so when the record names a
+		// container image (switch, rollback and boot all read it here).
+		if data, rerr := os.ReadFile(path); rerr == nil {
+			if c := s.containerByAnyDigest(strings.TrimSpace(string(data))); c != nil {
+				return 0, fmt.Errorf("active transaction: %s names container image %s, not an OS transaction: only a transaction can be active (mossfs switch TX)", path, c.ConfigDigest)
+			}
+		}
 		return 0, fmt.Errorf("active transaction: %w", err)
 	}
 	return id, nil
