@@ -23,7 +23,8 @@ const DebianPackages = "build-essential,clang-14,llvm-14,git,python3,golang-1.19
 // DebianTar returns the path of an uncompressed tar layer of a Debian 12
 // tree made with `debootstrap --variant=minbase --include=DebianPackages
 // bookworm` from $MOSSFS_DEBIAN_MIRROR (default http://deb.debian.org/debian).
-// Both tree and tar are cached in DebianCacheDir, built under temporary names
+// The tar leaves out apt's downloaded packages and lists. Both tree and
+// tar are cached in DebianCacheDir, built under temporary names
 // and renamed when complete, so an interrupted build is redone, not reused.
 // It needs root and debootstrap (scripts/install-deps.sh installs it).
 func DebianTar(tb testing.TB) string {
@@ -58,12 +59,14 @@ func DebianTar(tb testing.TB) string {
 		}
 	}
 	// Top-level names as arguments, so member names carry no "./" prefix
-	// (as in layers that image builders write).
+	// (as in layers that image builders write). The downloaded .debs and
+	// apt lists stay out, as image builds remove them (apt-get clean).
 	ents, err := os.ReadDir(rootfs)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	args := []string{"--numeric-owner", "--sort=name", "--xattrs", "--xattrs-include=*", "-C", rootfs, "-cf", tarPath + ".tmp", "--"}
+	args := []string{"--numeric-owner", "--sort=name", "--xattrs", "--xattrs-include=*",
+		"--exclude=var/cache/apt/archives/*.deb", "--exclude=var/lib/apt/lists/*", "-C", rootfs, "-cf", tarPath + ".tmp", "--"}
 	var names []string
 	for _, e := range ents {
 		names = append(names, e.Name())
