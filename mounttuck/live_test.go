@@ -111,6 +111,10 @@ func TestLiveSwitch(t *testing.T) {
 		seenB     [readers]int
 		failures  = make(chan string, 100)
 		failCount atomic.Int64
+		// Reads of each transaction so far, for the switch loop: under
+		// slow emulation the readers may not have read both before the
+		// fixed number of switches is done.
+		sawA, sawB atomic.Int64
 	)
 	fail := func(s string) {
 		failCount.Add(1)
@@ -158,8 +162,10 @@ func TestLiveSwitch(t *testing.T) {
 				switch got := buf[:n]; {
 				case bytes.Equal(got, filesA[p]):
 					seenA[r]++
+					sawA.Add(1)
 				case bytes.Equal(got, filesB[p]):
 					seenB[r]++
+					sawB.Add(1)
 				default:
 					fail(fmt.Sprintf("%s: %d bytes matching neither transaction", p, n))
 				}
@@ -173,7 +179,10 @@ func TestLiveSwitch(t *testing.T) {
 		// suite within the guest's time limit; the host runs all 1,000.
 		switches = 100
 	}
-	for i := range switches {
+	// At least switches switches; more (up to 20 times as many) while the
+	// readers have not yet read both transactions; always an even number.
+	i := 0
+	for ; i < switches || (sawA.Load() == 0 || sawB.Load() == 0) && i < 20*switches || i%2 != 0; i++ {
 		tx := txs[(i+1)%2]
 		fd, _, err := overlay.Mount(overlay.Options{Image: tx.image, ObjectsDir: objects})
 		if err != nil {
@@ -196,7 +205,7 @@ func TestLiveSwitch(t *testing.T) {
 		t.Error(f)
 	}
 	if n := failCount.Load(); n > 0 {
-		t.Fatalf("%d failed opens or reads during %d switches", n, switches)
+		t.Fatalf("%d failed opens or reads during %d switches", n, i)
 	}
 	total, a, b := 0, 0, 0
 	for r := range readers {
@@ -204,7 +213,7 @@ func TestLiveSwitch(t *testing.T) {
 		a += seenA[r]
 		b += seenB[r]
 	}
-	t.Logf("%d switches, %d reads by %d readers (%d of A, %d of B), no failures", switches, total, readers, a, b)
+	t.Logf("%d switches, %d reads by %d readers (%d of A, %d of B), no failures", i, total, readers, a, b)
 	if a == 0 || b == 0 {
 		t.Errorf("readers saw only one transaction (A %d, B %d)", a, b)
 	}
