@@ -260,6 +260,6 @@ func checkCrashState(t *testing.T, what, root string, maxID *uint64, seen map[ui
 		t.Fatalf("%s: verify: %v", what, err)
 	}
 	if !res.OK() {
-		t.Fatalf("%s: verify: corrupt %v, missing %v, bad images %v", what, res.Corrupt, res.Missing, res.BadImages)
+		t.Fatalf("%s: verify: corrupt %v, missing %v, bad images %v, exposed %v, index %+v", what, res.Corrupt, res.Missing, res.BadImages, res.Exposed, res.Index)
 	}
 }
