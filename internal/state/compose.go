@@ -443,6 +443,7 @@ func (s *State) publish(tx *Transaction) error {
 		os.Remove(f.Name())
 		return fmt.Errorf("compose: writing metadata: %w", err)
 	}
+	crash(CPComposeMetaTemp)
 	if err := os.Rename(f.Name(), dst); err != nil {
 		os.Remove(f.Name())
 		return fmt.Errorf("compose: publishing %s: %w", dst, err)

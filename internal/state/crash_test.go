@@ -69,7 +69,7 @@ func (c *crashRun) randomTree() string {
 var crashOps = []crashOp{
 	{name: "import", points: []string{state.CPImportObjects},
 		args: func(c *crashRun) []string { return append([]string{"import", "-q"}, c.randomInput()...) }},
-	{name: "compose", points: []string{state.CPComposeAlloc, state.CPComposeInputs, state.CPComposeImage, state.CPComposeSynced, state.CPComposePublish},
+	{name: "compose", points: []string{state.CPComposeAlloc, state.CPComposeInputs, state.CPComposeImage, state.CPComposeSynced, state.CPComposeMetaTemp, state.CPComposePublish},
 		args: func(c *crashRun) []string {
 			a := []string{"compose", "-q"}
 			if len(c.ids) > 0 && c.rng.IntN(3) > 0 {
@@ -261,5 +261,53 @@ func checkCrashState(t *testing.T, what, root string, maxID *uint64, seen map[ui
 	}
 	if !res.OK() {
 		t.Fatalf("%s: verify: corrupt %v, missing %v, bad images %v, exposed %v, index %+v", what, res.Corrupt, res.Missing, res.BadImages, res.Exposed, res.Index)
+	}
+}
+
+// TestCrashAtEveryComposePoint kills a compose once at each of its named
+// crash points, in order, and checks the state after each kill as TestCrash
+// does: the deterministic part of TestCrash, which reaches a given point
+// only now and then. (A kill between writing the metadata's temporary file,
+// mode 0644 as the record it becomes, and renaming it once made verify
+// report transactions/.tmp-meta-* as exposed.)
+func TestCrashAtEveryComposePoint(t *testing.T) {
+	bin := buildMossCompose(t)
+	dir := t.TempDir()
+	root := filepath.Join(dir, "moss")
+	tree := filepath.Join(dir, "tree")
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spec := gentree.Tiny
+	spec.TotalBytes = 64 << 10
+	if _, err := gentree.Materialize(tree, spec); err != nil {
+		t.Fatal(err)
+	}
+	run := func(env []string, args ...string) (killed bool, out []byte) {
+		cmd := exec.Command(bin, append(args[:1:1], append([]string{"--root", root}, args[1:]...)...)...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+				return true, out
+			}
+		}
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return false, out
+	}
+	run(nil, "compose", "-q", "--tree", tree+":/t0")
+	var maxID uint64
+	seen := map[uint64]string{}
+	points := []string{state.CPComposeAlloc, state.CPComposeInputs, state.CPComposeImage, state.CPComposeSynced, state.CPComposeMetaTemp, state.CPComposePublish}
+	for i, cp := range points {
+		args := []string{"compose", "-q", "--tree", tree + ":/t" + strconv.Itoa(i+1)}
+		killed, out := run([]string{state.CrashPointEnv + "=" + cp}, args...)
+		if !killed {
+			t.Fatalf("compose did not reach crash point %s\n%s", cp, out)
+		}
+		checkCrashState(t, "killed at "+cp, root, &maxID, seen)
 	}
 }

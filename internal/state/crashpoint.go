@@ -19,6 +19,7 @@ const (
 	CPComposeInputs    = "compose-after-inputs"       // fragments in <id>.inputs, no image
 	CPComposeImage     = "compose-after-image"        // image written, before syncfs
 	CPComposeSynced    = "compose-before-publish"     // all durable, metadata not renamed
+	CPComposeMetaTemp  = "compose-metadata-temp"      // metadata written under its temporary name
 	CPComposePublish   = "compose-after-publish"      // metadata renamed, dir not fsynced
 	CPRemoveUnpublish  = "remove-after-unpublish"     // metadata gone, inputs still there
 	CPGCImages         = "gc-after-images"            // unreferenced images removed

@@ -2,7 +2,6 @@ package state
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -65,8 +64,8 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 	defer lk.Unlock()
 	// Objects of a batch that a crash left unsynced are re-hashed first
 	// (bad ones quarantined), so a torn object is never kept as live.
-	if _, err := s.store.Recover(context.Background(), cas.VerifyOptions{}); err != nil {
-		return nil, fmt.Errorf("gc: recovering the store: %w", err)
+	if err := s.recoverStore(); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
 	}
 	// Removals unlink metadata without fsync: make them durable before
 	// deleting what they released, or a power failure could bring back a

@@ -40,6 +40,12 @@ var PublicRecords = []string{
 	"transactions/*.json", // transaction metadata: ids, times, packages, digests
 }
 
+// publicTemps are the temporary names PublicRecords are written under
+// (publish writes a transaction's metadata with its final mode, 0644, then
+// renames it): what a crash leaves under them holds only a public record,
+// and gc removes it, so it is not reported as exposed.
+var publicTemps = []string{"transactions/.tmp-meta-*"}
+
 // MossEntries are the names moss itself keeps in the same directory (the
 // default state root /.moss is moss's): mossfs never changes their modes
 // nor reports them.
@@ -59,9 +65,14 @@ const (
 var Warnings io.Writer = os.Stderr
 
 // IsPublic reports whether rel (a slash-separated path relative to the
-// state root) is one of PublicRecords.
+// state root) is one of PublicRecords, or the temporary name of one.
 func IsPublic(rel string) bool {
 	for _, p := range PublicRecords {
+		if ok, _ := filepath.Match(p, rel); ok {
+			return true
+		}
+	}
+	for _, p := range publicTemps {
 		if ok, _ := filepath.Match(p, rel); ok {
 			return true
 		}

@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // indexResolves checks, independently of the index code, that the link of
@@ -117,5 +119,86 @@ func TestSHA256Index(t *testing.T) {
 	links, _, _ := s.walkIndex()
 	if len(links) != 0 {
 		t.Errorf("after gc: %d links remain", len(links))
+	}
+}
+
+// TestIndexAfterRecovery tears an object as a crash before the store's
+// sync could (a batch marker left by a dead writer, the object's bytes
+// changed) and checks that the crash recovery at lock time and in gc, which
+// quarantines the object, takes its sha256 index link too: the index never
+// names an object the store lacks.
+func TestIndexAfterRecovery(t *testing.T) {
+	for _, how := range []string{"lock", "gc"} {
+		t.Run(how, func(t *testing.T) {
+			s := newState(t)
+			src := t.TempDir()
+			files := map[string]string{"torn": big("torn"), "kept": big("kept")}
+			for p, c := range files {
+				if err := os.WriteFile(filepath.Join(src, p), []byte(c), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			im, err := s.NewImporter()
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := im.Tree(context.Background(), src, "")
+			im.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Input = Input{Kind: KindTree, Name: "t"}
+			compose(t, s, ComposeOptions{Add: []Fragment{f}})
+			torn, ok := s.IndexLookup(sha256.Sum256([]byte(files["torn"])))
+			if !ok {
+				t.Fatal("no index link for the object to tear")
+			}
+			obj, err := os.OpenFile(s.Store().ObjectPath(torn), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := obj.WriteAt([]byte("torn by a crash"), 100); err != nil {
+				t.Fatal(err)
+			}
+			obj.Close()
+			// The marker a writer that died before its sync leaves: a batch
+			// started a minute ago, its flock gone with the process.
+			pending := filepath.Join(s.Store().Root(), "pending")
+			os.MkdirAll(pending, 0o700)
+			if err := os.WriteFile(filepath.Join(pending, "crashed"), []byte(strconv.FormatInt(time.Now().Add(-time.Minute).UnixNano(), 10)+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if !s.Store().NeedsRecovery() {
+				t.Fatal("the store does not see the crashed batch")
+			}
+			switch how {
+			case "lock":
+				lk, err := s.Lock()
+				if err != nil {
+					t.Fatal(err)
+				}
+				lk.Unlock()
+			case "gc":
+				if _, err := s.GC(GCOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if s.Store().Has(torn) {
+				t.Fatal("recovery kept the torn object")
+			}
+			if _, err := os.Lstat(filepath.Join(s.Root(), IndexRelPath(sha256.Sum256([]byte(files["torn"]))))); err == nil {
+				t.Error("the torn object's index link stayed")
+			}
+			if !indexResolves(t, s, files["kept"]) {
+				t.Error("the intact object lost its index link")
+			}
+			res, err := s.Verify(VerifyOptions{NoQuarantine: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.Index.OK() {
+				t.Errorf("index after recovery: %+v", res.Index)
+			}
+		})
 	}
 }

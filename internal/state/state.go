@@ -290,16 +290,40 @@ func (s *State) Lock() (*Lock, error) {
 		lk, err := s.lockBoth(true, false)
 		switch {
 		case err == nil:
-			_, err = s.store.Recover(context.Background(), cas.VerifyOptions{})
+			err = s.recoverStore()
 			lk.Unlock()
 			if err != nil {
-				return nil, fmt.Errorf("recovering the store after a crash: %w", err)
+				return nil, err
 			}
 		case !errors.Is(err, ErrBusy):
 			return nil, err
 		}
 	}
 	return s.lockBoth(false, true)
+}
+
+// recoverStore runs the content store's crash recovery (cas Recover); the
+// caller holds the exclusive lock. Objects it quarantines (torn by a crash)
+// lose their sha256 index links too, durably, so the index never names an
+// object the store lacks (a partial pull would trust it).
+func (s *State) recoverStore() error {
+	rep, err := s.store.Recover(context.Background(), cas.VerifyOptions{})
+	if err != nil {
+		return fmt.Errorf("recovering the store after a crash: %w", err)
+	}
+	if rep.Quarantined == 0 {
+		return nil
+	}
+	n, err := s.sweepIndex(s.store.Has, false)
+	if err != nil {
+		return fmt.Errorf("recovering the store after a crash: %w", err)
+	}
+	if n > 0 {
+		if err := s.Sync(); err != nil {
+			return fmt.Errorf("recovering the store after a crash: %w", err)
+		}
+	}
+	return nil
 }
 
 // LockExclusive takes the store lock exclusive (gc), waiting for imports
