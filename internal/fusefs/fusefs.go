@@ -18,10 +18,12 @@
 // ENOSYS, so the kernel opens files without asking and keeps their page
 // cache (FUSE no-open mode); reads that miss the cache arrive without a
 // handle and are served from a bounded set of open, checked objects, and
-// as root the mount's readahead is raised to 1 MiB; the first read of a
-// small file opens and checks the next files of its directory in the
-// background (see prefetch.go). In that mode an integrity error surfaces on
-// read rather than on open. Directories are opened without OPENDIR requests
+// as root the mount's readahead is raised to 1 MiB. A small file (up to
+// 1 MiB) is read once, whole: the bytes that were checked answer the read
+// and the rest goes to the page cache unasked (see whole.go), and its first
+// read reads and checks the next files of its directory in the background
+// and stores them in the page cache the same way (see prefetch.go). In
+// that mode an integrity error surfaces on read rather than on open. Directories are opened without OPENDIR requests
 // where the kernel allows it. With
 // Options.Passthrough, where the kernel allows FUSE passthrough (Linux ≥
 // 6.9, root), every open of an external file is answered with the object

@@ -13,15 +13,18 @@ import (
 // from it: the kernel waits for all of it. Readers that go through a
 // directory (tar, cp -r, a package manager checking files) read its files
 // one after the other in listing order, so the first read of a file starts
-// opening and checking the next files of its directory in the background,
-// a few at a time: by the time their reads arrive the objects are open,
-// checked and in the page cache, and the disk works on several objects at
-// once instead of one. Only small files are prefetched (larger ones have
-// the kernel's readahead), only after a read (listing a directory reads
-// nothing), and a failed check is not kept: the file's own read checks
-// again and answers EIO.
+// reading and checking the next files of its directory in the background,
+// a few at a time, and hands each checked file whole to the kernel's page
+// cache (see whole.go): the reader then finds them there without asking
+// the daemon, and the disk works on several objects at once instead of
+// one. One file in the middle of the window is only opened and checked,
+// not stored: its read reaches the daemon cheaply and moves the window on,
+// as the kernel's readahead marks a page to start the next window. Only
+// small files are prefetched (larger ones have the kernel's readahead),
+// only after a read (listing a directory reads nothing), and a failed
+// check is not kept: the file's own read checks again and answers EIO.
 const (
-	prefetchAhead   = 16      // files after the one read
+	prefetchAhead   = 32      // files after the one read
 	prefetchMaxSize = 1 << 20 // larger files are left to readahead
 	prefetchWorkers = 4
 	prefetchQueue   = 256
@@ -37,6 +40,9 @@ type prefetchJob struct {
 	g  *generation
 	in *Inode
 	id uint64 // FUSE node ID
+	// marker is opened and checked but not stored: its read comes to the
+	// daemon and prefetches the window after it.
+	marker bool
 }
 
 type prefetcher struct {
@@ -64,6 +70,9 @@ func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 			go f.prefetchWorker()
 		}
 	})
+	// The marker is the first file queued from the middle of the window
+	// on: files before it may have been queued by the window before.
+	mark, marked := pos.idx+prefetchAhead/2, false
 	for i := pos.idx + 1; i < len(ents) && i <= pos.idx+prefetchAhead; i++ {
 		e := ents[i]
 		if e.Type != tree.TypeReg {
@@ -71,6 +80,9 @@ func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 		}
 		id := nodeID(g, e.Nid)
 		if f.objs.has(id) {
+			continue
+		}
+		if _, done := f.stored.Load(id); done {
 			continue
 		}
 		if _, busy := f.pf.pending.LoadOrStore(id, struct{}{}); busy {
@@ -81,8 +93,10 @@ func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 			f.pf.pending.Delete(id)
 			continue
 		}
+		j := prefetchJob{g: g, in: in, id: id, marker: i >= mark && !marked}
 		select {
-		case f.pf.jobs <- prefetchJob{g: g, in: in, id: id}:
+		case f.pf.jobs <- j:
+			marked = marked || j.marker
 		default:
 			f.pf.pending.Delete(id)
 			return // the workers are behind: do not pile up
@@ -99,8 +113,22 @@ func (f *fileSystem) prefetchWorker() {
 func (f *fileSystem) prefetch(j prefetchJob) {
 	defer f.pf.pending.Delete(j.id)
 	defer func() { _ = recover() }() // a fault on a truncated image: the read reports it
-	if f.objs.has(j.id) || !f.serving(j.g) {
+	if _, done := f.stored.Load(j.id); done || f.objs.has(j.id) || !f.serving(j.g) {
 		return
+	}
+	if !j.marker && j.in.Size <= wholeMax && f.server != nil {
+		bp, data, err := f.readWhole(j.g, j.in)
+		if err != nil {
+			return // the file's own read checks again and reports it
+		}
+		ok := f.serving(j.g) && f.storeCache(j.id, 0, data)
+		putWholeBuf(bp)
+		if ok {
+			f.stored.Store(j.id, struct{}{})
+			return
+		}
+		// The kernel did not take it (it no longer has the inode):
+		// keep the object open as for a marker.
 	}
 	file, err := f.openObject(j.g, j.in)
 	if err != nil {

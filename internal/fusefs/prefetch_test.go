@@ -17,9 +17,10 @@ import (
 	"github.com/mossfs/mossfs/tree"
 )
 
-// The first read of a file opens and checks the next files of its
-// directory in the background; a corrupted one among them is not kept,
-// and its own read answers EIO.
+// The first read of a file reads and checks the next files of its
+// directory in the background and hands them to the page cache, so that
+// reading them asks the daemon nothing; a corrupted one among them is not
+// kept, and its own read answers EIO.
 func TestPrefetchAfterRead(t *testing.T) {
 	testenv.RequireMountNS(t)
 	objects := t.TempDir()
@@ -60,6 +61,11 @@ func TestPrefetchAfterRead(t *testing.T) {
 		t.Skip("the kernel has no FUSE no-open support: reads go through handles")
 	}
 	dir := filepath.Join(s.Target(), "d")
+	// As tar does: list, then read. The listing gives the kernel the
+	// files' inodes, which a store into their page cache needs.
+	if _, err := os.ReadDir(dir); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := os.ReadFile(filepath.Join(dir, "f00")); err != nil || !bytes.Equal(got, content["f00"]) {
 		t.Fatalf("f00: %v", err)
 	}
@@ -70,9 +76,13 @@ func TestPrefetchAfterRead(t *testing.T) {
 		}
 		return nodeID(s.fs.current(), st.Ino)
 	}
+	prefetched := func(id uint64) bool {
+		_, stored := s.fs.stored.Load(id)
+		return stored || s.fs.objs.has(id)
+	}
 	for _, name := range []string{"f01", "f04", "f06", "f11"} {
 		deadline := time.Now().Add(10 * time.Second)
-		for !s.fs.objs.has(id(name)) {
+		for !prefetched(id(name)) {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: not opened in the background after the read of f00", name)
 			}
@@ -80,11 +90,20 @@ func TestPrefetchAfterRead(t *testing.T) {
 		}
 	}
 	time.Sleep(100 * time.Millisecond)
-	if s.fs.objs.has(id(bad)) {
-		t.Errorf("%s: a corrupted object was kept open", bad)
+	if prefetched(id(bad)) {
+		t.Errorf("%s: a corrupted object was kept open or stored", bad)
 	}
+	stored := 0
 	for name, want := range content {
+		_, isStored := s.fs.stored.Load(id(name))
+		before := s.fs.reads.Load()
 		got, err := os.ReadFile(filepath.Join(dir, name))
+		if isStored {
+			stored++
+			if n := s.fs.reads.Load() - before; n != 0 {
+				t.Errorf("%s: stored in the page cache, yet reading it sent %d READ requests", name, n)
+			}
+		}
 		if name == bad {
 			if !errors.Is(err, syscall.EIO) {
 				t.Errorf("%s (%s corrupted): %v, want EIO", name, badObj, err)
@@ -94,6 +113,9 @@ func TestPrefetchAfterRead(t *testing.T) {
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s: %v (content equal: %v)", name, err, bytes.Equal(got, want))
 		}
+	}
+	if stored == 0 {
+		t.Errorf("no prefetched file was handed to the page cache (%d stores)", s.fs.stores.Load())
 	}
 }
 

@@ -23,6 +23,40 @@ type verifyEntry struct {
 	err  error
 }
 
+// verifyContent is verify for an object whose content has been read whole
+// into data: the digest is computed from those bytes (or, where the object
+// has fs-verity, measured, the kernel having checked the reads), so the
+// object is read once to check and serve it.
+func (f *fileSystem) verifyContent(fd int, verity bool, path string, in *Inode, data []byte) error {
+	if len(in.Digest) != 32 {
+		return fmt.Errorf("%s: inode %d: digest of %d bytes, want 32", path, in.Nid, len(in.Digest))
+	}
+	key := verifyKey{payload: in.Payload}
+	copy(key.digest[:], in.Digest)
+	v, _ := f.verified.LoadOrStore(key, &verifyEntry{})
+	e := v.(*verifyEntry)
+	e.once.Do(func() { e.err = checkContent(fd, verity, path, key.digest, data) })
+	if e.err != nil {
+		f.verified.CompareAndDelete(key, e)
+	}
+	return e.err
+}
+
+func checkContent(fd int, verity bool, path string, want [32]byte, data []byte) error {
+	if verity {
+		if got, err := fsverity.Measure(fd); err == nil {
+			if got != want {
+				return fmt.Errorf("object %s: fs-verity digest %x, the image says %x: %w", path, got, want, ErrDigestMismatch)
+			}
+			return nil
+		}
+	}
+	if got := fsverity.Sum(data); got != want {
+		return fmt.Errorf("object %s: content digest %x, the image says %x: %w", path, got, want, ErrDigestMismatch)
+	}
+	return nil
+}
+
 // verify checks an object once per mount: the first open of an object
 // computes (or, where the object has fs-verity enabled, measures) its
 // digest; later opens reuse the result. Failures are not cached, so a
