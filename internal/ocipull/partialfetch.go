@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 
 	"github.com/mossfs/mossfs/internal/state"
@@ -90,12 +89,14 @@ func (p *PartialLayers) Fetch(ctx context.Context, src types.ImageSource, info t
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp(p.State.Root(), ".partial-")
+	// Staged files live in a directory this process locks: should it
+	// crash, gc (or the next lock) sees the directory is nobody's.
+	stg, err := p.State.NewStaging()
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: staging: %w", info.Digest, err)
+		return nil, fmt.Errorf("layer %s: %w", info.Digest, err)
 	}
 	var total int64
-	opts := chunked.Options{TempDir: tmp, AllowUnverified: p.AllowUnverified, Progress: func(n int64) {
+	opts := chunked.Options{TempDir: stg.Dir, AllowUnverified: p.AllowUnverified, Progress: func(n int64) {
 		total += n
 		if progress != nil {
 			progress(total)
@@ -104,12 +105,13 @@ func (p *PartialLayers) Fetch(ctx context.Context, src types.ImageSource, info t
 	desc := chunked.Descriptor{Digest: info.Digest.String(), Size: info.Size, Annotations: info.Annotations}
 	l, err := chunked.Prepare(ctx, reg.Blob(desc.Digest), desc, StoreContents{State: p.State}, opts)
 	if err != nil {
-		os.RemoveAll(tmp)
+		stg.Release()
 		if errors.Is(err, chunked.ErrFallback) {
 			return whole(err)
 		}
 		return nil, err
 	}
+	state.Crash(state.CPPullStaged)
 	st := l.Stats()
 	p.mu.Lock()
 	p.totals.PartialLayers++
@@ -121,14 +123,14 @@ func (p *PartialLayers) Fetch(ctx context.Context, src types.ImageSource, info t
 	p.totals.BytesFetched += st.MetadataBytes + st.FetchedBytes
 	p.totals.BytesSaved += st.PresentBytes
 	p.mu.Unlock()
-	return &partialStream{l: l, tar: l.Tar(), tmp: tmp}, nil
+	return &partialStream{l: l, tar: l.Tar(), stg: stg}, nil
 }
 
 // partialStream is a partially fetched layer's tar stream.
 type partialStream struct {
 	l   *chunked.Layer
 	tar io.ReadCloser
-	tmp string
+	stg *state.Staging
 }
 
 func (s *partialStream) Read(b []byte) (int, error) { return s.tar.Read(b) }
@@ -150,7 +152,7 @@ func (s *partialStream) Close() error {
 	_, err := io.Copy(io.Discard, s.tar)
 	s.tar.Close()
 	s.l.Close()
-	if rerr := os.RemoveAll(s.tmp); err == nil {
+	if rerr := s.stg.Release(); err == nil {
 		err = rerr
 	}
 	return err

@@ -424,7 +424,7 @@ func (s *stager) Put(r io.Reader) ([32]byte, error) {
 		d, size = fsverity.Sum(buf), int64(len(buf))
 		put = func() ([32]byte, error) { return store.PutBytes(buf) }
 	} else {
-		f, err := os.CreateTemp(store.Root(), ".spool-")
+		f, err := os.CreateTemp(store.Root(), state.SpoolPrefix)
 		if err != nil {
 			return d, err
 		}

@@ -25,6 +25,7 @@ const (
 	CPGCImages         = "gc-after-images"            // unreferenced images removed
 	CPGCSweep          = "gc-mid-sweep"               // some unreferenced objects removed
 	CPVerifyQuarantine = "verify-after-quarantine"    // bad objects moved, report pending
+	CPPullStaged       = "pull-partial-staged"        // a partial pull's files fetched into its staging directory
 )
 
 var crashPoints = parseCrashPoints(os.Getenv(CrashPointEnv))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -45,6 +46,9 @@ type GCResult struct {
 	// (or never completely) exist; TempRemoved: leftover temporary files.
 	InputsRemoved []uint64 `json:"inputs_removed"`
 	TempRemoved   int      `json:"temp_removed"`
+	// StagingRemoved: staging directories of partial pulls that crashed
+	// (<root>/.partial-*, held by no live process).
+	StagingRemoved int `json:"staging_removed"`
 	// IndexLinksRemoved: sha256 index links of removed (or missing) objects.
 	IndexLinksRemoved int `json:"index_links_removed"`
 }
@@ -67,6 +71,16 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 	if err := s.recoverStore(); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
+	// What crashed pulls left: staging directories no live process holds,
+	// and spool files (pulls hold the shared lock while they have any).
+	staged, err := s.sweepStaging(opts.DryRun)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	spooled, err := s.sweepSpool(opts.DryRun)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
 	// Removals unlink metadata without fsync: make them durable before
 	// deleting what they released, or a power failure could bring back a
 	// transaction whose fragments or objects are gone. (Published
@@ -77,7 +91,7 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 		}
 	}
 	res := &GCResult{DryRun: opts.DryRun, Transactions: []uint64{}, Images: []string{},
-		ImagesRemoved: []string{}, InputsRemoved: []uint64{}}
+		ImagesRemoved: []string{}, InputsRemoved: []uint64{}, StagingRemoved: staged, TempRemoved: spooled}
 
 	// Roots.
 	txs, err := s.List()
@@ -374,4 +388,31 @@ func readImageTree(path string) (*tree.Node, error) {
 		return nil, fmt.Errorf("image %s: %w", path, err)
 	}
 	return root, nil
+}
+
+// SpoolPrefix begins the names of the temporary files a pull spools large
+// contents to, in the content store's root (beside objects/, on its file
+// system).
+const SpoolPrefix = ".spool-"
+
+// sweepSpool removes spool files; the caller holds the exclusive lock, so
+// no pull that could own one is running.
+func (s *State) sweepSpool(dryRun bool) (int, error) {
+	ents, err := os.ReadDir(s.store.Root())
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), SpoolPrefix) || e.IsDir() {
+			continue
+		}
+		n++
+		if !dryRun {
+			if err := os.Remove(filepath.Join(s.store.Root(), e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return n, err
+			}
+		}
+	}
+	return n, nil
 }

@@ -282,15 +282,19 @@ var ErrBusy = errors.New("the store is in use by another process")
 // A batch of objects that a crashed writer never synced may hold torn
 // objects that Has would trust; before an import could skip content because
 // of one, such a store is recovered (cas Recover) under the exclusive lock.
-// That lock is only tried: if others hold the store (or this process does,
+// Staging directories of partial pulls that crashed are removed then too
+// (see staging.go). That lock is only tried: if others hold the store (or this process does,
 // as when Compose runs under a caller's Lock) recovery is left to the next
 // Lock or gc rather than risk waiting on ourselves.
 func (s *State) Lock() (*Lock, error) {
-	if s.store.NeedsRecovery() {
+	if s.store.NeedsRecovery() || s.hasStaleStaging() {
 		lk, err := s.lockBoth(true, false)
 		switch {
 		case err == nil:
 			err = s.recoverStore()
+			if err == nil {
+				_, err = s.sweepStaging(false)
+			}
 			lk.Unlock()
 			if err != nil {
 				return nil, err
