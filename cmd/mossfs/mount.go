@@ -390,6 +390,11 @@ func transactionSource(root string, id uint64) (mountSource, error) {
 	if err != nil {
 		return mountSource{}, err
 	}
+	return stateTransactionSource(st, id)
+}
+
+// stateTransactionSource is transactionSource in a state root already open.
+func stateTransactionSource(st *state.State, id uint64) (mountSource, error) {
 	tx, err := st.Get(id)
 	if err != nil {
 		return mountSource{}, err

@@ -87,7 +87,12 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 		return err
 	}
 	defer unlock()
-	src, err := transactionSource(root, id)
+	// One open of the state root serves the whole switch.
+	st, err := openState(root)
+	if err != nil {
+		return fmt.Errorf("switch: %w", err)
+	}
+	src, err := stateTransactionSource(st, id)
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
@@ -118,7 +123,7 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
-	prev, err := readActive(root)
+	prev, err := st.Active()
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
@@ -143,11 +148,7 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	if bootErr == nil {
 		files = append(files, bootFiles...)
 	}
-	st, err := openState(root)
-	if err == nil {
-		err = st.SetActive(id, files...)
-	}
-	if err != nil {
+	if err := st.SetActive(id, files...); err != nil {
 		// The mount is there: keep at least its record, which protects the
 		// transaction from removal.
 		if rerr := mountrec.Write(root, rec); rerr != nil {

@@ -1,13 +1,25 @@
 // Package durable replaces small files atomically and durably, several at
 // once for about the cost of one: each new content goes to a temporary file
-// beside its target, writeback of all of them starts together, each is
-// fsynced (on a journalling file system the first fsync commits them all,
-// the others find nothing left to do), then all are renamed into place and
-// each directory is fsynced once. Writing N files one by one costs 2N
-// journal commits; a batch costs about two.
+// beside its target, all the temporary files are fsynced at the same time,
+// then all are renamed into place and their directories are fsynced at the
+// same time. Writing N files one by one costs 2N journal commits and cache
+// flushes, one after the other; a batch costs two rounds: on a journalling
+// file system the first fsync of a round commits the journal for all of
+// them, and the flushes the others ask for at the same time are merged by
+// the block layer.
+//
+// Why fsyncs and not one syncfs(2) per file system: syncfs writes back
+// everything dirty on the file system, other programs' data too. On the
+// machine this was measured on (ext4 on virtio, shared with busy builds), a
+// bare syncfs cost 5–8 ms (median), an fsync of a new small file 0.7–1.2
+// ms, and a batch of four files in three directories (mossfs switch) 6.2 ms
+// with concurrent fsyncs against 8.6 ms one after the other and 7.4–14 ms
+// with syncfs rounds.
 //
 // A crash leaves every target either old or new, never partly written; a
 // batch is not all-or-nothing (some renames may survive a crash, others not).
+// TestCrashKeepsBatch shows both on a real ext4 shut down without flushing
+// its log after Write returns.
 package durable
 
 import (
@@ -16,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,6 +39,10 @@ type File struct {
 	Data []byte
 	Perm os.FileMode // 0 means 0644
 }
+
+// testSkip leaves out a step, for the test that shows that the crash check
+// notices each one missing.
+var testSkip struct{ dataSync, dirSync bool }
 
 // Write replaces the files, in order. When it returns nil, every file has
 // its new content and that survives a crash. On error no temporary file is
@@ -72,14 +89,15 @@ func Write(files ...File) error {
 		if err := f.Chmod(perm); err != nil {
 			return fmt.Errorf("write %s: %w", p.tmp, err)
 		}
-		// Start writeback now, so the fsyncs below find the data of all
-		// files on its way and one journal commit covers them. Only a hint:
-		// the fsync is what makes it durable.
-		_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
-	for _, p := range ps {
-		if err := p.f.Sync(); err != nil {
-			return fmt.Errorf("write %s: fsync: %w", p.tmp, err)
+	if !testSkip.dataSync {
+		if err := each(len(ps), func(i int) error {
+			if err := ps[i].f.Sync(); err != nil {
+				return fmt.Errorf("write %s: fsync: %w", ps[i].tmp, err)
+			}
+			return nil
+		}); err != nil {
+			return err
 		}
 	}
 	for _, p := range ps {
@@ -100,23 +118,39 @@ func Write(files ...File) error {
 		}
 	}
 	ok = true
-	var errs []error
-	for _, d := range dirs {
-		if err := SyncDir(d); err != nil {
-			errs = append(errs, err)
-		}
+	if testSkip.dirSync {
+		return nil
 	}
+	return each(len(dirs), func(i int) error { return SyncDir(dirs[i]) })
+}
+
+// each runs f(0) … f(n-1) at the same time (each fsync waits for the disk
+// in its own thread, so that the waits overlap) and joins their errors.
+func each(n int, f func(i int) error) error {
+	switch n {
+	case 0:
+		return nil
+	case 1:
+		return f(0)
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 1; i < n; i++ {
+		wg.Go(func() { errs[i] = f(i) })
+	}
+	errs[0] = f(0)
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
 // SyncDir fsyncs a directory, making the renames and unlinks in it durable.
 func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
