@@ -108,8 +108,13 @@ func splitBase(base *Transaction, remove []string, newKeys map[string]bool) base
 }
 
 type pendingFragment struct {
-	data     []byte // the encoded dump (written when it cannot be linked)
+	data     []byte // the encoded dump (written when it cannot be linked; nil: read linkFrom)
 	linkFrom string // path of the base transaction's fragment
+	digest   string // the fragment's SHA-256 (hex)
+	// nodes: the input gets a node file, linked from nodesFrom (the
+	// base's) or made from the fragment's text.
+	nodes     bool
+	nodesFrom string
 }
 
 // Compose builds a new transaction from a base transaction's inputs and new
@@ -179,7 +184,7 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 		c := CountTree(f.Root)
 		f.Input.Entries, f.Input.Bytes = c.Entries-1, c.Bytes
 		added = append(added, f)
-		addedPending = append(addedPending, pendingFragment{data: data})
+		addedPending = append(addedPending, pendingFragment{data: data, digest: f.Input.Digest, nodes: true})
 	}
 	// A compose that would hold what the base holds creates nothing
 	// (decided before the base's fragments are read).
@@ -206,7 +211,11 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 		}
 		for i, in := range kept {
 			frags = append(frags, Fragment{Input: in, Root: roots[i]})
-			pending = append(pending, pendingFragment{data: data[i], linkFrom: s.FragmentPath(base, in)})
+			p := pendingFragment{data: data[i], linkFrom: s.FragmentPath(base, in), digest: in.Digest, nodes: true}
+			if data[i] == nil { // loaded from its node file
+				p.nodesFrom = s.NodesPath(base, in)
+			}
+			pending = append(pending, p)
 		}
 	}
 	frags = append(frags, added...)
@@ -377,16 +386,8 @@ func (s *State) writeInputs(id uint64, inputs []Input, pending []pendingFragment
 		}
 	}()
 	for i, in := range inputs {
-		dst := filepath.Join(tmp, in.Fragment)
-		if _, err := os.Lstat(dst); err == nil {
-			continue // two inputs with the same fragment
-		}
-		p := pending[i]
-		if p.linkFrom != "" && os.Link(p.linkFrom, dst) == nil {
-			continue
-		}
-		if err := writeFragmentFile(dst, p.data, durable); err != nil {
-			return fmt.Errorf("compose: writing fragment: %w", err)
+		if err := writeInput(tmp, in, pending[i], durable); err != nil {
+			return fmt.Errorf("compose: input %s: %w", in.Label(), err)
 		}
 	}
 	if durable {
@@ -403,6 +404,52 @@ func (s *State) writeInputs(id uint64, inputs []Input, pending []pendingFragment
 		return fmt.Errorf("compose: %w", err)
 	}
 	ok = true
+	return nil
+}
+
+// writeInput writes one input's fragment, and its node file if it gets
+// one, into the inputs directory dir.
+func writeInput(dir string, in Input, p pendingFragment, durable bool) error {
+	dst := filepath.Join(dir, in.Fragment)
+	if _, err := os.Lstat(dst); err == nil {
+		return nil // two inputs with the same fragment
+	}
+	if p.linkFrom == "" || os.Link(p.linkFrom, dst) != nil {
+		if p.data == nil {
+			data, err := os.ReadFile(p.linkFrom)
+			if err != nil {
+				return err
+			}
+			if _, d := fragmentName(data); d != p.digest {
+				return fmt.Errorf("fragment %s has SHA-256 %s, metadata says %s", p.linkFrom, d, p.digest)
+			}
+			p.data = data
+		}
+		if err := writeFragmentFile(dst, p.data, durable); err != nil {
+			return fmt.Errorf("writing fragment: %w", err)
+		}
+	}
+	if !p.nodes {
+		return nil
+	}
+	nodesDst := filepath.Join(dir, p.digest+nodesSuffix)
+	if p.nodesFrom != "" && os.Link(p.nodesFrom, nodesDst) == nil {
+		return nil
+	}
+	if p.data == nil {
+		data, err := os.ReadFile(dst)
+		if err != nil {
+			return err
+		}
+		p.data = data
+	}
+	nodes, err := encodeNodes(p.data, p.digest, dst)
+	if err != nil {
+		return fmt.Errorf("node file: %w", err)
+	}
+	if err := writeFragmentFile(nodesDst, nodes, durable); err != nil {
+		return fmt.Errorf("writing node file: %w", err)
+	}
 	return nil
 }
 

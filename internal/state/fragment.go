@@ -14,7 +14,9 @@ import (
 	"sync"
 
 	"github.com/mossfs/mossfs/erofs"
+	"github.com/mossfs/mossfs/internal/nodefile"
 	"github.com/mossfs/mossfs/tree"
+	"golang.org/x/sys/unix"
 )
 
 // EncodeFragment serialises a fragment tree as a composefs dump.
@@ -87,6 +89,8 @@ func (s *State) loadFragment(tx *Transaction, in Input, decode bool) ([]byte, *t
 }
 
 // loadFragments loads the fragments of the given inputs of tx in parallel.
+// Decoding, an input's tree comes from its node file when there is a good
+// one (data[i] is then nil: the text is not read), else from its fragment.
 func (s *State) loadFragments(tx *Transaction, inputs []Input, decode bool) ([][]byte, []*tree.Node, error) {
 	data := make([][]byte, len(inputs))
 	roots := make([]*tree.Node, len(inputs))
@@ -98,6 +102,12 @@ func (s *State) loadFragments(tx *Transaction, inputs []Input, decode bool) ([][
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
+			if decode {
+				if roots[i] = s.loadNodes(tx, in); roots[i] != nil {
+					<-sem
+					return
+				}
+			}
 			data[i], roots[i], errs[i] = s.loadFragment(tx, in, decode)
 			<-sem
 		}()
@@ -107,6 +117,87 @@ func (s *State) loadFragments(tx *Transaction, inputs []Input, decode bool) ([][
 		return nil, nil, err
 	}
 	return data, roots, nil
+}
+
+// An input's node file (package nodefile) is its fragment's tree in a form
+// that loads without parsing: "<digest>.nodes" beside "<digest>.dump", made
+// from the fragment's text when the transaction is composed. Stores from
+// before node files, and inputs whose node file is missing or damaged,
+// load from the fragment.
+const nodesSuffix = ".nodes"
+
+// NodesPath returns the path of one input's node file ("" if the input's
+// digest cannot name one).
+func (s *State) NodesPath(tx *Transaction, in Input) string {
+	if _, err := digestKey(in.Digest); err != nil {
+		return ""
+	}
+	return filepath.Join(s.inputsDir(tx.ID), in.Digest+nodesSuffix)
+}
+
+func digestKey(digest string) ([32]byte, error) {
+	var key [32]byte
+	b, err := hex.DecodeString(digest)
+	if err != nil || len(b) != 32 {
+		return key, fmt.Errorf("bad fragment digest %q", digest)
+	}
+	return [32]byte(b), nil
+}
+
+// loadNodes returns an input's tree from its node file, nil if there is no
+// good one. The tree is sorted, as Merge and Owners would sort it.
+func (s *State) loadNodes(tx *Transaction, in Input) *tree.Node {
+	p := s.NodesPath(tx, in)
+	if p == "" || in.Fragment != in.Digest+".dump" {
+		return nil
+	}
+	data, err := mapFile(p)
+	if err != nil {
+		return nil
+	}
+	key, _ := digestKey(in.Digest)
+	root, err := nodefile.Decode(data, key)
+	if err != nil {
+		return nil
+	}
+	return root
+}
+
+// mapFile maps a file read-only, its pages mapped at once (MAP_POPULATE:
+// no page fault per page, no copy into fresh memory, which on a busy
+// machine costs more than the decoding). The mapping is never unmapped:
+// a tree decoded from it views it (its strings and bytes), for as long as
+// the process runs; the processes that load fragments are short-lived
+// commands.
+func mapFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() <= 0 || st.Size() > 1<<32 {
+		return nil, fmt.Errorf("%s: size %d", path, st.Size())
+	}
+	return unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+}
+
+// encodeNodes makes the node file of a fragment from its text (so that its
+// tree is the one the text gives, whatever made the text).
+func encodeNodes(data []byte, digest, name string) ([]byte, error) {
+	key, err := digestKey(digest)
+	if err != nil {
+		return nil, err
+	}
+	root, err := DecodeFragment(data, name)
+	if err != nil {
+		return nil, err
+	}
+	root.Sort()
+	return nodefile.Encode(root, key)
 }
 
 // Fragments loads the fragments of all inputs of a transaction, in order.
