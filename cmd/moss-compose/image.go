@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/mossfs/mossfs/internal/cli"
@@ -30,6 +31,10 @@ func execMossOCI(sub string, args []string) error {
 		return err
 	}
 	argv := append([]string{bin, sub}, args...)
+	// A CPU profile's timer (MOSSFS_CPUPROFILE) survives exec, and its
+	// SIGPROF would kill moss-oci before the Go runtime handles it: stop it
+	// here; moss-oci writes its own profile to the same file.
+	pprof.StopCPUProfile()
 	if err := syscall.Exec(bin, argv, os.Environ()); err != nil {
 		return fmt.Errorf("running %s: %w", bin, err)
 	}

@@ -27,7 +27,10 @@ func main() {
 	if oci.ReexecInit() {
 		return
 	}
-	if err := rootCmd.Execute(); err != nil {
+	stopProfile := cli.Profile()
+	err := rootCmd.Execute()
+	stopProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "moss-oci:", err)
 		os.Exit(1)
 	}
