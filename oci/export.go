@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"archive/tar"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -102,15 +104,101 @@ type hashStore struct{}
 
 func (hashStore) Put(r io.Reader) ([32]byte, error) { return fsverity.DigestReader(r) }
 
+// toldStore is a layer.Store that is told each content's fs-verity digest
+// by the layer writer (the store's record of the object it wrote, in tar
+// order) instead of hashing it again. It is told every regular file's
+// content of more than layer.InlineMax bytes; the applier may store fewer
+// (a name it takes for a whiteout), so a told digest is matched to the
+// entry by name and size, and the ones the applier passed over are dropped.
+type toldStore struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	queue []toldDigest
+	done  bool // the writer ended: nothing more will be told
+}
+
+type toldDigest struct {
+	name string
+	size int64
+	d    [32]byte
+}
+
+func newToldStore() *toldStore {
+	s := &toldStore{}
+	s.cond = sync.NewCond(&s.mu)
+	return s
+}
+
+func (s *toldStore) Put(io.Reader) ([32]byte, error) {
+	return [32]byte{}, errors.New("content without its tar entry")
+}
+
+func (s *toldStore) PutEntry(h *tar.Header, r io.Reader) ([32]byte, error) {
+	// Drain first: the writer tells a digest once its content is through.
+	n, err := io.Copy(io.Discard, r)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		for len(s.queue) > 0 {
+			t := s.queue[0]
+			s.queue = s.queue[1:]
+			if t.name == h.Name {
+				if t.size != n {
+					return [32]byte{}, fmt.Errorf("told the digest of %d bytes, read %d", t.size, n)
+				}
+				return t.d, nil
+			}
+		}
+		if s.done {
+			return [32]byte{}, errors.New("the layer writer told no digest for this content")
+		}
+		s.cond.Wait()
+	}
+}
+
+func (s *toldStore) tell(name string, size int64, d [32]byte) {
+	s.mu.Lock()
+	s.queue = append(s.queue, toldDigest{name, size, d})
+	s.mu.Unlock()
+	s.cond.Broadcast()
+}
+
+// start readies the store for a layer; the writer calls the returned
+// function when it ends.
+func (s *toldStore) start() (writerDone func()) {
+	s.mu.Lock()
+	s.queue, s.done = nil, false
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		s.done = true
+		s.mu.Unlock()
+		s.cond.Broadcast()
+	}
+}
+
 // composefsOf applies layer tars as an import does (package layer, the
 // same code as "image pull") and returns the composefs image of the
 // result: the label is what a pull of these layers composes.
 type composefsOf struct {
-	ap *layer.Applier
+	ap   *layer.Applier
+	told *toldStore // nil: the contents are hashed
 }
 
-func newComposefsOf() *composefsOf {
-	return &composefsOf{ap: layer.NewApplier(hashStore{}, layer.Limits{MaxLayerBytes: 1 << 62, Ratio: 1 << 62, MaxEntries: 1 << 40})}
+// newComposefsOf hashes the contents it is given, or if told, takes their
+// digests from told.tell.
+func newComposefsOf(told bool) *composefsOf {
+	c := &composefsOf{}
+	var st layer.Store = hashStore{}
+	if told {
+		c.told = newToldStore()
+		st = c.told
+	}
+	c.ap = layer.NewApplier(st, layer.Limits{MaxLayerBytes: 1 << 62, Ratio: 1 << 62, MaxEntries: 1 << 40})
+	return c
 }
 
 // apply consumes one layer's uncompressed tar stream.
@@ -139,7 +227,21 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	if len(req.Layers) == 0 {
 		return nil, errors.New("export: no layers")
 	}
-	stage, err := os.MkdirTemp(req.TempDir, "moss-export-")
+	// An oci: destination is staged in its own directory, as
+	// containers/image stages its blobs there: the layer blobs are then
+	// hard-linked into its blobs (copy.Image finds them and copies nothing).
+	ociDir := ""
+	if destRef.Transport().Name() == "oci" {
+		ociDir, _, _ = strings.Cut(destRef.StringWithinTransport(), ":")
+	}
+	tmp := req.TempDir
+	if tmp == "" && ociDir != "" {
+		if err := os.MkdirAll(ociDir, 0o755); err != nil {
+			return nil, fmt.Errorf("export: %w", err)
+		}
+		tmp = ociDir
+	}
+	stage, err := os.MkdirTemp(tmp, "moss-export-")
 	if err != nil {
 		return nil, fmt.Errorf("export: staging: %w", err)
 	}
@@ -149,7 +251,7 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	}
 
 	res := &ExportResult{Dest: req.Dest}
-	cfs := newComposefsOf()
+	cfs := newComposefsOf(true)
 	var descs []v1.Descriptor
 	var diffIDs []digest.Digest
 	for i, l := range req.Layers {
@@ -203,6 +305,9 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	if err := os.WriteFile(filepath.Join(stage, v1.ImageLayoutFile), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o600); err != nil {
 		return nil, err
 	}
+	if ociDir != "" {
+		linkBlobs(stage, ociDir, descs)
+	}
 	srcRef, err := layout.NewReference(stage, "")
 	if err != nil {
 		return nil, fmt.Errorf("export: staging layout: %w", err)
@@ -229,6 +334,22 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	return res, nil
 }
 
+// linkBlobs hard-links the staged layer blobs into an OCI layout's blobs
+// (readable by all, as containers/image writes them). Where that fails
+// (another filesystem), copy.Image copies them.
+func linkBlobs(stage, dir string, descs []v1.Descriptor) {
+	dst := filepath.Join(dir, "blobs", "sha256")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return
+	}
+	for _, d := range descs {
+		src := filepath.Join(stage, "blobs", "sha256", d.Digest.Encoded())
+		if os.Chmod(src, 0o644) == nil {
+			os.Link(src, filepath.Join(dst, d.Digest.Encoded()))
+		}
+	}
+}
+
 func sha(d [32]byte) digest.Digest { return digest.NewDigestFromBytes(digest.SHA256, d[:]) }
 
 // writeLayerBlob writes one layer into the staging layout's blobs; its
@@ -240,12 +361,17 @@ func writeLayerBlob(stage string, root *tree.Node, compression string, open Cont
 	}
 	pr, pw := io.Pipe()
 	applied := make(chan error, 1)
+	writerDone := cfs.told.start()
 	go func() {
 		err := cfs.apply(pr, name)
 		pr.CloseWithError(err)
 		applied <- err
 	}()
-	lb, err := WriteLayer(f, root, compression, open, pw)
+	lb, err := writeLayer(f, root, compression, open, layerHooks{tee: pw, verity: func(name string, size int64, d [32]byte) error {
+		cfs.told.tell(name, size, d)
+		return nil
+	}})
+	writerDone()
 	pw.CloseWithError(err)
 	if aerr := <-applied; err == nil && aerr != nil {
 		err = fmt.Errorf("composefs image of the layer: %w", aerr)

@@ -2,21 +2,31 @@ package oci
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc64"
 	"io"
 	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-	"go.podman.io/storage/pkg/chunked/compressor"
+	"github.com/vbatts/tar-split/tar/storage"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sys/unix"
 
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/oci/layer"
 	"github.com/mossfs/mossfs/tree"
 )
 
@@ -79,18 +89,86 @@ func (hw *hashingWriter) Write(p []byte) (int, error) {
 // the content and later names are hard links to it. Regular files' contents
 // come from their inline Content or, for payloads, from open. If tee is
 // not nil, the uncompressed tar is written to it too.
+//
+// Contents are read, and zstd:chunked frames compressed, by one worker per
+// CPU; everything is written in tar order, so the bytes do not depend on
+// the number of workers.
 func WriteLayer(out io.Writer, root *tree.Node, compression string, open ContentOpener, tee io.Writer) (*LayerBlob, error) {
-	blob := &hashingWriter{w: out, h: sha256.New()}
+	return writeLayer(out, root, compression, open, layerHooks{tee: tee})
+}
+
+// layerHooks are what an export needs beside the blob.
+type layerHooks struct {
+	// tee receives the uncompressed tar.
+	tee io.Writer
+	// verity, if set, is called after the content of each regular file of
+	// more than layer.InlineMax bytes went to tee (in tar order), with the
+	// content's fs-verity digest: the store's record of the object, or
+	// computed from the content when the tree has none.
+	verity func(name string, size int64, d [32]byte) error
+	// workers overrides the number of workers (tests; 0: GOMAXPROCS).
+	workers int
+}
+
+// Tuning of the pipeline. Files larger than bigFile are read and
+// compressed by the ordered writer itself, streaming, in pieces of
+// pieceSize; the jobs in flight hold at most inFlight bytes of content.
+const (
+	bigFile   = 16 << 20
+	pieceSize = 1 << 20
+	inFlight  = 64 << 20
+	maxJobs   = 256
+)
+
+// tarItem is one tar entry of a job: its header and where its header
+// blocks lie in the job's pre bytes.
+type tarItem struct {
+	hdr        *tar.Header
+	start, end int
+}
+
+// layerJob is the tar stream from the end of one file's content to the end
+// of the next one's: padding, the headers in between, then the content (or,
+// for the last job, the end-of-archive blocks).
+type layerJob struct {
+	pre   []byte // padding of the previous content, headers (, end of archive)
+	items []tarItem
+	ino   *tree.Node // the content of the last item; nil for the last job
+	path  string
+	big   bool
+	cost  int64 // bytes of the in-flight budget it holds
+
+	// Set by a worker before done is closed.
+	content []byte
+	verity  [32]byte
+	crc     []byte
+	frames  []byte // zstd:chunked: the job's frames
+	digest  string
+	start   int64 // offsets of the content frames within frames
+	end     int64
+	chunks  []fileChunk
+	err     error
+	done    chan struct{}
+}
+
+func writeLayer(out io.Writer, root *tree.Node, compression string, open ContentOpener, hooks layerHooks) (*LayerBlob, error) {
+	bw := bufio.NewWriterSize(out, 1<<20) // a write per frame would be a syscall per file
+	blob := &hashingWriter{w: bw, h: sha256.New()}
 	lb := &LayerBlob{Annotations: map[string]string{}}
 	var comp io.WriteCloser
+	var meta *chunkedMeta
 	var err error
 	switch compression {
 	case CompressionZstdChunked, "":
-		lvl := zstdLevel
-		comp, err = compressor.ZstdCompressor(blob, lb.Annotations, &lvl)
+		meta, err = newChunkedMeta()
 		lb.MediaType = mediaTypeLayerZstd
 	case CompressionZstd:
-		comp, err = zstd.NewWriter(blob, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)))
+		// Jobs of the stream compressed in parallel (as zstd -T0 does), each
+		// with the end of the previous one as history: the bytes depend on
+		// the job size, not on the number of goroutines, which is fixed here
+		// anyway so that a one-CPU machine writes the same.
+		comp, err = zstd.NewWriter(blob, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)),
+			zstd.WithEncoderConcurrency(4), zstd.WithConcurrentBlocks(true))
 		lb.MediaType = mediaTypeLayerZstd
 	case CompressionGzip:
 		comp, err = gzip.NewWriterLevel(blob, gzip.DefaultCompression)
@@ -104,23 +182,36 @@ func WriteLayer(out io.Writer, root *tree.Node, compression string, open Content
 	if err != nil {
 		return nil, fmt.Errorf("layer compressor: %w", err)
 	}
-	var tarOut io.Writer = comp
-	if tee != nil {
-		tarOut = io.MultiWriter(comp, tee)
+	diff := sha256.New()
+	plainW := []io.Writer{diff}
+	if comp != nil {
+		plainW = append(plainW, comp)
 	}
-	diff := &hashingWriter{w: tarOut, h: sha256.New()}
-	tw := tar.NewWriter(diff)
-	werr := writeTar(tw, root, open, lb)
+	if hooks.tee != nil {
+		plainW = append(plainW, hooks.tee)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lw := &layerWriter{
+		plain: io.MultiWriter(plainW...), blob: blob, meta: meta, open: open, hooks: hooks,
+		budget: semaphore.NewWeighted(inFlight), ctx: ctx, stop: cancel,
+	}
+	werr := lw.run(root, lb)
+	if comp != nil {
+		if cerr := comp.Close(); werr == nil && cerr != nil {
+			werr = fmt.Errorf("layer compressor: %w", cerr)
+		}
+	}
+	if werr == nil && meta != nil {
+		werr = meta.finish(blob, blob.n, lb.Annotations)
+	}
 	if werr == nil {
-		werr = tw.Close()
-	}
-	if cerr := comp.Close(); werr == nil && cerr != nil {
-		werr = fmt.Errorf("layer compressor: %w", cerr)
+		werr = bw.Flush()
 	}
 	if werr != nil {
 		return nil, werr
 	}
-	copy(lb.DiffID[:], diff.h.Sum(nil))
+	copy(lb.DiffID[:], diff.Sum(nil))
 	copy(lb.Digest[:], blob.h.Sum(nil))
 	lb.Size = blob.n
 	if len(lb.Annotations) == 0 {
@@ -129,20 +220,114 @@ func WriteLayer(out io.Writer, root *tree.Node, compression string, open Content
 	return lb, nil
 }
 
-type nopCloser struct{ io.Writer }
+type layerWriter struct {
+	plain  io.Writer // the uncompressed tar: diff_id, tee, and the compressor unless zstd:chunked
+	blob   *hashingWriter
+	meta   *chunkedMeta // zstd:chunked only
+	open   ContentOpener
+	hooks  layerHooks
+	budget *semaphore.Weighted
+	ctx    context.Context // cancelled (stop) when the ordered writer ends
+	stop   context.CancelFunc
+	fw     *frameWriter // the ordered writer's own (big files, the last job)
+}
 
-func (nopCloser) Close() error { return nil }
+// run produces the jobs (one goroutine), has workers read and compress
+// them, and writes them in order.
+func (w *layerWriter) run(root *tree.Node, lb *LayerBlob) error {
+	workers := w.hooks.workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	ordered := make(chan *layerJob, maxJobs)
+	work := make(chan *layerJob, maxJobs)
+	var wg sync.WaitGroup
+	var perr error
+	wg.Go(func() {
+		defer close(ordered)
+		defer close(work)
+		perr = w.produce(root, lb, ordered, work)
+	})
+	for range workers {
+		wg.Go(func() {
+			fw := newFrameWriter()
+			for j := range work {
+				if j.err = w.ctx.Err(); j.err == nil {
+					j.err = w.prepare(j, fw)
+				}
+				close(j.done)
+			}
+		})
+	}
+	err := w.consume(ordered)
+	w.stop()
+	for range ordered { // let the producer end
+	}
+	wg.Wait()
+	if err == nil {
+		err = perr
+	}
+	return err
+}
 
-// writeTar writes the entries below root.
-func writeTar(tw *tar.Writer, root *tree.Node, open ContentOpener, lb *LayerBlob) error {
+// produce walks the tree in tar order and cuts the tar stream into jobs.
+func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan<- *layerJob) error {
 	root.Sort()
-	first := map[*tree.Node]string{} // inode owner -> name written with its content
+	first := map[*tree.Node]string{} // inode -> name written with its content
+	var pre bytes.Buffer
+	var items []tarItem
+	send := func(j *layerJob) error {
+		j.pre, j.items, j.done = bytes.Clone(pre.Bytes()), items, make(chan struct{})
+		pre.Reset()
+		items = nil
+		if j.ino != nil {
+			j.cost = min(int64(j.ino.Size), inFlight)
+			if j.big = j.ino.Size > bigFile; j.big {
+				j.cost = 0
+			}
+			if err := w.budget.Acquire(w.ctx, j.cost); err != nil {
+				return err
+			}
+		}
+		select {
+		case ordered <- j:
+		case <-w.ctx.Done():
+			return w.ctx.Err()
+		}
+		if j.ino == nil || j.big {
+			close(j.done)
+			return nil
+		}
+		select {
+		case work <- j:
+		case <-w.ctx.Done():
+			return w.ctx.Err()
+		}
+		return nil
+	}
 	var walk func(dir *tree.Node, prefix string) error
 	walk = func(dir *tree.Node, prefix string) error {
 		for _, c := range dir.Children {
 			name := prefix + c.Name
-			if err := writeEntry(tw, c, name, first, open, lb); err != nil {
+			hdr, err := entryHeader(c, name, first, lb)
+			if err != nil {
 				return err
+			}
+			if hdr != nil {
+				start := pre.Len()
+				tw := tar.NewWriter(&pre)
+				if err := tw.WriteHeader(hdr); err != nil {
+					return fmt.Errorf("tar entry %s: %w", name, err)
+				}
+				items = append(items, tarItem{hdr: hdr, start: start, end: pre.Len()})
+				if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+					if err := send(&layerJob{ino: c.Inode(), path: c.Path()}); err != nil {
+						return err
+					}
+					if pad := hdr.Size % blockSize; pad != 0 {
+						pre.Write(zeroBlock[:blockSize-pad])
+					}
+				}
 			}
 			if c.LinkTo == nil && c.IsDir() {
 				if err := walk(c, name+"/"); err != nil {
@@ -152,10 +337,36 @@ func writeTar(tw *tar.Writer, root *tree.Node, open ContentOpener, lb *LayerBlob
 		}
 		return nil
 	}
-	return walk(root, "")
+	if err := walk(root, ""); err != nil {
+		return err
+	}
+	pre.Write(zeroBlock[:2*blockSize]) // end of archive, as archive/tar writes it
+	return send(&layerJob{})
 }
 
-func writeEntry(tw *tar.Writer, n *tree.Node, name string, first map[*tree.Node]string, open ContentOpener, lb *LayerBlob) error {
+const blockSize = 512
+
+// bufs recycles the jobs' content and frame buffers (the garbage collector
+// would otherwise scan and sweep a layer's worth of them).
+var bufs sync.Pool
+
+// getBuf returns a buffer of n bytes.
+func getBuf(n int) []byte {
+	if b, ok := bufs.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:n]
+	}
+	return make([]byte, n, max(n, 64<<10))
+}
+
+func putBuf(b []byte) {
+	if cap(b) > 0 && cap(b) <= bigFile*2 {
+		bufs.Put(&b)
+	}
+}
+
+// entryHeader returns the tar header of n (nil for what a tar cannot carry,
+// recorded in lb.Skipped).
+func entryHeader(n *tree.Node, name string, first map[*tree.Node]string, lb *LayerBlob) (*tar.Header, error) {
 	ino := n.Inode()
 	hdr := &tar.Header{
 		Name:    name,
@@ -166,14 +377,14 @@ func writeEntry(tw *tar.Writer, n *tree.Node, name string, first map[*tree.Node]
 		Format:  tar.FormatPAX,
 	}
 	if ino.Mtime.Nsec >= 1e9 {
-		return fmt.Errorf("%s: mtime nanoseconds %d out of range", n.Path(), ino.Mtime.Nsec)
+		return nil, fmt.Errorf("%s: mtime nanoseconds %d out of range", n.Path(), ino.Mtime.Nsec)
 	}
 	typ := ino.Mode & tree.TypeMask
 	if typ == tree.TypeReg {
 		if prev, ok := first[ino]; ok {
 			hdr.Typeflag, hdr.Linkname = tar.TypeLink, prev
 			lb.Entries++
-			return tw.WriteHeader(hdr)
+			return hdr, nil
 		}
 		first[ino] = name
 	}
@@ -200,47 +411,261 @@ func writeEntry(tw *tar.Writer, n *tree.Node, name string, first map[*tree.Node]
 		hdr.Typeflag = tar.TypeFifo
 	case tree.TypeSock:
 		lb.Skipped = append(lb.Skipped, n.Path())
-		return nil
+		return nil, nil
 	case tree.TypeReg:
 		hdr.Typeflag = tar.TypeReg
 		hdr.Size = int64(ino.Size)
-	default:
-		return fmt.Errorf("%s: unknown file type %o", n.Path(), typ)
-	}
-	lb.Entries++
-	if err := tw.WriteHeader(hdr); err != nil {
-		return fmt.Errorf("tar entry %s: %w", name, err)
-	}
-	if typ != tree.TypeReg || ino.Size == 0 {
-		return nil
-	}
-	var r io.ReadCloser
-	switch {
-	case ino.Content != nil:
-		r = io.NopCloser(bytes.NewReader(ino.Content))
-	case ino.Payload != "":
-		var err error
-		if r, err = open(ino); err != nil {
-			return fmt.Errorf("%s: %w", n.Path(), err)
+		if ino.Size > 0 && ino.Content == nil && ino.Payload == "" {
+			return nil, fmt.Errorf("%s: %d bytes but neither inline content nor a payload", n.Path(), ino.Size)
 		}
 	default:
-		return fmt.Errorf("%s: %d bytes but neither inline content nor a payload", n.Path(), ino.Size)
+		return nil, fmt.Errorf("%s: unknown file type %o", n.Path(), typ)
 	}
-	defer r.Close()
-	m, err := io.Copy(tw, io.LimitReader(r, int64(ino.Size)))
-	if err == nil && m != int64(ino.Size) {
-		err = fmt.Errorf("content is %d bytes, the image says %d", m, ino.Size)
+	lb.Entries++
+	return hdr, nil
+}
+
+// openContent opens a job's content.
+func (w *layerWriter) openContent(j *layerJob) (io.ReadCloser, error) {
+	if j.ino.Content != nil {
+		return io.NopCloser(bytes.NewReader(j.ino.Content)), nil
 	}
+	r, err := w.open(j.ino)
 	if err != nil {
-		return fmt.Errorf("%s: %w", n.Path(), err)
+		return nil, fmt.Errorf("%s: %w", j.path, err)
+	}
+	return r, nil
+}
+
+func (w *layerWriter) wantVerity(j *layerJob) bool {
+	return w.hooks.verity != nil && j.ino.Size > layer.InlineMax
+}
+
+// knownVerity is the store's fs-verity digest of a payload, if it has one.
+func knownVerity(ino *tree.Node) ([32]byte, bool) {
+	var d [32]byte
+	if ino.Content != nil || ino.Payload == "" || len(ino.Digest) != len(d) {
+		return d, false
+	}
+	copy(d[:], ino.Digest)
+	return d, true
+}
+
+// prepare is a worker's part of a job: read the content whole, hash it,
+// compress its frames.
+func (w *layerWriter) prepare(j *layerJob, fw *frameWriter) error {
+	if j.ino.Content != nil {
+		j.content = j.ino.Content
+	} else {
+		r, err := w.openContent(j)
+		if err != nil {
+			return err
+		}
+		j.content = getBuf(int(j.ino.Size))
+		_, err = io.ReadFull(r, j.content)
+		r.Close()
+		if err != nil {
+			return fmt.Errorf("%s: content shorter than the image's %d bytes: %w", j.path, j.ino.Size, err)
+		}
+	}
+	if uint64(len(j.content)) != j.ino.Size {
+		return fmt.Errorf("%s: content is %d bytes, the image says %d", j.path, len(j.content), j.ino.Size)
+	}
+	if w.wantVerity(j) {
+		var ok bool
+		if j.verity, ok = knownVerity(j.ino); !ok {
+			j.verity = fsverity.Sum(j.content)
+		}
+	}
+	if w.meta == nil {
+		return nil
+	}
+	c := crc64.New(storage.CRCTable)
+	c.Write(j.content)
+	j.crc = c.Sum(nil)
+	buf := bytes.NewBuffer(getBuf(len(j.pre) + len(j.content) + len(j.content)/64 + 256)[:0])
+	if err := fw.begin(buf, j.pre); err != nil {
+		return err
+	}
+	if err := fw.feed(j.content); err != nil {
+		return err
+	}
+	d, err := fw.finish(j.content)
+	if err != nil {
+		return err
+	}
+	j.frames, j.digest, j.start, j.end, j.chunks = buf.Bytes(), d, fw.start, fw.out.n, slices.Clone(fw.chunks)
+	return nil
+}
+
+// consume writes the jobs in order.
+func (w *layerWriter) consume(ordered <-chan *layerJob) error {
+	for j := range ordered {
+		<-j.done
+		if j.err != nil {
+			return j.err
+		}
+		err := w.write(j)
+		w.budget.Release(j.cost)
+		if j.ino != nil && j.ino.Content == nil {
+			putBuf(j.content)
+		}
+		putBuf(j.frames)
+		j.content, j.frames = nil, nil
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
+func (w *layerWriter) write(j *layerJob) error {
+	if _, err := w.plain.Write(j.pre); err != nil {
+		return err
+	}
+	base := w.blob.n
+	if w.meta != nil && !j.big {
+		if j.ino == nil { // the last job: its headers and the end of archive in one frame
+			if w.fw == nil {
+				w.fw = newFrameWriter()
+			}
+			if err := w.fw.begin(w.blob, j.pre); err != nil {
+				return err
+			}
+			if err := w.fw.end(); err != nil {
+				return err
+			}
+		} else if _, err := w.blob.Write(j.frames); err != nil {
+			return err
+		}
+	}
+	if j.big {
+		if err := w.writeBig(j); err != nil {
+			return err
+		}
+	} else if j.ino != nil {
+		if _, err := w.plain.Write(j.content); err != nil {
+			return err
+		}
+	}
+	if j.ino != nil && w.wantVerity(j) {
+		if err := w.hooks.verity(j.items[len(j.items)-1].hdr.Name, int64(j.ino.Size), j.verity); err != nil {
+			return err
+		}
+	}
+	if w.meta == nil {
+		return nil
+	}
+	for i, it := range j.items {
+		seg := j.pre[it.start:it.end]
+		if i == 0 {
+			seg = j.pre[:it.end]
+		}
+		if err := w.meta.segment(seg); err != nil {
+			return err
+		}
+		e, err := tocEntryOf(it.hdr)
+		if err != nil {
+			return err
+		}
+		var crc []byte
+		entries := []tocEntry{e}
+		if j.ino != nil && i == len(j.items)-1 {
+			crc = j.crc
+			chunks := slices.Clone(j.chunks)
+			for k := range chunks {
+				chunks[k].Offset += base
+			}
+			entries = contentEntries(e, j.digest, base+j.start, base+j.end, chunks)
+		}
+		if err := w.meta.file(it.hdr, crc, entries...); err != nil {
+			return err
+		}
+	}
+	if j.ino == nil {
+		tail := 0
+		if len(j.items) > 0 {
+			tail = j.items[len(j.items)-1].end
+		}
+		return w.meta.segment(j.pre[tail:])
+	}
+	return nil
+}
+
+// writeBig reads, hashes and compresses a large file's content in pieces,
+// in order.
+func (w *layerWriter) writeBig(j *layerJob) error {
+	r, err := w.openContent(j)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	var fw *frameWriter
+	var crc hash.Hash64
+	if w.meta != nil {
+		if w.fw == nil {
+			w.fw = newFrameWriter()
+		}
+		fw = w.fw
+		if err := fw.begin(w.blob, j.pre); err != nil {
+			return err
+		}
+		fw.whole = sha256.New()
+		crc = crc64.New(storage.CRCTable)
+	}
+	known, hasKnown := knownVerity(j.ino)
+	var vh *fsverity.Hasher
+	if w.wantVerity(j) && !hasKnown {
+		vh = fsverity.New()
+	}
+	buf := make([]byte, pieceSize)
+	var n int64
+	for n < int64(j.ino.Size) {
+		k, err := io.ReadFull(r, buf[:min(int64(len(buf)), int64(j.ino.Size)-n)])
+		if err != nil {
+			return fmt.Errorf("%s: content shorter than the image's %d bytes: %w", j.path, j.ino.Size, err)
+		}
+		p := buf[:k]
+		n += int64(k)
+		if _, err := w.plain.Write(p); err != nil {
+			return err
+		}
+		if vh != nil {
+			vh.Write(p)
+		}
+		if fw != nil {
+			crc.Write(p)
+			if err := fw.feed(p); err != nil {
+				return err
+			}
+		}
+	}
+	j.verity = known
+	if vh != nil {
+		j.verity = vh.Sum()
+	}
+	if fw == nil {
+		return nil
+	}
+	d, err := fw.finish(nil)
+	if err != nil {
+		return err
+	}
+	j.crc, j.digest, j.chunks = crc.Sum(nil), d, slices.Clone(fw.chunks)
+	j.start, j.end = fw.start, fw.out.n
+	return nil
+}
+
 // StoreOpener returns a ContentOpener reading payloads from an object
-// directory (the store's cas/objects).
+// directory (the store's cas/objects), beneath it: one openat2
+// (RESOLVE_BENEATH, no symlinks) per object, or os.Root's walk (a syscall
+// per component and more) where the kernel has no openat2.
 func StoreOpener(objectsDir string) ContentOpener {
 	root, rerr := os.OpenRoot(objectsDir)
+	var dirfd = -1
+	if rerr == nil {
+		dirfd, rerr = unix.Open(objectsDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
 	return func(n *tree.Node) (io.ReadCloser, error) {
 		if rerr != nil {
 			return nil, rerr
@@ -248,6 +673,21 @@ func StoreOpener(objectsDir string) ContentOpener {
 		if strings.HasPrefix(n.Payload, "/") {
 			return nil, errors.New("absolute payload path")
 		}
-		return root.Open(n.Payload)
+		fd, err := unix.Openat2(dirfd, n.Payload, &unix.OpenHow{
+			Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		switch {
+		case err == nil:
+			return os.NewFile(uintptr(fd), filepath.Join(objectsDir, n.Payload)), nil
+		case errors.Is(err, unix.ENOSYS):
+			return root.Open(n.Payload)
+		default:
+			return nil, &os.PathError{Op: "openat2", Path: filepath.Join(objectsDir, n.Payload), Err: err}
+		}
 	}
 }
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }

@@ -80,6 +80,13 @@ type Store interface {
 	Put(r io.Reader) ([32]byte, error)
 }
 
+// EntryStore is a Store that also wants to know which tar entry a content
+// belongs to: the applier calls PutEntry instead of Put.
+type EntryStore interface {
+	Store
+	PutEntry(h *tar.Header, r io.Reader) ([32]byte, error)
+}
+
 // CapReader counts the uncompressed bytes read from r (a layer's tar
 // stream) and fails, while streaming, once they pass the caps: more than
 // MaxLayerBytes, or, past RatioAfter, more than Ratio times compressedSize.
@@ -494,7 +501,13 @@ func (ap *apply) content(n *tree.Node, h *tar.Header, body io.Reader) error {
 		n.Content = b
 	default:
 		cr := &countReader{r: body}
-		d, err := ap.a.store.Put(cr)
+		var d [32]byte
+		var err error
+		if es, ok := ap.a.store.(EntryStore); ok {
+			d, err = es.PutEntry(h, cr)
+		} else {
+			d, err = ap.a.store.Put(cr)
+		}
 		if err != nil {
 			return fmt.Errorf("storing content: %w", err)
 		}

@@ -1,0 +1,492 @@
+package oci
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/vbatts/tar-split/tar/storage"
+	"go.podman.io/storage/pkg/chunked/compressor"
+
+	"github.com/mossfs/mossfs/oci/chunked"
+)
+
+// This file writes zstd:chunked layers in parallel: every file (and every
+// chunk of a large file) is its own zstd frame, so frames of different files
+// are compressed by different workers and written in order. The bytes are
+// those containers/storage's compressor.ZstdCompressor writes for the same
+// tar stream (the test compares them): the same frame boundaries (a frame
+// for the headers before each file's content, one per chunk, cut by c/s's
+// rolling checksum and at runs of zeros, and the empty frames its loop
+// leaves where two cuts meet), the same TOC and tar-split, and zstd's
+// streaming encoder at a pinned level, whose output does not depend on how
+// the input is split into writes or on the encoder's concurrency.
+
+// Constants of the format as containers/storage writes it.
+const (
+	chunkedRollsumBits    = compressor.RollsumBits // a chunk ends where this many low bits of the rolling sum are set
+	chunkedHolesThreshold = 1 << 10                // a run of zeros this long is a chunk of its own ("zeros")
+	chunkedManifestType   = 1
+)
+
+var (
+	zstdSkippableMagic = []byte{0x50, 0x2a, 0x4d, 0x18}
+	chunkedFooterMagic = []byte("GNUlInUx")
+)
+
+// tocEntry is a TOC entry; its fields are in containers/storage's order
+// (minimal.FileMetadata), so the JSON is the same. Access and change times
+// never appear: the exported tar carries none.
+type tocEntry struct {
+	Type        string            `json:"type"`
+	Name        string            `json:"name"`
+	Linkname    string            `json:"linkName,omitempty"`
+	Mode        int64             `json:"mode,omitempty"`
+	Size        int64             `json:"size,omitempty"`
+	UID         int               `json:"uid,omitempty"`
+	GID         int               `json:"gid,omitempty"`
+	ModTime     *time.Time        `json:"modtime,omitempty"`
+	Devmajor    int64             `json:"devMajor,omitempty"`
+	Devminor    int64             `json:"devMinor,omitempty"`
+	Xattrs      map[string]string `json:"xattrs,omitempty"`
+	Digest      string            `json:"digest,omitempty"`
+	Offset      int64             `json:"offset,omitempty"`
+	EndOffset   int64             `json:"endOffset,omitempty"`
+	ChunkSize   int64             `json:"chunkSize,omitempty"`
+	ChunkOffset int64             `json:"chunkOffset,omitempty"`
+	ChunkDigest string            `json:"chunkDigest,omitempty"`
+	ChunkType   string            `json:"chunkType,omitempty"`
+}
+
+type tocJSON struct {
+	Version        int        `json:"version"`
+	Entries        []tocEntry `json:"entries"`
+	TarSplitDigest string     `json:"tarSplitDigest,omitempty"`
+}
+
+var tocTypes = map[byte]string{
+	tar.TypeReg:     chunked.TypeReg,
+	tar.TypeLink:    chunked.TypeHardlink,
+	tar.TypeChar:    chunked.TypeChar,
+	tar.TypeBlock:   chunked.TypeBlock,
+	tar.TypeDir:     chunked.TypeDir,
+	tar.TypeFifo:    chunked.TypeFifo,
+	tar.TypeSymlink: chunked.TypeSymlink,
+}
+
+func tocEntryOf(h *tar.Header) (tocEntry, error) {
+	typ, ok := tocTypes[h.Typeflag]
+	if !ok {
+		return tocEntry{}, fmt.Errorf("%s: tar type %q has no TOC type", h.Name, h.Typeflag)
+	}
+	e := tocEntry{Type: typ, Name: h.Name, Linkname: h.Linkname, Mode: h.Mode, Size: h.Size, UID: h.Uid, GID: h.Gid,
+		Devmajor: h.Devmajor, Devminor: h.Devminor}
+	if !h.ModTime.IsZero() {
+		t := h.ModTime
+		e.ModTime = &t
+	}
+	for k, v := range h.PAXRecords {
+		if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			if e.Xattrs == nil {
+				e.Xattrs = map[string]string{}
+			}
+			e.Xattrs[x] = base64.StdEncoding.EncodeToString([]byte(v))
+		}
+	}
+	return e, nil
+}
+
+func newFrameEncoder() *zstd.Encoder {
+	// Concurrency 1: a worker's encoder runs no goroutines of its own (the
+	// bytes are those of any concurrency).
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		panic(err) // only for invalid options
+	}
+	return e
+}
+
+// countWriter counts what goes to w.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// fileChunk is one chunk of a file's content; Offset is the blob offset of
+// its frame, relative to the job's first frame until the writer rebases it.
+type fileChunk struct {
+	ChunkOffset, Offset, Size int64
+	Digest                    string
+	Zeros                     bool
+}
+
+// frameWriter cuts one job (the headers before a file's content, then the
+// content) into zstd frames the way containers/storage's writer does.
+type frameWriter struct {
+	enc *zstd.Encoder
+	out countWriter
+	rs  rollSum
+
+	// For the content being written:
+	started      bool  // some content consumed (the header frame is closed)
+	start        int64 // offset of the first content frame
+	frameStart   int64 // offset of the current frame
+	consumed     int64 // content bytes consumed
+	lastChunkEnd int64 // content offset where the current chunk starts
+	zeros        int64 // zeros seen but not yet classified (run in progress)
+	chunkHash    hash.Hash
+	whole        hash.Hash // content digest when fed in pieces (nil: computed at the end)
+	chunks       []fileChunk
+}
+
+func newFrameWriter() *frameWriter {
+	return &frameWriter{enc: newFrameEncoder(), chunkHash: sha256.New()}
+}
+
+// begin starts a job writing to dst: pre (tar headers and padding) opens the
+// first frame.
+func (f *frameWriter) begin(dst io.Writer, pre []byte) error {
+	f.out = countWriter{w: dst}
+	f.enc.Reset(&f.out)
+	f.started, f.start, f.frameStart, f.consumed, f.lastChunkEnd, f.zeros = false, 0, 0, 0, 0, 0
+	f.rs = newRollSum()
+	f.chunkHash.Reset()
+	f.chunks = f.chunks[:0]
+	f.whole = nil
+	_, err := f.enc.Write(pre)
+	return err
+}
+
+// closeFrame ends the current frame and opens the next.
+func (f *frameWriter) closeFrame() error {
+	if err := f.enc.Close(); err != nil {
+		return err
+	}
+	f.enc.Reset(&f.out)
+	return nil
+}
+
+// end closes the last frame of the layer (the headers after the last
+// content and the end of archive). containers/storage copies what its tar
+// reader left of the stream (nothing) into the encoder with io.Copy, whose
+// ReadFrom first ends a block: the frame then has no content size in its
+// header and an empty last block. The same calls give the same bytes.
+func (f *frameWriter) end() error {
+	if _, err := f.enc.ReadFrom(bytes.NewReader(nil)); err != nil {
+		return err
+	}
+	return f.enc.Close()
+}
+
+func (f *frameWriter) write(p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	if !f.started {
+		if err := f.closeFrame(); err != nil {
+			return err
+		}
+		f.started = true
+		f.start, f.frameStart = f.out.n, f.out.n
+	}
+	if _, err := f.enc.Write(p); err != nil {
+		return err
+	}
+	f.chunkHash.Write(p)
+	f.consumed += int64(len(p))
+	return nil
+}
+
+var zeroBlock [32 << 10]byte
+
+func (f *frameWriter) writeZeros(n int64) error {
+	for n > 0 {
+		k := min(n, int64(len(zeroBlock)))
+		if err := f.write(zeroBlock[:k]); err != nil {
+			return err
+		}
+		if f.whole != nil {
+			f.whole.Write(zeroBlock[:k])
+		}
+		n -= k
+	}
+	return nil
+}
+
+// cut ends a chunk where containers/storage's loop restarts compression:
+// at a rolling-sum split, around a run of zeros, at the end of the content.
+func (f *frameWriter) cut(zeros bool) error {
+	if !f.started {
+		return nil
+	}
+	if err := f.closeFrame(); err != nil {
+		return err
+	}
+	if size := f.consumed - f.lastChunkEnd; size > 0 {
+		f.chunks = append(f.chunks, fileChunk{ChunkOffset: f.lastChunkEnd, Offset: f.frameStart, Size: size,
+			Digest: "sha256:" + hex.EncodeToString(f.chunkHash.Sum(nil)), Zeros: zeros})
+	}
+	f.frameStart = f.out.n
+	f.lastChunkEnd = f.consumed
+	f.chunkHash.Reset()
+	return nil
+}
+
+// feed consumes content. Bytes are rolled one by one; runs of zeros are
+// held back until their length says whether they are data or a hole.
+func (f *frameWriter) feed(p []byte) error {
+	seg := 0
+	rs := f.rs // a copy in registers for the loop
+	for i := 0; i < len(p); i++ {
+		b := p[i]
+		if b == 0 {
+			if f.zeros == 0 {
+				f.rs = rs
+				if err := f.data(p[seg:i]); err != nil {
+					return err
+				}
+			}
+			f.zeros++
+			seg = i + 1
+			continue
+		}
+		if f.zeros > 0 {
+			f.rs = rs
+			if err := f.resolveZeros(); err != nil {
+				return err
+			}
+			rs = f.rs
+			seg = i
+		}
+		if rs.roll(b) {
+			f.rs = rs
+			if err := f.data(p[seg : i+1]); err != nil {
+				return err
+			}
+			if err := f.cut(false); err != nil {
+				return err
+			}
+			seg = i + 1
+		}
+	}
+	f.rs = rs
+	if f.zeros == 0 {
+		return f.data(p[seg:])
+	}
+	return nil
+}
+
+// data writes bytes already rolled.
+func (f *frameWriter) data(p []byte) error {
+	if f.whole != nil {
+		f.whole.Write(p)
+	}
+	return f.write(p)
+}
+
+// resolveZeros settles a finished run of zeros: a hole (a chunk of its own,
+// cut before and after, not split by the rolling sum) or data.
+func (f *frameWriter) resolveZeros() error {
+	n := f.zeros
+	f.zeros = 0
+	if n >= chunkedHolesThreshold {
+		if err := f.cut(false); err != nil {
+			return err
+		}
+		for range n {
+			f.rs.roll(0)
+		}
+		if err := f.writeZeros(n); err != nil {
+			return err
+		}
+		return f.cut(true)
+	}
+	pending := int64(0)
+	for range n {
+		pending++
+		if f.rs.roll(0) {
+			if err := f.writeZeros(pending); err != nil {
+				return err
+			}
+			if err := f.cut(false); err != nil {
+				return err
+			}
+			pending = 0
+		}
+	}
+	return f.writeZeros(pending)
+}
+
+// finish ends the content: the digest of the whole content (content is the
+// whole of it when it was fed in one piece, else nil).
+func (f *frameWriter) finish(content []byte) (string, error) {
+	if f.zeros > 0 {
+		if err := f.resolveZeros(); err != nil {
+			return "", err
+		}
+	}
+	if err := f.cut(false); err != nil {
+		return "", err
+	}
+	switch {
+	case f.whole != nil:
+		return "sha256:" + hex.EncodeToString(f.whole.Sum(nil)), nil
+	case len(f.chunks) == 1:
+		return f.chunks[0].Digest, nil
+	default:
+		s := sha256.Sum256(content)
+		return "sha256:" + hex.EncodeToString(s[:]), nil
+	}
+}
+
+// rollSum is containers/storage's rolling checksum (bup's, over a 64-byte
+// window) that decides where chunks end; a value type so that the loop in
+// feed keeps it in registers.
+type rollSum struct {
+	s1, s2 uint32
+	wofs   uint32
+	window [rollWindow]byte
+}
+
+const (
+	rollWindow     = 64
+	rollCharOffset = 31
+	rollSplitMask  = 1<<chunkedRollsumBits - 1
+)
+
+func newRollSum() rollSum {
+	return rollSum{s1: rollWindow * rollCharOffset, s2: rollWindow * (rollWindow - 1) * rollCharOffset}
+}
+
+// roll adds b and reports whether a chunk ends after it.
+func (r *rollSum) roll(b byte) bool {
+	drop := uint32(r.window[r.wofs])
+	r.s1 += uint32(b) - drop
+	r.s2 += r.s1 - rollWindow*(drop+rollCharOffset)
+	r.window[r.wofs] = b
+	r.wofs = (r.wofs + 1) & (rollWindow - 1)
+	return r.s2&rollSplitMask == rollSplitMask
+}
+
+// chunkedMeta collects the TOC and the tar-split while the layer is written
+// in order, and writes them at the end.
+type chunkedMeta struct {
+	entries  []tocEntry
+	tsBuf    bytes.Buffer
+	tsDigest hash.Hash
+	tsCount  countWriter
+	tsZstd   *zstd.Encoder
+	packer   storage.Packer
+}
+
+func newChunkedMeta() (*chunkedMeta, error) {
+	m := &chunkedMeta{tsDigest: sha256.New()}
+	z, err := zstd.NewWriter(io.MultiWriter(&m.tsBuf, m.tsDigest), zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)))
+	if err != nil {
+		return nil, err
+	}
+	m.tsZstd = z
+	m.tsCount = countWriter{w: z}
+	m.packer = storage.NewJSONPacker(&m.tsCount)
+	return m, nil
+}
+
+func (m *chunkedMeta) segment(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := m.packer.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: b})
+	return err
+}
+
+// file records one tar entry: its tar-split record (crc: the crc64 of its
+// content, nil without content) and its TOC entry.
+func (m *chunkedMeta) file(h *tar.Header, crc []byte, e ...tocEntry) error {
+	te := storage.Entry{Type: storage.FileType, Size: h.Size, Payload: crc}
+	te.SetName(h.Name)
+	if _, err := m.packer.AddEntry(te); err != nil {
+		return err
+	}
+	m.entries = append(m.entries, e...)
+	return nil
+}
+
+// contentEntries returns the TOC entries of a file with content.
+func contentEntries(e tocEntry, digest string, start, end int64, chunks []fileChunk) []tocEntry {
+	e.Digest, e.Offset, e.EndOffset = digest, start, end
+	out := []tocEntry{e}
+	if len(chunks) > 1 {
+		for i, c := range chunks {
+			if i > 0 {
+				out = append(out, tocEntry{Type: chunked.TypeChunk, Name: e.Name, ChunkOffset: c.ChunkOffset})
+			}
+			o := &out[len(out)-1]
+			o.ChunkSize, o.Offset, o.ChunkDigest = c.Size, c.Offset, c.Digest
+			if c.Zeros {
+				o.ChunkType = "zeros"
+			}
+		}
+	}
+	return out
+}
+
+// finish appends the TOC, the tar-split and the footer to dst (offset: the
+// blob bytes written so far) and sets the layer annotations.
+func (m *chunkedMeta) finish(dst io.Writer, offset int64, annotations map[string]string) error {
+	if err := m.tsZstd.Close(); err != nil {
+		return err
+	}
+	toc, err := json.Marshal(tocJSON{Version: 1, Entries: m.entries, TarSplitDigest: "sha256:" + hex.EncodeToString(m.tsDigest.Sum(nil))})
+	if err != nil {
+		return err
+	}
+	var ctoc bytes.Buffer
+	z := newFrameEncoder()
+	z.Reset(&ctoc)
+	if _, err := z.Write(toc); err != nil {
+		return err
+	}
+	if err := z.Close(); err != nil {
+		return err
+	}
+	const frameHeader = 8
+	tocOff := offset + frameHeader
+	sum := sha256.Sum256(ctoc.Bytes())
+	annotations[chunked.AnnotationTOCChecksum] = "sha256:" + hex.EncodeToString(sum[:])
+	annotations[chunked.AnnotationTOCPosition] = fmt.Sprintf("%d:%d:%d:%d", tocOff, ctoc.Len(), len(toc), chunkedManifestType)
+	tsOff := tocOff + int64(ctoc.Len()) + frameHeader
+	annotations[chunked.AnnotationTarSplitPosition] = fmt.Sprintf("%d:%d:%d", tsOff, m.tsBuf.Len(), m.tsCount.n)
+	footer := make([]byte, 64)
+	for i, v := range []int64{tocOff, int64(ctoc.Len()), int64(len(toc)), chunkedManifestType, tsOff, int64(m.tsBuf.Len()), m.tsCount.n} {
+		binary.LittleEndian.PutUint64(footer[8*i:], uint64(v))
+	}
+	copy(footer[56:], chunkedFooterMagic)
+	for _, frame := range [][]byte{ctoc.Bytes(), m.tsBuf.Bytes(), footer} {
+		var hdr [frameHeader]byte
+		copy(hdr[:], zstdSkippableMagic)
+		binary.LittleEndian.PutUint32(hdr[4:], uint32(len(frame)))
+		if _, err := dst.Write(hdr[:]); err != nil {
+			return err
+		}
+		if _, err := dst.Write(frame); err != nil {
+			return err
+		}
+	}
+	return nil
+}

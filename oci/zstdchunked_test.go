@@ -1,0 +1,274 @@
+package oci
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"go.podman.io/storage/pkg/chunked/compressor"
+
+	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/oci/layer"
+	"github.com/mossfs/mossfs/tree"
+)
+
+// chunkedTree is a tree whose contents meet every cut of the zstd:chunked
+// writer: random data long enough for several rolling-sum chunks, runs of
+// zeros just under and over the hole threshold (at the start, the middle
+// and the end), a rolling-sum split on the last byte and right before a
+// hole (the empty frames containers/storage leaves), empty files,
+// hardlinks, xattrs, devices, fifos, symlinks, long names, inline contents
+// and a file past bigFile (the ordered writer's streaming path). Payloads
+// live in objects under dir.
+func chunkedTree(t testing.TB, dir string) *tree.Node {
+	t.Helper()
+	r := rand.New(rand.NewSource(7))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		r.Read(b)
+		return b
+	}
+	zeros := func(n int) []byte { return make([]byte, n) }
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	// The first rolling-sum split of some random data: a content cut there
+	// ends exactly on a split.
+	var atSplit []byte
+	for atSplit == nil {
+		d := random(1 << 20)
+		rs := compressor.NewRollSum()
+		for i, b := range d {
+			rs.Roll(b)
+			if rs.OnSplitWithBits(compressor.RollsumBits) && i > 1000 {
+				atSplit = d[:i+1]
+				break
+			}
+		}
+	}
+	contents := map[string][]byte{
+		"random-3M":           random(3 << 20),
+		"random-small":        random(5000),
+		"compressible":        bytes.Repeat([]byte("mossfs exports layers. "), 40000),
+		"hole-start":          cat(zeros(5000), random(70000)),
+		"hole-middle":         cat(random(100000), zeros(1<<20), random(100000)),
+		"hole-end":            cat(random(3000), zeros(4096)),
+		"hole-exact":          cat(random(10), zeros(chunkedHolesThreshold), random(10)),
+		"short-zeros":         cat(random(10), zeros(chunkedHolesThreshold-1), random(10), zeros(chunkedHolesThreshold-1)),
+		"all-zeros":           zeros(300000),
+		"split-at-end":        atSplit,
+		"split-before-hole":   cat(atSplit, zeros(2000), random(100)),
+		"split-before-zeros":  cat(atSplit, zeros(100), random(100)),
+		"one-byte":            {1},
+		"zero-byte":           {0},
+		"big-random-and-hole": cat(random(bigFile), zeros(3000), random(200000)),
+	}
+	root := tree.NewDir("", 0o755)
+	mt := tree.Timespec{Sec: 1700000000, Nsec: 123456789}
+	add := func(parent *tree.Node, n *tree.Node) *tree.Node {
+		n.Mtime = mt
+		parent.AddChild(n)
+		return n
+	}
+	d := add(root, tree.NewDir("d", 0o755))
+	sub := add(d, tree.NewDir("sub", 0o700))
+	sub.SetXattr("user.dir", []byte("x"))
+	objects := filepath.Join(dir, "objects")
+	i := 0
+	for name, c := range contents {
+		h := sha256.Sum256(c)
+		obj := fmt.Sprintf("%02x/%x", h[0], h[1:])
+		if err := os.MkdirAll(filepath.Join(objects, obj[:2]), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(objects, obj), c, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dg := fsverity.Sum(c)
+		f := add(d, &tree.Node{Name: name, Mode: tree.TypeReg | 0o644, UID: uint32(i), GID: 7, Size: uint64(len(c)), Payload: obj, Digest: dg[:], Nlink: 1})
+		if i%3 == 0 {
+			f.SetXattr("user.k", []byte{0, 1, 2, byte(i)})
+		}
+		i++
+	}
+	add(d, &tree.Node{Name: "empty", Mode: tree.TypeReg | 0o600, Nlink: 1})
+	add(d, &tree.Node{Name: "inline", Mode: tree.TypeReg | 0o600, Size: 5, Content: []byte("hello"), Nlink: 1})
+	big := bytes.Repeat([]byte{1, 0, 2}, 100) // inline, past layer.InlineMax
+	add(sub, &tree.Node{Name: "inline-big", Mode: tree.TypeReg | 0o4755, Size: uint64(len(big)), Content: big, Nlink: 1})
+	d.SortChildren()
+	add(sub, &tree.Node{Name: "hardlink", LinkTo: d.Child("random-small")})
+	add(sub, &tree.Node{Name: "hardlink-empty", LinkTo: d.Child("empty")})
+	add(sub, &tree.Node{Name: "link", Mode: tree.TypeLink | 0o777, Target: "../random-small", Size: 15})
+	add(sub, &tree.Node{Name: "null", Mode: tree.TypeChar | 0o666, Rdev: 1<<8 | 3})
+	add(sub, &tree.Node{Name: "fifo", Mode: tree.TypeFifo | 0o644})
+	long := add(sub, tree.NewDir(string(bytes.Repeat([]byte("n"), 200)), 0o755))
+	add(long, &tree.Node{Name: string(bytes.Repeat([]byte("f"), 250)), Mode: tree.TypeReg | 0o644, Size: 3, Content: []byte("abc"), Nlink: 1})
+	// Headers only at the end: the last job has items.
+	add(root, tree.NewDir("zz-last", 0o755))
+	root.Sort()
+	return root
+}
+
+func writeLayerBytes(t testing.TB, root *tree.Node, compression string, open ContentOpener, hooks layerHooks) ([]byte, *LayerBlob) {
+	t.Helper()
+	var out bytes.Buffer
+	lb, err := writeLayer(&out, root, compression, open, hooks)
+	if err != nil {
+		t.Fatalf("%s: %v", compression, err)
+	}
+	return out.Bytes(), lb
+}
+
+// TestZstdChunkedAsContainersStorage: our parallel zstd:chunked writer
+// writes, byte for byte, the blob and annotations that containers/storage's
+// own compressor (compressor.ZstdCompressor at the same level) writes from
+// our uncompressed tar, whatever the number of workers; the diff_id is the
+// tar's sha256.
+func TestZstdChunkedAsContainersStorage(t *testing.T) {
+	// containers/storage writes modification times in the local zone.
+	defer func(l *time.Location) { time.Local = l }(time.Local)
+	time.Local = time.UTC
+	dir := t.TempDir()
+	root := chunkedTree(t, dir)
+	open := StoreOpener(filepath.Join(dir, "objects"))
+
+	plain, plainLB := writeLayerBytes(t, root, CompressionNone, open, layerHooks{})
+	var want bytes.Buffer
+	wantAnn := map[string]string{}
+	lvl := zstdLevel
+	zc, err := compressor.ZstdCompressor(&want, wantAnn, &lvl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := zc.Write(plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := zc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if sha256.Sum256(plain) != plainLB.DiffID || plainLB.Digest != plainLB.DiffID {
+		t.Fatal("uncompressed layer: digest or diff_id is not the tar's sha256")
+	}
+	for _, workers := range []int{1, 2, 5} {
+		got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{workers: workers})
+		if !bytes.Equal(got, want.Bytes()) {
+			n := 0
+			for n < min(len(got), want.Len()) && got[n] == want.Bytes()[n] {
+				n++
+			}
+			t.Fatalf("workers=%d: blob of %d bytes differs from containers/storage's (%d bytes) at byte %d", workers, len(got), want.Len(), n)
+		}
+		if fmt.Sprint(lb.Annotations) != fmt.Sprint(wantAnn) {
+			t.Errorf("workers=%d: annotations %v, containers/storage %v", workers, lb.Annotations, wantAnn)
+		}
+		if lb.DiffID != plainLB.DiffID || lb.Digest != sha256.Sum256(got) || lb.Size != int64(len(got)) || lb.Entries != plainLB.Entries {
+			t.Errorf("workers=%d: diff_id, digest, size or entries wrong", workers)
+		}
+	}
+	// The other compressions carry the same tar, whatever the workers and
+	// the CPUs (plain zstd compresses jobs of the stream in parallel).
+	for _, c := range []string{CompressionZstd, CompressionGzip} {
+		a, la := writeLayerBytes(t, root, c, open, layerHooks{workers: 1})
+		procs := runtime.GOMAXPROCS(1)
+		b, lb := writeLayerBytes(t, root, c, open, layerHooks{workers: 4})
+		runtime.GOMAXPROCS(procs)
+		if !bytes.Equal(a, b) || la.DiffID != plainLB.DiffID || lb.DiffID != plainLB.DiffID {
+			t.Errorf("%s: bytes depend on the workers or CPUs, or the diff_id is not the tar's", c)
+		}
+	}
+}
+
+// TestLayerVerityHook: the digests the export hands the applier (the
+// store's records, or computed where the tree has none) are, in tar order,
+// the fs-verity digests of exactly the contents the applier stores, and the
+// composefs image built from them is the one full hashing gives.
+func TestLayerVerityHook(t *testing.T) {
+	dir := t.TempDir()
+	root := chunkedTree(t, dir)
+	open := StoreOpener(filepath.Join(dir, "objects"))
+	for _, c := range []string{CompressionZstdChunked, CompressionNone} {
+		hashed := newComposefsOf(false)
+		told := newComposefsOf(true)
+		writerDone := told.told.start()
+		pr1, pw1 := io.Pipe()
+		pr2, pw2 := io.Pipe()
+		errs := make(chan error, 2)
+		go func() { errs <- hashed.apply(pr1, "hashed"); io.Copy(io.Discard, pr1) }()
+		go func() { errs <- told.apply(pr2, "told"); io.Copy(io.Discard, pr2) }()
+		n := 0
+		_, err := writeLayer(io.Discard, root, c, open, layerHooks{
+			tee: io.MultiWriter(pw1, pw2),
+			verity: func(name string, size int64, d [32]byte) error {
+				n++
+				told.told.tell(name, size, d)
+				return nil
+			},
+			workers: 3,
+		})
+		writerDone()
+		pw1.CloseWithError(err)
+		pw2.CloseWithError(err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, want, err := hashed.image()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := told.image()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("%s: composefs image from told digests %x, from hashing %x", c, got, want)
+		}
+		stored := 0
+		hashed.ap.Root.Walk(func(n *tree.Node) error {
+			if n.LinkTo == nil && n.Type() == tree.TypeReg && n.Size > layer.InlineMax {
+				stored++
+			}
+			return nil
+		})
+		if n != stored || n < 10 {
+			t.Errorf("%s: %d digests told, the applier stored %d files", c, n, stored)
+		}
+	}
+}
+
+// TestRollSum: the writer's rolling sum splits where containers/storage's does.
+func TestRollSum(t *testing.T) {
+	r := rand.New(rand.NewSource(3))
+	data := make([]byte, 4<<20)
+	r.Read(data)
+	for i := range data {
+		if i%1000 < 300 {
+			data[i] = 0
+		}
+	}
+	theirs := compressor.NewRollSum()
+	ours := newRollSum()
+	splits := 0
+	for i, b := range data {
+		theirs.Roll(b)
+		split := ours.roll(b)
+		if split != theirs.OnSplitWithBits(compressor.RollsumBits) {
+			t.Fatalf("byte %d: split %v, containers/storage's %v", i, split, !split)
+		}
+		if split {
+			splits++
+		}
+	}
+	if splits < 10 {
+		t.Fatalf("only %d splits in %d bytes", splits, len(data))
+	}
+}
