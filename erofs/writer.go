@@ -17,11 +17,29 @@ import (
 // external files); children may come in any order. BuildImage does not
 // modify it.
 func BuildImage(root *tree.Node, opts WriteOptions) ([]byte, error) {
+	return BuildImageInto(root, opts, func(size int) ([]byte, error) { return make([]byte, size), nil })
+}
+
+// BuildImageInto is BuildImage into memory that alloc provides: alloc is
+// called once with the image's size and returns that many zero bytes,
+// which BuildImageInto fills and returns. mkcomposefs passes the mapping
+// of the new image file, so the image goes straight to the page cache, with
+// neither a buffer in the heap nor a copy by write(2).
+func BuildImageInto(root *tree.Node, opts WriteOptions, alloc func(size int) ([]byte, error)) ([]byte, error) {
 	l, err := computeLayout(root, opts)
 	if err != nil {
 		return nil, fmt.Errorf("composefs image: %w", err)
 	}
-	buf := make([]byte, l.size)
+	if l.size != uint64(int(l.size)) {
+		return nil, fmt.Errorf("composefs image: %d bytes do not fit in memory", l.size)
+	}
+	buf, err := alloc(int(l.size))
+	if err != nil {
+		return nil, fmt.Errorf("composefs image: %w", err)
+	}
+	if uint64(len(buf)) != l.size {
+		return nil, fmt.Errorf("composefs image: %d bytes to write it into, want %d", len(buf), l.size)
+	}
 	l.write(buf)
 	return buf, nil
 }
