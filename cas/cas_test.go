@@ -811,3 +811,59 @@ func TestStoreIsPrivate(t *testing.T) {
 		t.Errorf("digest store object: %v %v, want mode 0644", st.Mode(), err)
 	}
 }
+
+// TestUnsynced: a store is unsynced from the first object of a batch until
+// Sync, and while another process's batch is pending (running or crashed);
+// an object that was already there starts no batch.
+func TestUnsynced(t *testing.T) {
+	s := newStore(t)
+	if s.Unsynced() {
+		t.Fatal("a new store is unsynced")
+	}
+	data := []byte("an object of the first batch, long enough to be one")
+	if _, err := s.PutBytes(data); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Unsynced() {
+		t.Fatal("synced with an object not yet synced")
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Unsynced() {
+		t.Fatal("unsynced after Sync")
+	}
+	if _, err := s.PutBytes(data); err != nil {
+		t.Fatal(err)
+	}
+	if s.Unsynced() {
+		t.Fatal("storing an object that is there started a batch")
+	}
+	// Another process's batch, still running, and then crashed.
+	other, err := Open(s.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.PutBytes([]byte("another writer's object, not synced")); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Unsynced() {
+		t.Fatal("synced while another writer's batch is pending")
+	}
+	child := startChild(t, s.Root(), false) // exits without Sync
+	if err := child.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Unsynced() {
+		t.Fatal("synced while a crashed writer's batch is pending")
+	}
+	if _, err := s.Recover(context.Background(), VerifyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if s.Unsynced() {
+		t.Fatal("unsynced after recovery")
+	}
+}

@@ -308,6 +308,35 @@ func (s *Store) Sync() error {
 	return nil
 }
 
+// Unsynced reports whether some objects of the store may not be durable
+// yet: an ingest batch, of this process or of another (running or
+// crashed), has not been synced. Without one, every object in the store is
+// durable, so a writer that stored no object of its own can make what it
+// publishes durable by syncing its own files instead of the whole file
+// system (Sync). A store without pending markers (no root) always answers
+// true.
+func (s *Store) Unsynced() bool {
+	if s.root == "" {
+		return true
+	}
+	s.pendingMu.Lock()
+	own := s.pending
+	s.pendingMu.Unlock()
+	if own != nil {
+		return true
+	}
+	f, err := os.Open(filepath.Join(s.root, pendingDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	return len(names) > 0 || err != nil && err != io.EOF
+}
+
 // VeritySupported reports whether fs-verity could be enabled on objects of
 // this store, as learned from the objects written so far; known is false
 // before the first attempt.

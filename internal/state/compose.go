@@ -247,10 +247,13 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Without new inputs nothing but our own few files is new: fsync them
-	// instead of syncing the whole file system (cheaper when other writers
-	// keep it busy). With new inputs, one syncfs covers their objects too.
-	targeted := len(opts.Add) == 0 && !trig.stored
+	// When no object is new (no new input, or new inputs whose contents
+	// were all inline or in the store and synced: no ingest batch of anyone
+	// is pending) and the triggers stored none, nothing but our own few
+	// files is new: fsync them instead of syncing the whole file system
+	// (which waits for every other writer's data too). Otherwise one syncfs
+	// covers the new objects as well.
+	targeted := !trig.stored && (len(opts.Add) == 0 || !s.store.Unsynced())
 	var id uint64
 	if opts.ID != 0 {
 		id, err = s.reserveID(opts.ID, targeted)
