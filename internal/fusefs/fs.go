@@ -108,6 +108,8 @@ type fileSystem struct {
 	// reads counts handle-less READ requests of external files, stores
 	// the content handed to the page cache unasked (tests).
 	reads, stores atomic.Int64
+	// lastMiss is when (UnixNano) a read last reached the daemon.
+	lastMiss atomic.Int64
 	// stored holds the node IDs whose whole content the prefetcher handed
 	// to the page cache.
 	stored sync.Map
@@ -480,6 +482,11 @@ func (f *fileSystem) readDir(input *fuse.ReadIn, out *fuse.DirEntryList, plus bo
 	g, nid, ents, st := f.dirOf(input.NodeId)
 	if !st.Ok() {
 		return st
+	}
+	if plus && input.Offset >= uint64(len(ents))+2 {
+		// The end of a listing: the kernel has the entries' inodes now,
+		// so what is prefetched can go to their page cache.
+		f.prefetchListed(g, ents)
 	}
 	for off := input.Offset; off < uint64(len(ents))+2; off++ {
 		de := fuse.DirEntry{Off: off + 1, Mode: tree.TypeDir}

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"sync"
+	"time"
 
 	"github.com/mossfs/mossfs/tree"
 )
@@ -19,15 +20,21 @@ import (
 // the daemon, and the disk works on several objects at once instead of
 // one. One file in the middle of the window is only opened and checked,
 // not stored: its read reaches the daemon cheaply and moves the window on,
-// as the kernel's readahead marks a page to start the next window. Only
-// small files are prefetched (larger ones have the kernel's readahead),
-// only after a read (listing a directory reads nothing), and a failed
-// check is not kept: the file's own read checks again and answers EIO.
+// as the kernel's readahead marks a page to start the next window. While
+// files are being read, a directory's listing also queues its first files
+// (prefetchListed), newest listing first, so that a reader walking a tree
+// depth first finds each directory's files ready. Only small files are
+// prefetched (larger ones have the kernel's readahead), only while files
+// are read (listings alone read nothing), and a failed check is not kept:
+// the file's own read checks again and answers EIO.
 const (
-	prefetchAhead   = 32      // files after the one read
+	prefetchAhead   = 64      // files after the one read
 	prefetchMaxSize = 1 << 20 // larger files are left to readahead
 	prefetchWorkers = 4
 	prefetchQueue   = 256
+	// Files queued because their directory was listed wait behind those
+	// queued after a read, which a reader is waiting for sooner.
+	listedQueue = 4096
 )
 
 // dirPos is where readDir listed a file: its directory and index there.
@@ -47,13 +54,15 @@ type prefetchJob struct {
 
 type prefetcher struct {
 	once    sync.Once
-	jobs    chan prefetchJob
-	pending sync.Map // node ID → struct{}: queued or being opened
+	jobs    chan prefetchJob // after a read
+	listed  jobStack         // after a listing (prefetchListed)
+	pending sync.Map         // node ID → struct{}: queued or being opened
 }
 
 // prefetchAfter queues the small external files that follow nid in the
 // directory it was listed in.
 func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
+	f.lastMiss.Store(time.Now().UnixNano())
 	v, ok := g.pos.Load(nid)
 	if !ok {
 		return
@@ -63,9 +72,33 @@ func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 	if !ok {
 		return
 	}
-	ents := d.([]Dirent)
+	f.prefetchWindow(g, d.([]Dirent), pos.idx, false)
+}
+
+// prefetchListed queues the first small files of a directory whose listing
+// the kernel has just taken in whole, if files of the mount are being read
+// (a read reached the daemon in the last readingWindow): a reader that
+// lists and then reads, as tar or cp -r do, then finds even the first
+// files of each directory in the page cache. Listings alone (find, ls -l)
+// read nothing.
+func (f *fileSystem) prefetchListed(g *generation, ents []Dirent) {
+	if !f.noOpen || time.Now().UnixNano()-f.lastMiss.Load() > int64(readingWindow) {
+		return
+	}
+	f.prefetchWindow(g, ents, -1, true)
+}
+
+// readingWindow is how long after a read that reached the daemon listings
+// still prefetch (prefetchListed).
+const readingWindow = 2 * time.Second
+
+// prefetchWindow queues the small external files of a directory's entries
+// ents after index idx, on the queue for listings if listed.
+func (f *fileSystem) prefetchWindow(g *generation, ents []Dirent, idx int, listed bool) {
+	pos := dirPos{idx: idx}
 	f.pf.once.Do(func() {
 		f.pf.jobs = make(chan prefetchJob, prefetchQueue)
+		f.pf.listed.tokens = make(chan struct{}, listedQueue)
 		for range prefetchWorkers {
 			go f.prefetchWorker()
 		}
@@ -73,6 +106,11 @@ func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 	// The marker is the first file queued from the middle of the window
 	// on: files before it may have been queued by the window before.
 	mark, marked := pos.idx+prefetchAhead/2, false
+	if listed {
+		// The first file: its read keeps the mount in reading mode.
+		mark = 0
+	}
+	var window []prefetchJob // listed: pushed at once, in order
 	for i := pos.idx + 1; i < len(ents) && i <= pos.idx+prefetchAhead; i++ {
 		e := ents[i]
 		if e.Type != tree.TypeReg {
@@ -94,6 +132,11 @@ func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 			continue
 		}
 		j := prefetchJob{g: g, in: in, id: id, marker: i >= mark && !marked}
+		if listed {
+			window = append(window, j)
+			marked = marked || j.marker
+			continue
+		}
 		select {
 		case f.pf.jobs <- j:
 			marked = marked || j.marker
@@ -102,11 +145,73 @@ func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 			return // the workers are behind: do not pile up
 		}
 	}
+	f.pf.listed.push(f, window)
 }
 
+// jobStack holds the files queued after listings, newest listing first: a
+// reader that walks a tree depth first (tar, cp -r) reads the files of the
+// directory it listed last before those of the directories above it.
+type jobStack struct {
+	mu     sync.Mutex
+	jobs   []prefetchJob
+	tokens chan struct{} // one per job pushed: wakes a worker
+}
+
+// push adds a directory's window, to be taken in listing order; when the
+// stack is full the oldest jobs are dropped.
+func (s *jobStack) push(f *fileSystem, window []prefetchJob) {
+	if len(window) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for i := len(window) - 1; i >= 0; i-- {
+		s.jobs = append(s.jobs, window[i])
+	}
+	if over := len(s.jobs) - listedQueue; over > 0 {
+		for _, j := range s.jobs[:over] {
+			f.pf.pending.Delete(j.id)
+		}
+		s.jobs = append(s.jobs[:0], s.jobs[over:]...)
+	}
+	s.mu.Unlock()
+	for range window {
+		select {
+		case s.tokens <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *jobStack) pop() (prefetchJob, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.jobs) == 0 {
+		return prefetchJob{}, false
+	}
+	j := s.jobs[len(s.jobs)-1]
+	s.jobs = s.jobs[:len(s.jobs)-1]
+	return j, true
+}
+
+// prefetchWorker takes jobs after reads first, then the newest after a
+// listing.
 func (f *fileSystem) prefetchWorker() {
-	for j := range f.pf.jobs {
-		f.prefetch(j)
+	for {
+		select {
+		case j := <-f.pf.jobs:
+			f.prefetch(j)
+			continue
+		default:
+		}
+		if j, ok := f.pf.listed.pop(); ok {
+			f.prefetch(j)
+			continue
+		}
+		select {
+		case j := <-f.pf.jobs:
+			f.prefetch(j)
+		case <-f.pf.listed.tokens:
+		}
 	}
 }
 

@@ -148,3 +148,96 @@ func TestNoOpenDirKeepsListingsCached(t *testing.T) {
 		}
 	}
 }
+
+// While files are being read, listing a directory prefetches its first
+// files into the page cache (the first one only opened and checked: its
+// read keeps the mount in reading mode); listing alone reads nothing.
+func TestPrefetchListedWhileReading(t *testing.T) {
+	testenv.RequireMountNS(t)
+	objects := t.TempDir()
+	root := &tree.Node{Mode: tree.TypeDir | 0o755, Nlink: 2}
+	content := map[string][]byte{}
+	for _, dn := range []string{"a", "b", "c"} {
+		d := &tree.Node{Name: dn, Mode: tree.TypeDir | 0o755, Nlink: 2}
+		root.AddChild(d)
+		for i := range 8 {
+			name := fmt.Sprintf("f%02d", i)
+			c := overlaytest.Content("l", "/"+dn+"/"+name, 2000+i)
+			sum := fsverity.Sum(c)
+			n := &tree.Node{Name: name, Mode: tree.TypeReg | 0o644, Nlink: 1, Size: uint64(len(c)), Digest: sum[:],
+				Payload: hex.EncodeToString(sum[:1]) + "/" + hex.EncodeToString(sum[1:])}
+			d.AddChild(n)
+			obj := filepath.Join(objects, n.Payload)
+			if err := os.MkdirAll(filepath.Dir(obj), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(obj, c, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			content[dn+"/"+name] = c
+		}
+	}
+	root.Sort()
+	src, err := NewTreeSource(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := mountOpts(t, Options{Source: src, Objects: objects})
+	if !s.fs.noOpen {
+		t.Skip("the kernel has no FUSE no-open support: reads go through handles")
+	}
+	// Listing only: nothing is read.
+	if _, err := os.ReadDir(filepath.Join(s.Target(), "c")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := s.fs.stores.Load(); n != 0 {
+		t.Fatalf("a listing with no reads stored %d files", n)
+	}
+	// A read, then a listing.
+	if _, err := os.ReadFile(filepath.Join(s.Target(), "a", "f00")); err != nil {
+		t.Fatal(err)
+	}
+	b := filepath.Join(s.Target(), "b")
+	if _, err := os.ReadDir(b); err != nil {
+		t.Fatal(err)
+	}
+	id := func(p string) uint64 {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return nodeID(s.fs.current(), st.Ino)
+	}
+	for i := 1; i < 8; i++ {
+		p := filepath.Join(b, fmt.Sprintf("f%02d", i))
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if _, ok := s.fs.stored.Load(id(p)); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not stored after the listing of b while reading", p)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !s.fs.objs.has(id(filepath.Join(b, "f00"))) {
+		t.Errorf("b/f00: the first file was not opened and checked")
+	}
+	before := s.fs.reads.Load()
+	for i := 1; i < 8; i++ {
+		name := fmt.Sprintf("b/f%02d", i)
+		got, err := os.ReadFile(filepath.Join(s.Target(), name))
+		if err != nil || !bytes.Equal(got, content[name]) {
+			t.Errorf("%s: %v (content equal: %v)", name, err, bytes.Equal(got, content[name]))
+		}
+	}
+	if n := s.fs.reads.Load() - before; n != 0 {
+		t.Errorf("reading b's prefetched files sent %d READ requests, want 0", n)
+	}
+	// c was listed before any read: its files were left alone.
+	if _, ok := s.fs.stored.Load(id(filepath.Join(s.Target(), "c", "f03"))); ok {
+		t.Errorf("c/f03 stored, though c was listed before anything was read")
+	}
+}
