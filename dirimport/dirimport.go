@@ -65,6 +65,10 @@ type Options struct {
 	// Sink receives the content of every external regular file. nil: digests
 	// are only computed.
 	Sink ObjectSink
+	// KeepInline also hands the content of inline files (1..InlineMax
+	// bytes, still inlined in the tree) to Sink, if it stores bytes: a
+	// store indexed by sha256 then offers them to partial pulls.
+	KeepInline bool
 	// UseEpoch sets every mtime to 0 (mkcomposefs --use-epoch).
 	UseEpoch bool
 	// SkipDevices leaves out character and block devices (--skip-devices).
@@ -439,6 +443,11 @@ func (im *importer) content(j *job) error {
 			return im.errorf(j.rel, fmt.Errorf("read %d bytes, stat said %d: file changed while being imported", k, j.size))
 		}
 		n.Content = buf[:k]
+		if bs, ok := im.opts.Sink.(bytesSink); ok && im.opts.KeepInline {
+			if _, err := bs.PutBytes(n.Content); err != nil {
+				return im.errorf(j.rel, err)
+			}
+		}
 		return nil
 	}
 	var d [32]byte

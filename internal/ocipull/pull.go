@@ -445,27 +445,41 @@ func (s *stager) Put(r io.Reader) ([32]byte, error) {
 	}
 	var sha [32]byte
 	h.Sum(sha[:0])
+	return d, s.add(sha, d, size, put)
+}
+
+// KeepInline stores the content of a file the tree inlines too, so that
+// the sha256 index offers it to later partial pulls (layer.InlineKeeper).
+func (s *stager) KeepInline(b []byte) error {
+	store := s.st.Store()
+	return s.add(sha256.Sum256(b), fsverity.Sum(b), int64(len(b)), func() ([32]byte, error) { return store.PutBytes(b) })
+}
+
+// add records content sha (object d, size bytes) for the pull, storing it
+// with put unless the store has it.
+func (s *stager) add(sha, d [32]byte, size int64, put func() ([32]byte, error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.seen[d] {
-		s.seen[d] = true
-		s.objects = append(s.objects, stagedObject{sha: sha, verity: d})
-		if store.Has(d) {
-			s.present++
-			s.presentBytes += size
-			return d, nil
-		}
-		got, err := put()
-		if err != nil {
-			return d, err
-		}
-		if got != d {
-			return d, fmt.Errorf("stored object %s, expected %s", cas.Payload(got), cas.Payload(d))
-		}
-		s.added = append(s.added, d)
-		s.newBytes += size
+	if s.seen[d] {
+		return nil
 	}
-	return d, nil
+	s.seen[d] = true
+	s.objects = append(s.objects, stagedObject{sha: sha, verity: d})
+	if s.st.Store().Has(d) {
+		s.present++
+		s.presentBytes += size
+		return nil
+	}
+	got, err := put()
+	if err != nil {
+		return err
+	}
+	if got != d {
+		return fmt.Errorf("stored object %s, expected %s", cas.Payload(got), cas.Payload(d))
+	}
+	s.added = append(s.added, d)
+	s.newBytes += size
+	return nil
 }
 
 // discard removes the objects this pull added, and syncs: the removal is

@@ -15,7 +15,9 @@ import (
 	"sync/atomic"
 
 	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/dirimport"
 	"github.com/mossfs/mossfs/erofs"
+	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/tree"
 )
 
@@ -58,7 +60,8 @@ type GCResult struct {
 // mounted ones (mount records carry the image, so a mounted transaction
 // removed with force keeps its image and objects). Live objects are marked
 // from the images themselves, read with the erofs reader (the payloads of
-// external files). It holds the exclusive lock, so no import or compose is
+// external files, and the digests of inline contents, which importers keep
+// as objects too so that the sha256 index offers them to partial pulls). It holds the exclusive lock, so no import or compose is
 // in flight: whatever is not referenced is garbage.
 func (s *State) GC(opts GCOptions) (*GCResult, error) {
 	lk, err := s.lockBoth(true, opts.Wait)
@@ -313,7 +316,9 @@ func markImages(paths []string) (map[[32]byte]struct{}, error) {
 	return live, nil
 }
 
-// imageObjects lists the objects an image's external files use. It walks
+// imageObjects lists the objects an image's external files use, and the
+// objects importers keep for its inline files (named by the digest of the
+// inline content: see IndexedSink and dirimport.Options.KeepInline). It walks
 // directories by nid and decodes only regular files' inodes (their
 // redirect), each once, instead of building the whole tree.
 func imageObjects(path string) ([][32]byte, error) {
@@ -326,6 +331,7 @@ func imageObjects(path string) ([][32]byte, error) {
 		return nil, fmt.Errorf("retained image %s: %w", path, err)
 	}
 	var out [][32]byte
+	var inline [dirimport.InlineMax]byte
 	seen := map[uint64]bool{}
 	var walk func(dir uint64, depth int) error
 	walk = func(dir uint64, depth int) error {
@@ -364,6 +370,14 @@ func imageObjects(path string) ([][32]byte, error) {
 						return fmt.Errorf("retained image %s: %s: %w", path, e.Name, err)
 					}
 					out = append(out, d)
+				} else if ino.HasInline && ino.Size <= dirimport.InlineMax {
+					// Importers keep inline contents as objects too (for
+					// the sha256 index): the image holds them by content.
+					n, err := img.ReadAt(e.Nid, inline[:ino.Size], 0)
+					if err != nil || n != int(ino.Size) {
+						return fmt.Errorf("retained image %s: %s: reading inline content: %d bytes, %v", path, e.Name, n, err)
+					}
+					out = append(out, fsverity.Sum(inline[:n]))
 				}
 			}
 		}

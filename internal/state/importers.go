@@ -266,7 +266,7 @@ func ParseTreeArg(arg string) (dir, prefix string) {
 // Tree imports a directory placed at prefix inside the image ("/" = its
 // root, whose metadata then becomes the image root's).
 func (im *Importer) Tree(ctx context.Context, dir, prefix string) (Fragment, error) {
-	root, err := dirimport.Import(ctx, dir, dirimport.Options{Sink: im.s.IndexedSink(), Progress: im.Progress, XattrNamespaces: im.XattrNamespaces})
+	root, err := dirimport.Import(ctx, dir, dirimport.Options{Sink: im.s.IndexedSink(), KeepInline: true, Progress: im.Progress, XattrNamespaces: im.XattrNamespaces})
 	if err != nil {
 		return Fragment{}, err
 	}

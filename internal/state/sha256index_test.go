@@ -202,3 +202,61 @@ func TestIndexAfterRecovery(t *testing.T) {
 		})
 	}
 }
+
+// TestSHA256IndexInline: a tree's files small enough to be inlined in the
+// EROFS image are kept as objects with index links too (so that partial
+// pulls find them); gc keeps them while an image holds their content
+// inline, and removes them with their links once none does.
+func TestSHA256IndexInline(t *testing.T) {
+	s := newState(t)
+	src := t.TempDir()
+	files := map[string]string{"tiny": "t", "small": strings.Repeat("s", 64), "big": big("big")}
+	for p, c := range files {
+		if err := os.WriteFile(filepath.Join(src, p), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im, err := s.NewImporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := im.Tree(context.Background(), src, "")
+	im.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Input = Input{Kind: KindTree, Name: "t"}
+	tx := compose(t, s, ComposeOptions{Add: []Fragment{f}})
+	// Still inline in the image: no redirect to an object.
+	root, err := s.Tree(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := root.Lookup("small"); n == nil || n.Payload != "" || string(n.Content) != files["small"] {
+		t.Fatalf("small file in the image: %+v", n)
+	}
+	check := func(when string) {
+		t.Helper()
+		for p, c := range files {
+			if !indexResolves(t, s, c) {
+				t.Errorf("%s: no index link for %s", when, p)
+			}
+		}
+		res, err := s.Verify(VerifyOptions{NoQuarantine: true})
+		if err != nil || !res.OK() || !res.Index.Complete() || res.Index.Links != 3 {
+			t.Errorf("%s: verify: %+v %+v %v", when, res, res.Index, err)
+		}
+	}
+	check("after compose")
+	g, err := s.GC(GCOptions{})
+	if err != nil || g.ObjectsRemoved != 0 || g.IndexLinksRemoved != 0 {
+		t.Fatalf("gc with the transaction: %+v %v", g, err)
+	}
+	check("after gc")
+	if err := s.Remove([]uint64{tx.ID}, true); err != nil {
+		t.Fatal(err)
+	}
+	if g, err = s.GC(GCOptions{}); err != nil || g.ObjectsRemoved != 3 || g.IndexLinksRemoved != 3 {
+		t.Fatalf("gc without the transaction: %+v %v; want 3 objects and 3 links removed", g, err)
+	}
+}

@@ -558,7 +558,8 @@ func TestStonesAndEarlyConflicts(t *testing.T) {
 	}
 }
 
-// The gc's nid-level walk finds exactly the payloads of the full tree.
+// The gc's nid-level walk finds exactly the payloads of the full tree, and
+// the objects importers keep for inline contents (by their digest).
 func TestImageObjectsMatchTree(t *testing.T) {
 	s := newState(t)
 	f := frag(t, s, pkg("a", "1"), file{path: "x/a", content: big("a")}, file{path: "x/y/b", content: big("b")},
@@ -577,6 +578,9 @@ func TestImageObjectsMatchTree(t *testing.T) {
 		if n.LinkTo == nil && n.Payload != "" {
 			want[n.Payload] = true
 		}
+		if n.LinkTo == nil && n.Mode&tree.TypeMask == tree.TypeReg && n.Payload == "" && len(n.Content) > 0 {
+			want[cas.Payload(fsverity.Sum(n.Content))] = true // x/small and .stateID
+		}
 		return nil
 	})
 	got, err := imageObjects(s.ImagePath(tx))
@@ -587,7 +591,7 @@ func TestImageObjectsMatchTree(t *testing.T) {
 	for _, d := range got {
 		gotSet[cas.Payload(d)] = true
 	}
-	if len(want) != 2 || len(gotSet) != len(want) {
+	if len(want) != 4 || len(gotSet) != len(want) {
 		t.Fatalf("imageObjects %v, tree %v", gotSet, want)
 	}
 	for p := range want {

@@ -73,6 +73,13 @@ func (l Limits) withDefaults() Limits {
 // ErrLimit is wrapped by errors for streams past a cap.
 var ErrLimit = errors.New("decompression cap exceeded")
 
+// InlineKeeper is the optional part of a Store that also keeps the contents
+// of files small enough to stay inline in the tree (the tree still inlines
+// them): a store indexed by sha256 offers them to partial pulls that way.
+type InlineKeeper interface {
+	KeepInline(b []byte) error
+}
+
 // Store keeps regular files' contents.
 type Store interface {
 	// Put stores the content read from r and returns the fs-verity digest
@@ -499,6 +506,11 @@ func (ap *apply) content(n *tree.Node, h *tar.Header, body io.Reader) error {
 			return fmt.Errorf("reading content: %w", err)
 		}
 		n.Content = b
+		if k, ok := ap.a.store.(InlineKeeper); ok {
+			if err := k.KeepInline(b); err != nil {
+				return fmt.Errorf("storing content: %w", err)
+			}
+		}
 	default:
 		cr := &countReader{r: body}
 		var d [32]byte
