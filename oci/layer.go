@@ -359,7 +359,7 @@ func getBuf(n int) []byte {
 }
 
 func putBuf(b []byte) {
-	if cap(b) > 0 && cap(b) <= bigFile*2 {
+	if cap(b) > 0 && cap(b) <= 4<<20 {
 		bufs.Put(&b)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/mossfs/mossfs/internal/ocipull"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -135,37 +134,48 @@ func runExport(cmd *cobra.Command, args []string) error {
 			return err
 		}
 	}
-	sys, err := oci.DestSystemContext(exportFlags.authfile, exportFlags.creds, exportFlags.tlsVerify)
+	req, err := exportRequest(s, args[1])
 	if err != nil {
 		return err
 	}
-	var report io.Writer
-	if !exportFlags.quiet && !exportFlags.json && cli.IsTerminal(os.Stderr) {
-		report = os.Stderr
+	req.Layers = []*tree.Node{root}
+	req.Config = oci.ExportConfig{
+		Entrypoint: exportFlags.entrypoint,
+		Cmd:        exportFlags.cmd,
+		Env:        exportFlags.env,
+		Labels:     labels,
+		Arch:       exportFlags.arch,
+		Created:    tx.Time,
+		CreatedBy:  fmt.Sprintf("moss-compose export %d (transaction image %s)", tx.ID, tx.Image),
 	}
-	res, err := oci.Export(cmd.Context(), oci.ExportRequest{
-		Layers: []*tree.Node{root},
-		Config: oci.ExportConfig{
-			Entrypoint: exportFlags.entrypoint,
-			Cmd:        exportFlags.cmd,
-			Env:        exportFlags.env,
-			Labels:     labels,
-			Arch:       exportFlags.arch,
-			Created:    tx.Time,
-			CreatedBy:  fmt.Sprintf("moss-compose export %d (transaction image %s)", tx.ID, tx.Image),
-		},
-		UsrDigest:   tx.Image,
-		Open:        oci.StoreOpener(s.Store().ObjectsDir()),
-		Compression: exportFlags.compression,
-		Dest:        args[1],
-		Sys:         sys,
-		TempDir:     exportFlags.tmpdir,
-		Report:      report,
-	})
+	req.UsrDigest = tx.Image
+	res, err := oci.Export(cmd.Context(), req)
 	if err != nil {
 		return err
 	}
 	return finishExport(res, tx.ID, fmt.Sprintf("transaction %d", tx.ID))
+}
+
+// exportRequest is what both exports (a transaction, a container image)
+// share: the store's contents, the compression, the destination and its
+// system context (auth, TLS), the staging directory and the progress
+// writer (a terminal only, and never with --quiet or --json).
+func exportRequest(s *state.State, dest string) (oci.ExportRequest, error) {
+	sys, err := oci.DestSystemContext(exportFlags.authfile, exportFlags.creds, exportFlags.tlsVerify)
+	if err != nil {
+		return oci.ExportRequest{}, err
+	}
+	req := oci.ExportRequest{
+		Open:        oci.StoreOpener(s.Store().ObjectsDir()),
+		Compression: exportFlags.compression,
+		Dest:        dest,
+		Sys:         sys,
+		TempDir:     exportFlags.tmpdir,
+	}
+	if !exportFlags.quiet && !exportFlags.json && cli.IsTerminal(os.Stderr) {
+		req.Report = os.Stderr
+	}
+	return req, nil
 }
 
 // finishExport writes the --composefs image and signature (signed for id)
@@ -227,24 +237,12 @@ func runExportContainer(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	sys, err := oci.DestSystemContext(exportFlags.authfile, exportFlags.creds, exportFlags.tlsVerify)
+	req, err := exportRequest(s, args[1])
 	if err != nil {
 		return err
 	}
-	var report io.Writer
-	if !exportFlags.quiet && !exportFlags.json && cli.IsTerminal(os.Stderr) {
-		report = os.Stderr
-	}
-	res, err := oci.Export(cmd.Context(), oci.ExportRequest{
-		Layers:      layers,
-		BaseConfig:  config,
-		Open:        oci.StoreOpener(s.Store().ObjectsDir()),
-		Compression: exportFlags.compression,
-		Dest:        args[1],
-		Sys:         sys,
-		TempDir:     exportFlags.tmpdir,
-		Report:      report,
-	})
+	req.Layers, req.BaseConfig = layers, config
+	res, err := oci.Export(cmd.Context(), req)
 	if err != nil {
 		return err
 	}
