@@ -3,6 +3,9 @@ package sharetest
 import (
 	"archive/tar"
 	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
@@ -14,8 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/dirimport"
+	"github.com/mossfs/mossfs/erofs"
+	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/testenv"
+	"github.com/mossfs/mossfs/tree"
 	"golang.org/x/sys/unix"
 )
 
@@ -249,8 +257,11 @@ func TestComposefsHelper(t *testing.T) {
 	os.WriteFile(f.RegConf, []byte("unqualified-search-registries = []\n[[registry]]\nlocation = \""+reg.Host+"\"\ninsecure = true\n"), 0o600)
 	f.Sys = sysContext(dir, f.RegConf)
 	lay := filepath.Join(dir, "layout")
+	// Both images go to the registry as moss-oci export writes them (our
+	// zstd:chunked writer, the composefs label of the merged tree).
+	ocitest.NewContainers(t, ocitest.Options{Registries: []string{reg.Host}}) // the blob-info cache on a tmpfs
 	ocitest.WriteLayout(t, lay, "layers", ocitest.Image{Layers: layers})
-	pushZstdChunked(t, lay, "layers", reg.Name("cfs/layers:1"), f.Sys)
+	label := exportImage(t, bin, lay, "layers", reg.Ref("cfs/layers:1"))
 	// Whiteouts: layer 0, then a layer removing data/a.txt (a whiteout)
 	// and making usr/lib opaque with one new file in it.
 	wh := ocitest.Tar(t,
@@ -262,7 +273,7 @@ func TestComposefsHelper(t *testing.T) {
 		ocitest.Entry{Name: "usr/lib/new.so", Body: "new library\n"},
 	)
 	ocitest.WriteLayout(t, lay, "whiteouts", ocitest.Image{Layers: [][]byte{layerTar(t, src, 0, func(string) int { return 0 }), wh}})
-	pushZstdChunked(t, lay, "whiteouts", reg.Name("cfs/whiteouts:1"), f.Sys)
+	whLabel := exportImage(t, bin, lay, "whiteouts", reg.Ref("cfs/whiteouts:1"))
 
 	storeDir := t.TempDir()
 	store := openStore(t, storageConf(t, storeDir, `[storage.options.overlay]
@@ -299,6 +310,11 @@ enable_partial_images = "true"
 	if d, _ := diffTrees(want, got, true); len(d) > 0 {
 		t.Errorf("composefs mount of cfs/layers:1 differs from the source tree:\n%s", strings.Join(d, "\n"))
 	}
+	// The export's label names the composefs image of this mount (the
+	// tree image pull's applier merges is the one containers/storage shows).
+	if d := composefsDigestOf(t, mnt); d != label {
+		t.Errorf("composefs mount of cfs/layers:1: composefs digest %s, the export's label %s", d, label)
+	}
 	store.UnmountImage(img.ID, true)
 
 	// Whiteouts: what OCI says the image holds, and what
@@ -319,7 +335,8 @@ enable_partial_images = "true"
 			present = append(present, p+" ("+n.Type+")")
 		}
 	}
-	t.Logf("whiteouts in a use_composefs pull: the mount shows %v", present)
+	t.Logf("whiteouts in a use_composefs pull: the mount shows %v; its composefs digest %s, the export's label (whiteouts applied) %s",
+		present, composefsDigestOf(t, mnt), whLabel)
 	// OCI: data/a.txt and usr/lib/libbig.so are gone, no .wh. name is
 	// visible. containers/storage v1.65 in composefs mode does not apply
 	// whiteouts (README and the closing note say so; our mkcomposefs
@@ -329,6 +346,50 @@ enable_partial_images = "true"
 	if !slices.Equal(present, wantPresent) {
 		t.Errorf("containers/storage's composefs mount now shows %v of the whiteout paths (was %v): whiteout handling changed, update README", present, wantPresent)
 	}
+}
+
+// exportImage pulls the image tag of the OCI layout lay into a store of
+// its own and exports it as itself to dest with moss-oci, returning the
+// composefs label of the export.
+func exportImage(t *testing.T, bin, lay, tag, dest string) string {
+	t.Helper()
+	dir := t.TempDir()
+	policy := filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "moss")
+	run(t, filepath.Join(bin, "moss-oci"), "image", "pull", "-q", "--root", root, "--signature-policy", policy, "--name", tag+":1", "oci:"+lay+":"+tag)
+	var res struct {
+		Composefs string `json:"composefs_fsverity"`
+	}
+	out := run(t, filepath.Join(bin, "moss-oci"), "export", "--json", "--root", root, "--tls-verify=false", tag+":1", dest)
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Composefs == "" {
+		t.Fatalf("export --json: %v\n%s", err, out)
+	}
+	return res.Composefs
+}
+
+// composefsDigestOf is the fs-verity digest of the composefs image of the
+// tree below dir, its root as an image's (0755, root's, no mtime).
+func composefsDigestOf(t *testing.T, dir string) string {
+	t.Helper()
+	st, err := cas.Create(filepath.Join(t.TempDir(), "scratch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := dirimport.Import(context.Background(), dir, dirimport.Options{Sink: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root.Mode, root.UID, root.GID, root.Mtime, root.Xattrs = tree.TypeDir|0o755, 0, 0, tree.Timespec{}, nil
+	root.Sort()
+	img, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := fsverity.Sum(img)
+	return hex.EncodeToString(d[:])
 }
 
 // isComposefsMount reports whether mnt is an overlay mount whose lower

@@ -142,12 +142,22 @@ func newDedupFixture(tb testing.TB, spec gentree.Spec) *dedupFixture {
 		tb.Fatal(err)
 	}
 	f.Sys = sysContext(dir, f.RegConf)
-	f.Current = "share/b-current:1"
-	pushZstdChunked(tb, bLay, "b", f.Reg.Name(f.Current), f.Sys)
-	f.Skopeo19 = "share/b-skopeo19:1"
-	// skopeo through ocitest: its own policy and registries.conf, and the
-	// blob-info cache on a tmpfs in this mount namespace (never the host's).
+	// skopeo and moss-oci through ocitest: its own policy and
+	// registries.conf, and the blob-info cache on a tmpfs in this mount
+	// namespace (never the host's).
 	c := ocitest.NewContainers(tb, ocitest.Options{Registries: []string{f.Reg.Host}})
+	// B in the current zstd:chunked format as moss-oci export writes it:
+	// pulled into a store of its own and pushed as itself (its layer
+	// rebuilt from the stored fragment by our zstd:chunked writer).
+	f.Current = "share/b-current:1"
+	bRoot := filepath.Join(dir, "b-store")
+	policy := filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	run(tb, filepath.Join(bin, "moss-oci"), "image", "pull", "-q", "--root", bRoot, "--signature-policy", policy, "--name", "b:1", "oci:"+bLay+":b")
+	run(tb, filepath.Join(bin, "moss-oci"), "export", "-q", "--root", bRoot, "--tls-verify=false", "b:1", f.Reg.Ref(f.Current))
+	f.Skopeo19 = "share/b-skopeo19:1"
 	c.Skopeo(tb, "copy", "-q", "--dest-tls-verify=false", "--dest-compress-format", "zstd:chunked", "oci:"+bLay+":b", f.Reg.Ref(f.Skopeo19))
 	return f
 }
