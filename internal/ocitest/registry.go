@@ -18,8 +18,13 @@
 // With RegistryOptions.Users, StartRegistryWith turns on the registry's
 // htpasswd authentication (bcrypt entries written by the test): every
 // request then needs basic credentials, and /v2/ answers 401 without them.
+// With Token too, the registry uses the bearer-token flow instead: its realm
+// is a TokenServer the test runs (reg.Token), which issues signed JWTs to
+// those users, and the registry checks them against the server's
+// certificate.
 //
 //	reg := ocitest.StartRegistryWith(t, ocitest.RegistryOptions{Users: map[string]string{"u": "p"}})
+//	reg := ocitest.StartRegistryWith(t, ocitest.RegistryOptions{Users: users, Token: true})
 //
 // Containers: the configuration podman and skopeo read (containers.conf,
 // storage.conf, registries.conf, policy.json, as in
@@ -76,6 +81,8 @@ type Registry struct {
 	Host    string // 127.0.0.1:PORT
 	Dir     string // its configuration, storage and log
 	LogPath string // the access log (the registry's stdout)
+	// Token is the token server (RegistryOptions.Token), else nil.
+	Token *TokenServer
 }
 
 // RegistryOptions changes how StartRegistryWith configures the registry.
@@ -84,6 +91,10 @@ type RegistryOptions struct {
 	// Users, when not empty, turns on htpasswd authentication with these
 	// user names and passwords.
 	Users map[string]string
+	// Token puts the Users behind the bearer-token flow instead of
+	// htpasswd: the registry's "auth: token:" with a TokenServer the test
+	// runs (Registry.Token) as its realm.
+	Token bool
 }
 
 // StartRegistry starts docker-registry on a free loopback port; t.Cleanup
@@ -100,7 +111,14 @@ func StartRegistryWith(t testing.TB, o RegistryOptions) *Registry {
 	bin := requireTool(t, "docker-registry")
 	dir := t.TempDir()
 	var auth string
-	if len(o.Users) > 0 {
+	var ts *TokenServer
+	if o.Token {
+		if len(o.Users) == 0 {
+			t.Fatal("ocitest: RegistryOptions.Token needs Users")
+		}
+		ts = StartTokenServer(t, dir, o.Users)
+		auth = ts.registryConfig()
+	} else if len(o.Users) > 0 {
 		path := filepath.Join(dir, "htpasswd")
 		var b strings.Builder
 		for u, p := range o.Users {
@@ -121,6 +139,7 @@ func StartRegistryWith(t testing.TB, o RegistryOptions) *Registry {
 	for attempt := 0; ; attempt++ {
 		r, err := startRegistry(t, bin, dir, auth, attempt)
 		if err == nil {
+			r.Token = ts
 			return r
 		}
 		if attempt >= 3 {
