@@ -248,47 +248,83 @@ func (f *frameWriter) cut(zeros bool) error {
 	return nil
 }
 
-// feed consumes content. Bytes are rolled one by one; runs of zeros are
-// held back until their length says whether they are data or a hole.
+// feed consumes content. Runs of bytes other than zero are rolled in bulk;
+// runs of zeros are held back until their length says whether they are
+// data (rolled then) or a hole.
 func (f *frameWriter) feed(p []byte) error {
-	seg := 0
-	rs := f.rs // a copy in registers for the loop
-	for i := 0; i < len(p); i++ {
-		b := p[i]
-		if b == 0 {
+	seg := 0 // start of the bytes rolled but not yet written
+	for i := 0; i < len(p); {
+		if p[i] == 0 {
 			if f.zeros == 0 {
-				f.rs = rs
 				if err := f.data(p[seg:i]); err != nil {
 					return err
 				}
 			}
-			f.zeros++
-			seg = i + 1
+			j := i
+			for j < len(p) && p[j] == 0 {
+				j++
+			}
+			f.zeros += int64(j - i)
+			i, seg = j, j
 			continue
 		}
 		if f.zeros > 0 {
-			f.rs = rs
 			if err := f.resolveZeros(); err != nil {
 				return err
 			}
-			rs = f.rs
 			seg = i
 		}
-		if rs.roll(b) {
-			f.rs = rs
-			if err := f.data(p[seg : i+1]); err != nil {
+		z := bytes.IndexByte(p[i:], 0)
+		if z < 0 {
+			z = len(p)
+		} else {
+			z += i
+		}
+		if err := f.rollRun(p, i, z, &seg); err != nil {
+			return err
+		}
+		i = z
+	}
+	if f.zeros == 0 {
+		return f.data(p[seg:])
+	}
+	return nil
+}
+
+// rollRun rolls p[i:z] (no zeros), cutting a chunk after each split. The
+// byte leaving the window is p[k-64] once 64 bytes of the run are rolled,
+// the window's before.
+func (f *frameWriter) rollRun(p []byte, i, z int, seg *int) error {
+	r := &f.rs
+	s1, s2, wofs := r.s1, r.s2, r.wofs
+	for k := i; k < z; k++ {
+		var drop uint32
+		if n := k - i; n < rollWindow {
+			w := (wofs + uint32(n)) & (rollWindow - 1)
+			drop = uint32(r.window[w])
+			r.window[w] = p[k]
+		} else {
+			drop = uint32(p[k-rollWindow])
+		}
+		s1 += uint32(p[k]) - drop
+		s2 += s1 - rollWindow*(drop+rollCharOffset)
+		if s2&rollSplitMask == rollSplitMask {
+			if err := f.data(p[*seg : k+1]); err != nil {
 				return err
 			}
 			if err := f.cut(false); err != nil {
 				return err
 			}
-			seg = i + 1
+			*seg = k + 1
 		}
 	}
-	f.rs = rs
-	if f.zeros == 0 {
-		return f.data(p[seg:])
+	if n := z - i; n >= rollWindow {
+		copy(r.window[:], p[z-rollWindow:z])
+		r.wofs = 0
+	} else {
+		r.wofs = (wofs + uint32(n)) & (rollWindow - 1)
 	}
+	r.s1, r.s2 = s1, s2
 	return nil
 }
 

@@ -19,11 +19,8 @@ import (
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/testenv"
-	"go.podman.io/image/v5/copy"
 	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/docker/reference"
-	"go.podman.io/image/v5/oci/layout"
-	"go.podman.io/image/v5/pkg/compression"
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 )
@@ -309,30 +306,6 @@ func policyContext(tb testing.TB) *signature.PolicyContext {
 	}
 	tb.Cleanup(func() { pc.Destroy() })
 	return pc
-}
-
-// pushZstdChunked copies an image from an OCI layout to the registry with
-// containers/image, its layers compressed to zstd:chunked as
-// containers/image 5.42 writes it (with tar-split).
-func pushZstdChunked(tb testing.TB, lay, tag, dest string, sys *types.SystemContext) {
-	tb.Helper()
-	src, err := layout.NewReference(lay, tag)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	named, err := reference.ParseNormalizedNamed(dest)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dst, err := docker.NewReference(named)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dctx := *sys
-	dctx.CompressionFormat = &compression.ZstdChunked
-	if _, err := copy.Image(context.Background(), policyContext(tb), dst, src, &copy.Options{DestinationCtx: &dctx, ForceCompressionFormat: true, ReportWriter: io.Discard}); err != nil {
-		tb.Fatalf("copy to %s: %v", dest, err)
-	}
 }
 
 // layerOf returns the digest and size of the only layer of repo:tag in
