@@ -6,8 +6,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -213,7 +215,7 @@ func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, 
 			return err
 		}
 	}
-	if kept := splitBase(base, remove, keys).kept; len(kept) > 0 {
+	if kept := splitBase(base, remove, keys).kept; len(kept) > 0 && !s.apartFromBase(base, frags) {
 		_, roots, err := s.loadFragments(base, kept, true)
 		if err != nil {
 			return err
@@ -229,6 +231,48 @@ func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, 
 		return a.Size == b.Size && pending[hex.EncodeToString(a.Digest)] != pending[hex.EncodeToString(b.Digest)]
 	})
 	return err
+}
+
+// apartFromBase reports whether the new inputs (frags) cannot conflict with
+// what base holds, as told by its image without loading its inputs: every
+// new input is a tree or a dump placed at a prefix that the image lacks,
+// every directory above it being a directory there (or missing). Such an
+// input provides the prefix, what is under it, and directories above it,
+// which merge. (Compose, which merges the base's inputs themselves, stays
+// the authority: this only spares the pre-check loading them.)
+func (s *State) apartFromBase(base *Transaction, frags []Fragment) bool {
+	if base == nil || len(frags) == 0 {
+		return false
+	}
+	for _, f := range frags {
+		if f.Input.Kind != KindTree && f.Input.Kind != KindDump || path.Clean("/"+f.Input.Prefix) == "/" {
+			return false
+		}
+	}
+	img, closeImg, err := erofs.OpenFile(s.ImagePath(base), nil)
+	if err != nil {
+		return false
+	}
+	defer closeImg()
+	for _, f := range frags {
+		dir := img.RootNid()
+		comps := strings.Split(strings.TrimPrefix(path.Clean("/"+f.Input.Prefix), "/"), "/")
+		for i, c := range comps {
+			nid, err := img.Lookup(dir, c)
+			if errors.Is(err, fs.ErrNotExist) {
+				break // nothing here or below
+			}
+			if err != nil || i == len(comps)-1 {
+				return false // the prefix itself is there: merge to see
+			}
+			ino, err := img.Inode(nid)
+			if err != nil || ino.Mode&tree.TypeMask != tree.TypeDir {
+				return false
+			}
+			dir = nid
+		}
+	}
+	return true
 }
 
 // CheckPackageConflicts checks, before anything is imported, the conflicts

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -174,5 +175,69 @@ func TestComposeFromNodeFiles(t *testing.T) {
 	owners, err := s.Owners(base, "/usr/bin/alpha2")
 	if err != nil || len(owners) != 1 || owners[0].Name != "alpha" {
 		t.Errorf("Owners(bin/alpha2) = %v, %v", owners, err)
+	}
+}
+
+// TestPreCheckApartFromBase: a tree placed where the base's image has
+// nothing is pre-checked without loading the base's inputs (their files
+// made garbage here, to tell), while one whose prefix or a directory above
+// it is taken in the image still gets the full check and its conflict.
+func TestPreCheckApartFromBase(t *testing.T) {
+	s := newState(t)
+	base := compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, Input{Kind: KindTree, Name: "/srv/t"},
+		file{path: "opt/file", content: "a file where a directory is wanted"}, file{path: "opt/dir/f", content: "x"})}})
+	for _, in := range base.Inputs {
+		for _, p := range []string{s.FragmentPath(base, in), s.NodesPath(base, in)} {
+			os.Chmod(filepath.Dir(p), 0o700)
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte("garbage"), 0o444); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	im, err := s.NewImporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "new"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for _, prefix := range []string{"/opt/x", "/srv/y/z", "/opt/dir/sub"} {
+		if err := im.PreCheck(ctx, base.ID, nil, NewInputs{Trees: []string{dir + ":" + prefix}}); err != nil {
+			t.Errorf("tree at %s, apart from the base: %v", prefix, err)
+		}
+	}
+	// Taken: the base's inputs are loaded (and found garbage here).
+	for _, prefix := range []string{"/opt/file/x", "/opt/dir", "/"} {
+		if err := im.PreCheck(ctx, base.ID, nil, NewInputs{Trees: []string{dir + ":" + prefix}}); err == nil {
+			t.Errorf("tree at %s: the base's inputs were not loaded", prefix)
+		}
+	}
+}
+
+// TestPreCheckApartConflict: where a directory above the prefix is a file
+// in the base, the pre-check reports the conflict, as without the image.
+func TestPreCheckApartConflict(t *testing.T) {
+	s := newState(t)
+	base := compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, Input{Kind: KindTree, Name: "/srv/t"},
+		file{path: "opt/file", content: "a file where a directory is wanted"})}})
+	im, err := s.NewImporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "new"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var ce *ConflictError
+	err = im.PreCheck(t.Context(), base.ID, nil, NewInputs{Trees: []string{dir + ":/opt/file/x"}})
+	if !errors.As(err, &ce) || ce.Conflicts[0].Path != "/opt/file" {
+		t.Fatalf("PreCheck = %v", err)
 	}
 }
