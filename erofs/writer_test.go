@@ -241,3 +241,42 @@ func TestWriteImageErrors(t *testing.T) {
 		t.Errorf("error %v does not wrap ErrFileTooBig", err)
 	}
 }
+
+// chunkRecorder keeps what WriteImage writes and the size of each write.
+type chunkRecorder struct {
+	bytes.Buffer
+	writes, largest int
+}
+
+func (c *chunkRecorder) Write(p []byte) (int, error) {
+	c.writes++
+	c.largest = max(c.largest, len(p))
+	return c.Buffer.Write(p)
+}
+
+// TestWriteImageStreams: WriteImage streams every asset through its window
+// and writes the same bytes as BuildImage (the image mkcomposefs writes),
+// also with windows small enough that pieces straddle them, gaps of zeros
+// cross them and directories' blocks do not fit in them.
+func TestWriteImageStreams(t *testing.T) {
+	positive, _ := composefsAssets(t)
+	defer func(w uint64) { streamWindow = w }(streamWindow)
+	for _, window := range []uint64{1 << 20, BlockSize, InodesStart + 100} {
+		streamWindow = window
+		for _, a := range positive {
+			root := parseAsset(t, a)
+			var rec chunkRecorder
+			if err := WriteImage(&rec, root, assetWriteOptions(a)); err != nil {
+				t.Fatalf("%s, window %d: WriteImage: %v", a.name, window, err)
+			}
+			sum := sha256.Sum256(rec.Bytes())
+			if got := hex.EncodeToString(sum[:]); got != a.sha256 {
+				img, _ := BuildImage(root, assetWriteOptions(a))
+				t.Fatalf("%s, window %d: streamed image sha256 %s, want %s: %s", a.name, window, got, a.sha256, diffImages(rec.Bytes(), img))
+			}
+			if window < 1<<20 && rec.Len() > 4*int(window) && rec.writes < rec.Len()/(4*int(window)) {
+				t.Errorf("%s, window %d: %d bytes in %d writes (largest %d): not streamed", a.name, window, rec.Len(), rec.writes, rec.largest)
+			}
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -133,25 +132,27 @@ func runMkcomposefs(cmd *cobra.Command, args []string) (err error) {
 		return fmt.Errorf("mkcomposefs: %w", err)
 	}
 
-	// A new or regular IMAGE is built straight into its temporary file.
-	var out *imageFile
-	alloc := func(size int) ([]byte, error) { return make([]byte, size), nil }
+	// The image is streamed to its destination (and to the fs-verity
+	// hasher for --print-digest): it is never whole in memory.
+	var hasher *fsverity.Hasher
+	var sinks []io.Writer
+	if f.printDigest || f.printDigestOnly {
+		hasher = fsverity.New()
+		sinks = append(sinks, hasher)
+	}
+	var out *imageOutput
 	if !f.printDigestOnly {
-		if out, err = newImageFile(image); err != nil {
+		if out, err = openImageOutput(image); err != nil {
 			return fmt.Errorf("mkcomposefs: %w", err)
 		}
-		if out != nil {
-			defer out.abort()
-			alloc = out.alloc
+		defer out.abort()
+		sinks = append(sinks, out.w)
+	}
+	if err := erofs.WriteImage(io.MultiWriter(sinks...), root, opts); err != nil {
+		if out != nil && out.written() {
+			return fmt.Errorf("mkcomposefs: %s: %w", out.name(), err)
 		}
-	}
-	img, err := erofs.BuildImageInto(root, opts, alloc)
-	if err != nil {
 		return fmt.Errorf("mkcomposefs: %s: %w", source, err)
-	}
-	var digest [32]byte
-	if f.printDigest || f.printDigestOnly {
-		digest = fsverity.Sum(img)
 	}
 	if store != nil {
 		// The image refers to these objects: make them durable first.
@@ -160,113 +161,124 @@ func runMkcomposefs(cmd *cobra.Command, args []string) (err error) {
 		}
 	}
 	if out != nil {
-		err = out.commit(img)
-	} else if !f.printDigestOnly {
-		err = writeImageFile(image, img)
+		if err := out.commit(); err != nil {
+			return fmt.Errorf("mkcomposefs: %w", err)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("mkcomposefs: %w", err)
-	}
-	if f.printDigest || f.printDigestOnly {
-		if _, err := fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(digest[:])); err != nil {
+	if hasher != nil {
+		d := hasher.Sum()
+		if _, err := fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(d[:])); err != nil {
 			return fmt.Errorf("mkcomposefs: print digest: %w", err)
 		}
 	}
 	return nil
 }
 
-// imageFile is the temporary file beside a new or regular IMAGE that the
-// image is built into: its space is allocated first (a full disk is an
-// error here, not a fault when the mapping is written), then the image is
-// written into its shared mapping, and commit syncs it and renames it into
-// place. Against building the image in the heap and write(2)-ing it, this
-// leaves out a copy of the image and the page faults of its buffer.
-type imageFile struct {
+// imageOutput is where mkcomposefs writes IMAGE. A new or regular file is
+// written through a temporary file in the same directory that is synced
+// and then renamed, so that IMAGE is either absent, the old file, or the
+// whole new image. Anything else (a symlink such as /proc/self/fd/3, which
+// containers/storage passes, a device, a fifo) is opened and written in
+// place, as mkcomposefs's fopen(path, "w") does; "-" is standard output.
+type imageOutput struct {
 	path string
-	tmp  *os.File
-	mem  []byte // the mapping, once alloc made it
+	f    *os.File // the temporary file, or the file opened in place
+	tmp  bool
+	w    *countingWriter
 	done bool
 }
 
-// newImageFile returns nil for an IMAGE that is not written through a
-// temporary file (standard output, a symlink, a device: see
-// writeImageFile).
-func newImageFile(path string) (*imageFile, error) {
-	if path == "-" {
-		return nil, nil
-	}
-	if st, err := os.Lstat(path); err == nil && !st.Mode().IsRegular() {
-		return nil, nil
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return nil, fmt.Errorf("write image: %w", err)
-	}
-	return &imageFile{path: path, tmp: tmp}, nil
+type countingWriter struct {
+	w io.Writer
+	n int64
 }
 
-// alloc sizes the file and maps it; where the file system cannot allocate
-// ahead (fallocate unsupported), the image is built in the heap instead and
-// commit writes it.
-func (w *imageFile) alloc(size int) ([]byte, error) {
-	if size > 0 {
-		err := unix.Fallocate(int(w.tmp.Fd()), 0, 0, int64(size))
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
-			return make([]byte, size), nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("write image %s: allocate %d bytes: %w", w.path, size, err)
-		}
-		mem, err := unix.Mmap(int(w.tmp.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		if err == nil {
-			w.mem = mem
-			return mem, nil
-		}
-	}
-	return make([]byte, size), nil
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
-// commit makes the image in the file (img, when it was not built in the
-// mapping) durable and renames it into place.
-func (w *imageFile) commit(img []byte) error {
-	if w.mem != nil {
-		err := unix.Munmap(w.mem)
-		w.mem = nil
+func openImageOutput(path string) (*imageOutput, error) {
+	o := &imageOutput{path: path}
+	switch st, err := os.Lstat(path); {
+	case path == "-":
+		o.w = &countingWriter{w: os.Stdout}
+		return o, nil
+	case err == nil && !st.Mode().IsRegular():
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 		if err != nil {
-			return fmt.Errorf("write image %s: %w", w.path, err)
+			return nil, fmt.Errorf("write image: %w", err)
 		}
-	} else if _, err := w.tmp.Write(img); err != nil {
-		return fmt.Errorf("write image %s: %w", w.path, err)
+		o.f = f
+	default:
+		f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+		if err != nil {
+			return nil, fmt.Errorf("write image: %w", err)
+		}
+		o.f, o.tmp = f, true
+	}
+	o.w = &countingWriter{w: o.f}
+	return o, nil
+}
+
+// name is what error messages call the output.
+func (o *imageOutput) name() string {
+	if o.path == "-" {
+		return "standard output"
+	}
+	return o.path
+}
+
+// written reports whether any of the image went out.
+func (o *imageOutput) written() bool { return o.w.n > 0 }
+
+// commit finishes the image: a temporary file gets fopen's mode, is synced
+// and renamed into place.
+func (o *imageOutput) commit() error {
+	o.done = true
+	if o.f == nil {
+		return nil
+	}
+	if !o.tmp {
+		if err := o.f.Close(); err != nil {
+			return fmt.Errorf("write image %s: %w", o.path, err)
+		}
+		return nil
+	}
+	fail := func(err error) error {
+		o.f.Close()
+		os.Remove(o.f.Name())
+		return fmt.Errorf("write image %s: %w", o.path, err)
 	}
 	// The mode fopen(path, "w") would give it.
 	umask := syscall.Umask(0)
 	syscall.Umask(umask)
-	if err := w.tmp.Chmod(0o666 &^ os.FileMode(umask)); err != nil {
-		return fmt.Errorf("write image %s: %w", w.path, err)
+	if err := o.f.Chmod(0o666 &^ os.FileMode(umask)); err != nil {
+		return fail(err)
 	}
-	if err := w.tmp.Sync(); err != nil {
-		return fmt.Errorf("write image %s: %w", w.path, err)
+	if err := o.f.Sync(); err != nil {
+		return fail(err)
 	}
-	if err := w.tmp.Close(); err != nil {
-		return fmt.Errorf("write image %s: %w", w.path, err)
+	if err := o.f.Close(); err != nil {
+		return fail(err)
 	}
-	if err := os.Rename(w.tmp.Name(), w.path); err != nil {
-		return fmt.Errorf("write image %s: %w", w.path, err)
+	if err := os.Rename(o.f.Name(), o.path); err != nil {
+		os.Remove(o.f.Name())
+		return fmt.Errorf("write image %s: %w", o.path, err)
 	}
-	w.done = true
 	return nil
 }
 
-// abort removes the temporary file unless commit renamed it.
-func (w *imageFile) abort() {
-	if w.done {
+// abort removes the temporary file unless commit ran.
+func (o *imageOutput) abort() {
+	if o.done || o.f == nil {
 		return
 	}
-	if w.mem != nil {
-		unix.Munmap(w.mem)
+	o.f.Close()
+	if o.tmp {
+		os.Remove(o.f.Name())
 	}
-	w.tmp.Close()
-	os.Remove(w.tmp.Name())
 }
 
 // readDumpSource parses a dump file, "-" being standard input.
@@ -276,8 +288,9 @@ func (w *imageFile) abort() {
 // stays until the process ends. For the 65k-entry dump of the benchmark
 // (12.8 MB) reading cost about 3,100 page faults and a copy, the mapping
 // about 200 faults. If the file is truncated while the tree is in use, the
-// parse (and the layout, in this goroutine) ends with an error instead of
-// a crash (SetPanicOnFault, recovered by the caller).
+// build (parse, layout and the streamed write all run in this goroutine)
+// ends with an error instead of a crash (SetPanicOnFault, recovered by the
+// caller).
 func readDumpSource(source string) (*tree.Node, error) {
 	opts := erofs.DumpOptions{Strict: os.Getenv("CFS_PARSE_STRICT") == "1", Name: source}
 	if source == "-" {
@@ -367,64 +380,4 @@ func importDirSource(ctx context.Context, dir string) (*tree.Node, *cas.Store, e
 		return nil, nil, err
 	}
 	return root, store, nil
-}
-
-// writeImageFile writes img to path ("-": standard output). A new or
-// regular file is written through a temporary file in the same directory
-// that is synced and then renamed, so that path is either absent, the old
-// file, or the whole new image. Anything else (a symlink such as
-// /proc/self/fd/3, which containers/storage passes, a device, a fifo) is
-// opened and written in place, as mkcomposefs's fopen(path, "w") does.
-func writeImageFile(path string, img []byte) error {
-	if path == "-" {
-		if _, err := io.Copy(os.Stdout, bytes.NewReader(img)); err != nil {
-			return fmt.Errorf("write image to standard output: %w", err)
-		}
-		return nil
-	}
-	if st, err := os.Lstat(path); err == nil && !st.Mode().IsRegular() {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
-		if err != nil {
-			return fmt.Errorf("write image: %w", err)
-		}
-		if _, err := f.Write(img); err != nil {
-			f.Close()
-			return fmt.Errorf("write image %s: %w", path, err)
-		}
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("write image %s: %w", path, err)
-		}
-		return nil
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write image: %w", err)
-	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(img); err != nil {
-		return fmt.Errorf("write image %s: %w", path, err)
-	}
-	// The mode fopen(path, "w") would give it.
-	umask := syscall.Umask(0)
-	syscall.Umask(umask)
-	if err := tmp.Chmod(0o666 &^ os.FileMode(umask)); err != nil {
-		return fmt.Errorf("write image %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write image %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write image %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write image %s: %w", path, err)
-	}
-	done = true
-	return nil
 }
