@@ -115,6 +115,7 @@ type toldStore struct {
 	cond  *sync.Cond
 	queue []toldDigest
 	done  bool // the writer ended: nothing more will be told
+	drain [256 << 10]byte
 }
 
 type toldDigest struct {
@@ -135,7 +136,8 @@ func (s *toldStore) Put(io.Reader) ([32]byte, error) {
 
 func (s *toldStore) PutEntry(h *tar.Header, r io.Reader) ([32]byte, error) {
 	// Drain first: the writer tells a digest once its content is through.
-	n, err := io.Copy(io.Discard, r)
+	// In large reads: each read of the tar stream is a hand-off on the pipe.
+	n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, r, s.drain[:])
 	if err != nil {
 		return [32]byte{}, err
 	}
