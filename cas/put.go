@@ -27,6 +27,16 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, smallMax); return &b
 
 // Put stores everything read from r and returns its fs-verity digest.
 func (s *Store) Put(r io.Reader) ([32]byte, error) {
+	d, _, err := s.PutHow(r)
+	return d, err
+}
+
+// PutHow is Put, also saying whether the store already held the object
+// (Present: nothing was written) or it was written (Copied). The content is
+// hashed once, as it is read: up to smallMax bytes in memory before anything
+// is written, larger content while it streams into a temporary file, which
+// is dropped if the object turns out to be present.
+func (s *Store) PutHow(r io.Reader) ([32]byte, How, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -35,19 +45,19 @@ func (s *Store) Put(r io.Reader) ([32]byte, error) {
 		return s.putBytes(buf[:n])
 	}
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("storing object: reading: %w", err)
+		return [32]byte{}, Copied, fmt.Errorf("storing object: reading: %w", err)
 	}
 	// Larger than smallMax: stream into a temporary file while hashing.
 	t, err := s.newTemp()
 	if err != nil {
-		return [32]byte{}, err
+		return [32]byte{}, Copied, err
 	}
 	defer t.discard()
 	h := fsverity.New()
 	for {
 		h.Write(buf[:n])
 		if _, err := t.f.Write(buf[:n]); err != nil {
-			return [32]byte{}, fmt.Errorf("storing object: %w", err)
+			return [32]byte{}, Copied, fmt.Errorf("storing object: %w", err)
 		}
 		n, err = io.ReadFull(r, buf)
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
@@ -57,17 +67,24 @@ func (s *Store) Put(r io.Reader) ([32]byte, error) {
 			continue
 		}
 		if err != nil {
-			return [32]byte{}, fmt.Errorf("storing object: reading: %w", err)
+			return [32]byte{}, Copied, fmt.Errorf("storing object: reading: %w", err)
 		}
 	}
 	d := h.Sum()
-	return d, s.commit(t, d, int64(h.Size64()))
+	size := int64(h.Size64())
+	if have, ok := s.objectSize(d); ok && have == size {
+		return d, Present, nil
+	}
+	return d, Copied, s.commit(t, d, size)
 }
 
 // PutBytes stores b and returns its fs-verity digest.
-func (s *Store) PutBytes(b []byte) ([32]byte, error) { return s.putBytes(b) }
+func (s *Store) PutBytes(b []byte) ([32]byte, error) {
+	d, _, err := s.putBytes(b)
+	return d, err
+}
 
-func (s *Store) putBytes(b []byte) ([32]byte, error) {
+func (s *Store) putBytes(b []byte) ([32]byte, How, error) {
 	var d [32]byte
 	if len(b) > smallMax {
 		d, _ = fsverity.DigestReaderAt(bytes.NewReader(b), int64(len(b)))
@@ -75,17 +92,17 @@ func (s *Store) putBytes(b []byte) ([32]byte, error) {
 		d = fsverity.Sum(b)
 	}
 	if size, ok := s.objectSize(d); ok && size == int64(len(b)) {
-		return d, nil
+		return d, Present, nil
 	}
 	t, err := s.newTemp()
 	if err != nil {
-		return d, err
+		return d, Copied, err
 	}
 	defer t.discard()
 	if _, err := t.f.Write(b); err != nil {
-		return d, fmt.Errorf("storing object: %w", err)
+		return d, Copied, fmt.Errorf("storing object: %w", err)
 	}
-	return d, s.commit(t, d, int64(len(b)))
+	return d, Copied, s.commit(t, d, int64(len(b)))
 }
 
 // PutFile stores a copy of the regular file at path and returns its

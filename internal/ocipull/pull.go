@@ -1,18 +1,18 @@
 package ocipull
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"github.com/mossfs/mossfs/oci"
+	"hash"
 	"io"
-	"os"
 	"strings"
 	"sync"
 
 	"github.com/mossfs/mossfs/cas"
-	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/oci"
 	"github.com/mossfs/mossfs/oci/layer"
 	"github.com/mossfs/mossfs/tree"
 	digest "github.com/opencontainers/go-digest"
@@ -390,12 +390,14 @@ func checkPolicy(ctx context.Context, path string, sys *types.SystemContext, unp
 	return nil
 }
 
-// stager stores a pull's contents: each file is hashed before it is
-// stored, so the pull knows which objects it added (and removes them if the
-// pull is refused) and which were present (the summary's bytes saved).
+// stager stores a pull's contents: each file is hashed (sha256 for the
+// index, fs-verity for its object) once, as it is read and stored, so the
+// pull knows which objects it added (and removes them if the pull is
+// refused) and which were present (the summary's bytes saved).
 type stager struct {
 	st           *state.State
 	mu           sync.Mutex
+	sha          hash.Hash
 	objects      []stagedObject
 	seen         map[[32]byte]bool
 	added        [][32]byte
@@ -406,80 +408,51 @@ type stager struct {
 
 type stagedObject struct{ sha, verity [32]byte }
 
-// spoolMax: contents up to this size are hashed in memory, larger ones
-// spooled to a temporary file in the state root first.
-const spoolMax = 8 << 20
-
 func (s *stager) Put(r io.Reader) ([32]byte, error) {
-	h := sha256.New()
-	buf, err := io.ReadAll(io.LimitReader(io.TeeReader(r, h), spoolMax+1))
-	if err != nil {
-		return [32]byte{}, err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sha == nil {
+		s.sha = sha256.New()
 	}
-	store := s.st.Store()
-	var d [32]byte
-	var size int64
-	var put func() ([32]byte, error)
-	if len(buf) <= spoolMax {
-		d, size = fsverity.Sum(buf), int64(len(buf))
-		put = func() ([32]byte, error) { return store.PutBytes(buf) }
-	} else {
-		f, err := os.CreateTemp(store.Root(), state.SpoolPrefix)
-		if err != nil {
-			return d, err
-		}
-		defer os.Remove(f.Name())
-		defer f.Close()
-		if _, err := f.Write(buf); err != nil {
-			return d, err
-		}
-		n, err := io.Copy(f, io.TeeReader(r, h))
-		if err != nil {
-			return d, err
-		}
-		size = int64(len(buf)) + n
-		if d, err = fsverity.DigestReaderAt(f, size); err != nil {
-			return d, err
-		}
-		put = func() ([32]byte, error) { return store.PutFile(f.Name()) }
+	s.sha.Reset()
+	cr := &countingReader{r: io.TeeReader(r, s.sha)}
+	d, how, err := s.st.Store().PutHow(cr)
+	if err != nil {
+		return d, err
 	}
 	var sha [32]byte
-	h.Sum(sha[:0])
-	return d, s.add(sha, d, size, put)
+	s.sha.Sum(sha[:0])
+	s.record(sha, d, cr.n, how)
+	return d, nil
 }
 
 // KeepInline stores the content of a file the tree inlines too, so that
 // the sha256 index offers it to later partial pulls (layer.InlineKeeper).
 func (s *stager) KeepInline(b []byte) error {
-	store := s.st.Store()
-	return s.add(sha256.Sum256(b), fsverity.Sum(b), int64(len(b)), func() ([32]byte, error) { return store.PutBytes(b) })
-}
-
-// add records content sha (object d, size bytes) for the pull, storing it
-// with put unless the store has it.
-func (s *stager) add(sha, d [32]byte, size int64, put func() ([32]byte, error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.seen[d] {
-		return nil
-	}
-	s.seen[d] = true
-	s.objects = append(s.objects, stagedObject{sha: sha, verity: d})
-	if s.st.Store().Has(d) {
-		s.present++
-		s.presentBytes += size
-		return nil
-	}
-	got, err := put()
+	d, how, err := s.st.Store().PutHow(bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
-	if got != d {
-		return fmt.Errorf("stored object %s, expected %s", cas.Payload(got), cas.Payload(d))
-	}
-	s.added = append(s.added, d)
-	s.newBytes += size
+	s.record(sha256.Sum256(b), d, int64(len(b)), how)
 	return nil
+}
+
+// record counts content sha (object d, size bytes) for the pull, once.
+func (s *stager) record(sha, d [32]byte, size int64, how cas.How) {
+	if s.seen[d] {
+		return
+	}
+	s.seen[d] = true
+	s.objects = append(s.objects, stagedObject{sha: sha, verity: d})
+	if how == cas.Present {
+		s.present++
+		s.presentBytes += size
+	} else {
+		s.added = append(s.added, d)
+		s.newBytes += size
+	}
 }
 
 // discard removes the objects this pull added, and syncs: the removal is
