@@ -23,6 +23,7 @@ import (
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/transports"
 	"go.podman.io/image/v5/types"
+	"golang.org/x/sync/errgroup"
 )
 
 // ParseReference parses a containers-transport reference as podman and
@@ -338,10 +339,8 @@ func Pull(ctx context.Context, st *state.State, refStr string, opts PullOptions)
 	}
 	// Every layer checked out: the contents get their index links, then
 	// the image, its directory and its record.
-	for _, o := range stg.objects {
-		if err := st.IndexAdd(o.sha, o.verity); err != nil {
-			return nil, err
-		}
+	if err := indexAll(st, stg.objects); err != nil {
+		return nil, err
 	}
 	out, err := st.AddContainer(state.ContainerAdd{Record: rec, Config: configBlob, Manifest: manRaw, Root: ap.Root, Layers: own})
 	if err != nil {
@@ -357,6 +356,30 @@ func Pull(ctx context.Context, st *state.State, refStr string, opts PullOptions)
 	res.Files, res.FilesPresent = len(stg.objects), stg.present
 	res.BytesPresent, res.BytesNew = stg.presentBytes, stg.newBytes
 	return res, nil
+}
+
+// indexWorkers: index links made at once. Each link is a symlink whose
+// target is too long for the inode: the kernel allocates an inode and a
+// block, and several in flight overlap that work (and its waits).
+const indexWorkers = 4
+
+// indexAll gives every object its sha256 index link.
+func indexAll(st *state.State, objects []stagedObject) error {
+	var g errgroup.Group
+	g.SetLimit(indexWorkers)
+	const chunk = 256
+	for i := 0; i < len(objects); i += chunk {
+		part := objects[i:min(i+chunk, len(objects))]
+		g.Go(func() error {
+			for _, o := range part {
+				if err := st.IndexAdd(o.sha, o.verity); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 func contains(list []string, s string) bool {
