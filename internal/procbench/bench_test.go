@@ -336,11 +336,18 @@ func BenchmarkMkcomposefsFromFile(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			img, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
+			// As the command writes it: streamed to the file, synced.
+			w, err := os.Create(out + ".inproc")
 			if err != nil {
 				b.Fatal(err)
 			}
-			if err := os.WriteFile(out+".inproc", img, 0o644); err != nil {
+			if err := erofs.WriteImage(w, root, erofs.DefaultWriteOptions()); err != nil {
+				b.Fatal(err)
+			}
+			if err := w.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			if err := w.Close(); err != nil {
 				b.Fatal(err)
 			}
 			return time.Since(start)
