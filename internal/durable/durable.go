@@ -6,15 +6,17 @@
 // flushes, one after the other; a batch costs two rounds: on a journalling
 // file system the first fsync of a round commits the journal for all of
 // them, and the flushes the others ask for at the same time are merged by
-// the block layer.
+// the block layer; without a journal (the development machines' root file
+// system is ext4 without one) each fsync writes its own inode and data, and
+// at the same time their writes and flushes overlap.
 //
 // Why fsyncs and not one syncfs(2) per file system: syncfs writes back
 // everything dirty on the file system, other programs' data too. On the
-// machine this was measured on (ext4 on virtio, shared with busy builds), a
-// bare syncfs cost 5–8 ms (median), an fsync of a new small file 0.7–1.2
-// ms, and a batch of four files in three directories (mossfs switch) 6.2 ms
-// with concurrent fsyncs against 8.6 ms one after the other and 7.4–14 ms
-// with syncfs rounds.
+// machine this was measured on (ext4 on virtio, shared with busy builds and
+// pulls), medians of three runs: a bare syncfs 5–37 ms, an fsync of a new
+// small file 0.7–1.7 ms; a batch of four files in three directories (mossfs
+// switch) 6.2–11.5 ms with concurrent fsyncs, 8.6–11.7 ms one after the
+// other, 7.4–37 ms with syncfs rounds.
 //
 // A crash leaves every target either old or new, never partly written; a
 // batch is not all-or-nothing (some renames may survive a crash, others not).
