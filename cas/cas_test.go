@@ -867,3 +867,25 @@ func TestUnsynced(t *testing.T) {
 		t.Fatal("unsynced after recovery")
 	}
 }
+
+// PutHow says whether it wrote the object or found it, and its digests are
+// the fsverity tool's, in memory and streamed (past smallMax) alike.
+func TestPutHow(t *testing.T) {
+	src := t.TempDir()
+	for i, size := range putSizes {
+		data := randomBytes(size, uint64(100+i))
+		path := filepath.Join(src, strconv.Itoa(size))
+		os.WriteFile(path, data, 0o600)
+		want := toolDigest(t, path)
+		s := newStore(t)
+		d, how, err := s.PutHow(bytes.NewReader(data))
+		if err != nil || d != want || how != Copied {
+			t.Fatalf("PutHow(%d bytes) = %x, %v, %v; want %x, copied", size, d, how, err, want)
+		}
+		checkObject(t, s, d, data)
+		if d, how, err = s.PutHow(io.MultiReader(bytes.NewReader(data[:size/2]), bytes.NewReader(data[size/2:]))); err != nil || d != want || how != Present {
+			t.Fatalf("PutHow(%d bytes) again = %x, %v, %v; want present", size, d, how, err)
+		}
+		checkObject(t, s, d, data)
+	}
+}
