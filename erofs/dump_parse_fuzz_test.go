@@ -7,8 +7,11 @@ import (
 )
 
 // FuzzParseDump: parsing never panics, and a dump that parses always makes
-// an image (the parser's checks cover the writer's).
+// an image (the parser's checks cover the writer's), the same streamed
+// through a small window (WriteImage) as built whole (BuildImage).
 func FuzzParseDump(f *testing.F) {
+	defer func(w uint64) { streamWindow = w }(streamWindow)
+	streamWindow = BlockSize
 	positive, negative := composefsAssets(f)
 	for _, a := range append(positive, negative...) {
 		data := readAsset(f, a)
@@ -34,6 +37,13 @@ func FuzzParseDump(f *testing.F) {
 		}
 		if len(img)%BlockSize != 0 {
 			t.Fatalf("image size %d", len(img))
+		}
+		var streamed bytes.Buffer
+		if err := WriteImage(&streamed, root, DefaultWriteOptions()); err != nil {
+			t.Fatalf("BuildImage made the image, WriteImage: %v", err)
+		}
+		if !bytes.Equal(streamed.Bytes(), img) {
+			t.Fatalf("streamed image differs from the built one: %s", diffImages(streamed.Bytes(), img))
 		}
 	})
 }
