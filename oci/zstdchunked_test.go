@@ -171,7 +171,7 @@ func TestZstdChunkedAsContainersStorage(t *testing.T) {
 		}
 	}
 	// The other compressions carry the same tar, whatever the workers and
-	// the CPUs (plain zstd compresses jobs of the stream in parallel).
+	// the CPUs.
 	for _, c := range []string{CompressionZstd, CompressionGzip} {
 		a, la := writeLayerBytes(t, root, c, open, layerHooks{workers: 1})
 		procs := runtime.GOMAXPROCS(1)
