@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -283,13 +284,8 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 
 	counts := make(chan Counts, 1)
 	go func() { counts <- CountTree(root) }() // beside the writer: both only read
-	img, err := erofs.BuildImage(root, erofs.DefaultWriteOptions())
+	imageHex, imageSize, err := s.streamImage(root, targeted)
 	tx := &Transaction{ID: id, Time: when, Inputs: inputs, Triggers: trig.records, Counts: <-counts, Moss: opts.Moss}
-	if err != nil {
-		<-inputsDone
-		return nil, fmt.Errorf("compose: building image: %w", err)
-	}
-	imageHex, err := s.writeImage(img, targeted)
 	if ierr := <-inputsDone; err == nil {
 		err = ierr
 	}
@@ -302,7 +298,7 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	if base != nil {
 		tx.Parent = base.ID
 	}
-	tx.Counts.Image = int64(len(img))
+	tx.Counts.Image = imageSize
 	// The objects, the image, the fragments and the counter are durable
 	// before the metadata that refers to them appears.
 	if targeted {
@@ -319,6 +315,42 @@ func (s *State) Compose(opts ComposeOptions) (*ComposeResult, error) {
 	}
 	res.Tx = tx
 	return res, nil
+}
+
+// streamImage writes the image of root into a temporary file under
+// images/ while its fs-verity digest is computed, and names it by the
+// digest. The image is never whole in memory (erofs.WriteImage streams it
+// through a small window): no image-sized buffer to fault in, no copy of
+// it.
+func (s *State) streamImage(root *tree.Node, durable bool) (string, int64, error) {
+	f, err := os.CreateTemp(s.ImagesDir(), ".tmp-image-")
+	if err != nil {
+		return "", 0, fmt.Errorf("writing image: %w", err)
+	}
+	h := fsverity.New()
+	err = erofs.WriteImage(io.MultiWriter(f, h), root, erofs.DefaultWriteOptions())
+	if err != nil {
+		err = fmt.Errorf("building image: %w", err)
+	}
+	if err == nil && durable {
+		err = f.Sync()
+	}
+	err = errors.Join(err, f.Chmod(PrivateFileMode), f.Close())
+	d := h.Sum()
+	imageHex := hex.EncodeToString(d[:])
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(s.ImagesDir(), imageHex))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", 0, fmt.Errorf("writing image: %w", err)
+	}
+	if durable {
+		if err := fsyncDir(s.ImagesDir()); err != nil {
+			return "", 0, err
+		}
+	}
+	return imageHex, int64(h.Size64()), nil
 }
 
 // writeImage stores an image under images/<fs-verity digest>, the digest
