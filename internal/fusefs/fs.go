@@ -105,6 +105,11 @@ type fileSystem struct {
 	noOpenDir bool
 	// dirReads counts READDIR(PLUS) requests (tests: listings are cached).
 	dirReads atomic.Int64
+	// linkReads counts READLINK requests (tests: targets are cached).
+	linkReads atomic.Int64
+	// cacheLinks is set when the kernel keeps symlink targets in their
+	// page cache (FUSE_CACHE_SYMLINKS, asked for at mount).
+	cacheLinks bool
 	// reads counts handle-less READ requests of external files, stores
 	// the content handed to the page cache unasked (tests).
 	reads, stores atomic.Int64
@@ -166,6 +171,7 @@ func (f *fileSystem) Init(s *fuse.Server) {
 		f.noOpen = true
 	}
 	f.noOpenDir = s.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT != 0
+	f.cacheLinks = s.KernelSettings().Flags64()&fuse.CAP_CACHE_SYMLINKS != 0
 }
 
 // guard turns a panic in a request (a reader bug on a hostile image, or a
@@ -376,6 +382,7 @@ func (f *fileSystem) GetAttr(cancel <-chan struct{}, input *fuse.GetAttrIn, out 
 
 func (f *fileSystem) Readlink(cancel <-chan struct{}, h *fuse.InHeader) (b []byte, st fuse.Status) {
 	defer f.guard(&st)
+	f.linkReads.Add(1)
 	_, _, in, st := f.inodeOf(h.NodeId)
 	if !st.Ok() {
 		return nil, st

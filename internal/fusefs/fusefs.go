@@ -140,6 +140,10 @@ func Mount(opts Options) (*Server, error) {
 		Logger:         opts.Logger,
 		DisableXAttrs:  false,
 		RememberInodes: false,
+		// Images never change (a switch gives every inode a new node
+		// ID): the kernel keeps a symlink's target in its page cache
+		// after the first READLINK (FUSE_CACHE_SYMLINKS).
+		EnableSymlinkCaching: true,
 	}
 	if opts.Beneath && (opts.Rootless || os.Geteuid() != 0) {
 		g.close()

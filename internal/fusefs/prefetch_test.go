@@ -241,3 +241,33 @@ func TestPrefetchListedWhileReading(t *testing.T) {
 		t.Errorf("c/f03 stored, though c was listed before anything was read")
 	}
 }
+
+// Symlink targets stay cached in the kernel (FUSE_CACHE_SYMLINKS): reading
+// a link again asks the daemon nothing, and gives the same target.
+func TestSymlinkTargetsCached(t *testing.T) {
+	testenv.RequireMountNS(t)
+	tx, src, objects := sampleSource(t, "a")
+	s := mountOpts(t, Options{Source: src, Objects: objects})
+	if !s.fs.cacheLinks {
+		t.Skip("the kernel does not offer FUSE_CACHE_SYMLINKS")
+	}
+	overlaytest.Compare(t, s.Target(), tx)
+	for _, name := range []string{"etc/tool-link", "etc/abs-link"} {
+		p := filepath.Join(s.Target(), name)
+		first, err := os.Readlink(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := s.fs.linkReads.Load()
+		again, err := os.Readlink(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := s.fs.linkReads.Load() - before; n != 0 {
+			t.Errorf("%s: reading it again sent %d READLINK requests, want 0 (cached)", name, n)
+		}
+		if again != first || first == "" {
+			t.Errorf("%s: target %q, then %q", name, first, again)
+		}
+	}
+}
