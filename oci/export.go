@@ -361,20 +361,22 @@ func writeLayerBlob(stage string, root *tree.Node, compression string, open Cont
 	if err != nil {
 		return nil, err
 	}
-	pr, pw := io.Pipe()
+	feed := newApplierFeed()
 	applied := make(chan error, 1)
 	writerDone := cfs.told.start()
 	go func() {
-		err := cfs.apply(pr, name)
-		pr.CloseWithError(err)
+		err := cfs.apply(feed, name)
+		if err != nil {
+			feed.drain()
+		}
 		applied <- err
 	}()
-	lb, err := writeLayer(f, root, compression, open, layerHooks{tee: pw, verity: func(name string, size int64, d [32]byte) error {
+	lb, err := writeLayer(f, root, compression, open, layerHooks{feed: feed, verity: func(name string, size int64, d [32]byte) error {
 		cfs.told.tell(name, size, d)
 		return nil
 	}})
 	writerDone()
-	pw.CloseWithError(err)
+	feed.close()
 	if aerr := <-applied; err == nil && aerr != nil {
 		err = fmt.Errorf("composefs image of the layer: %w", aerr)
 	}

@@ -106,8 +106,70 @@ type layerHooks struct {
 	// content's fs-verity digest: the store's record of the object, or
 	// computed from the content when the tree has none.
 	verity func(name string, size int64, d [32]byte) error
+	// feed, if set, receives the uncompressed tar like tee, but without
+	// making the writer wait for its reader, and with the contents the
+	// verity hook tells as lengths to skip.
+	feed *applierFeed
 	// workers overrides the number of workers (tests; 0: GOMAXPROCS).
 	workers int
+}
+
+// applierFeed is an uncompressed layer as the composefs applier reads it,
+// handed over through a channel so that the ordered writer never waits
+// for the applier (a pipe would make every write a rendezvous with a
+// goroutine that, with the workers on every CPU, waits to be scheduled):
+// headers and small contents as bytes, the contents whose digests are
+// told as lengths it reads as zeros.
+type applierFeed struct {
+	ch  chan feedPiece
+	cur feedPiece
+}
+
+type feedPiece struct {
+	b    []byte
+	skip int64
+}
+
+func newApplierFeed() *applierFeed { return &applierFeed{ch: make(chan feedPiece, 4096)} }
+
+func (f *applierFeed) data(b []byte) {
+	if len(b) > 0 {
+		f.ch <- feedPiece{b: b}
+	}
+}
+
+func (f *applierFeed) skip(n int64) {
+	if n > 0 {
+		f.ch <- feedPiece{skip: n}
+	}
+}
+
+// close ends the stream (the writer is done).
+func (f *applierFeed) close() { close(f.ch) }
+
+// drain discards what is still sent (the reader gave up).
+func (f *applierFeed) drain() {
+	for range f.ch {
+	}
+}
+
+func (f *applierFeed) Read(p []byte) (int, error) {
+	for len(f.cur.b) == 0 && f.cur.skip == 0 {
+		pc, ok := <-f.ch
+		if !ok {
+			return 0, io.EOF
+		}
+		f.cur = pc
+	}
+	if len(f.cur.b) > 0 {
+		n := copy(p, f.cur.b)
+		f.cur.b = f.cur.b[n:]
+		return n, nil
+	}
+	n := int(min(int64(len(p)), f.cur.skip))
+	clear(p[:n])
+	f.cur.skip -= int64(n)
+	return n, nil
 }
 
 // Tuning of the pipeline. Files larger than bigFile are read and
@@ -523,6 +585,9 @@ func (w *layerWriter) write(j *layerJob) error {
 	if _, err := w.plain.Write(j.pre); err != nil {
 		return err
 	}
+	if w.hooks.feed != nil {
+		w.hooks.feed.data(j.pre) // the producer's own copy, never reused
+	}
 	base := w.blob.n
 	if w.meta != nil && !j.big {
 		if j.ino == nil { // the last job: its headers and the end of archive in one frame
@@ -546,6 +611,13 @@ func (w *layerWriter) write(j *layerJob) error {
 	} else if j.ino != nil {
 		if _, err := w.plain.Write(j.content); err != nil {
 			return err
+		}
+	}
+	if j.ino != nil && w.hooks.feed != nil {
+		if w.wantVerity(j) {
+			w.hooks.feed.skip(int64(j.ino.Size))
+		} else {
+			w.hooks.feed.data(bytes.Clone(j.content)) // content buffers are reused
 		}
 	}
 	if j.ino != nil && w.wantVerity(j) {
