@@ -84,6 +84,10 @@ func (s *Store) PutBytes(b []byte) ([32]byte, error) {
 	return d, err
 }
 
+// PutBytesHow is PutBytes, also saying whether the object was present
+// (nothing written) or written.
+func (s *Store) PutBytesHow(b []byte) ([32]byte, How, error) { return s.putBytes(b) }
+
 func (s *Store) putBytes(b []byte) ([32]byte, How, error) {
 	var d [32]byte
 	if len(b) > smallMax {

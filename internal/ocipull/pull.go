@@ -421,6 +421,7 @@ type stager struct {
 	st           *state.State
 	mu           sync.Mutex
 	sha          hash.Hash
+	buf          []byte // Put's, grown up to inMemoryMax
 	objects      []stagedObject
 	seen         map[[32]byte]bool
 	added        [][32]byte
@@ -431,14 +432,43 @@ type stager struct {
 
 type stagedObject struct{ sha, verity [32]byte }
 
+// inMemoryMax: contents up to this size are read into memory and hashed
+// before anything is written, so one the store holds costs no write; larger
+// ones stream into the store while they are hashed.
+const inMemoryMax = 8 << 20
+
 func (s *stager) Put(r io.Reader) ([32]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.buf == nil {
+		s.buf = make([]byte, 1<<20)
+	}
+	n, err := io.ReadFull(r, s.buf)
+	for err == nil && len(s.buf) < inMemoryMax {
+		s.buf = append(s.buf, make([]byte, len(s.buf))...)
+		var m int
+		m, err = io.ReadFull(r, s.buf[n:])
+		n += m
+	}
+	switch err {
+	case io.EOF, io.ErrUnexpectedEOF:
+		b := s.buf[:n]
+		d, how, err := s.st.Store().PutBytesHow(b)
+		if err != nil {
+			return d, err
+		}
+		s.record(sha256.Sum256(b), d, int64(n), how)
+		return d, nil
+	case nil:
+	default:
+		return [32]byte{}, err
+	}
+	// Larger than inMemoryMax.
 	if s.sha == nil {
 		s.sha = sha256.New()
 	}
 	s.sha.Reset()
-	cr := &countingReader{r: io.TeeReader(r, s.sha)}
+	cr := &countingReader{r: io.TeeReader(io.MultiReader(bytes.NewReader(s.buf[:n]), r), s.sha)}
 	d, how, err := s.st.Store().PutHow(cr)
 	if err != nil {
 		return d, err
