@@ -93,13 +93,7 @@ func TestPullPartialWithBearerToken(t *testing.T) {
 // as --creds does, or with authFile in an auth.json.
 func pullPartialWithAuth(t *testing.T, reg *ocitest.Registry, authFile bool) *state.ContainerImage {
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "registries.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("unqualified-search-registries = []\n[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host)), 0o600)
-	policy := filepath.Join(dir, "policy.json")
-	os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600)
-	anon := &types.SystemContext{SystemRegistriesConfPath: conf, SystemRegistriesConfDirPath: filepath.Join(dir, "none"),
-		AuthFilePath: filepath.Join(dir, "auth.json"), BlobInfoCacheDir: filepath.Join(dir, "cache")}
-	os.WriteFile(anon.AuthFilePath, []byte(`{}`), 0o600)
+	anon, policy := registryClient(t, reg, dir)
 	authed := *anon
 	if authFile {
 		authed.AuthFilePath = filepath.Join(dir, "auth-moss.json")

@@ -16,7 +16,6 @@ import (
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/oci/layer"
 	"go.podman.io/image/v5/docker/reference"
-	"go.podman.io/image/v5/types"
 )
 
 // smallFilesImage is a layer of n files small enough to be inlined in the
@@ -73,13 +72,7 @@ func dropInlineContents(t *testing.T, st *state.State) int {
 func TestPullPartialInlineFilesPresent(t *testing.T) {
 	reg := ocitest.StartRegistry(t)
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "registries.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("unqualified-search-registries = []\n[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host)), 0o600)
-	policy := filepath.Join(dir, "policy.json")
-	os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600)
-	sys := &types.SystemContext{SystemRegistriesConfPath: conf, SystemRegistriesConfDirPath: filepath.Join(dir, "none"),
-		AuthFilePath: filepath.Join(dir, "auth.json"), BlobInfoCacheDir: filepath.Join(dir, "cache")}
-	os.WriteFile(sys.AuthFilePath, []byte(`{}`), 0o600)
+	sys, policy := registryClient(t, reg, dir)
 	const small = 300
 	lay := filepath.Join(dir, "layout")
 	for _, name := range []string{"a", "b"} {

@@ -12,7 +12,6 @@ import (
 	"github.com/mossfs/mossfs/internal/ocitest"
 	"github.com/mossfs/mossfs/internal/state"
 	"go.podman.io/image/v5/docker/reference"
-	"go.podman.io/image/v5/types"
 )
 
 // BenchmarkPullBAfterA times image pull of B (sharing 90% of A's files; the
@@ -24,13 +23,7 @@ import (
 func BenchmarkPullBAfterA(b *testing.B) {
 	reg := ocitest.StartRegistry(b)
 	dir := b.TempDir()
-	conf := filepath.Join(dir, "registries.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("unqualified-search-registries = []\n[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host)), 0o600)
-	policy := filepath.Join(dir, "policy.json")
-	os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600)
-	sys := &types.SystemContext{SystemRegistriesConfPath: conf, SystemRegistriesConfDirPath: filepath.Join(dir, "none"),
-		AuthFilePath: filepath.Join(dir, "auth.json"), BlobInfoCacheDir: filepath.Join(dir, "cache")}
-	os.WriteFile(sys.AuthFilePath, []byte(`{}`), 0o600)
+	sys, policy := registryClient(b, reg, dir)
 	lay := filepath.Join(dir, "layout")
 	spec := gentree.FromEnv()
 	for _, name := range []string{"a", "b"} {

@@ -212,13 +212,7 @@ func TestPartialPullBAfterA(t *testing.T) {
 func TestPullPartialBAfterA(t *testing.T) {
 	reg := ocitest.StartRegistry(t)
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "registries.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("unqualified-search-registries = []\n[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host)), 0o600)
-	policy := filepath.Join(dir, "policy.json")
-	os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600)
-	sys := &types.SystemContext{SystemRegistriesConfPath: conf, SystemRegistriesConfDirPath: filepath.Join(dir, "none"),
-		AuthFilePath: filepath.Join(dir, "auth.json"), BlobInfoCacheDir: filepath.Join(dir, "cache")}
-	os.WriteFile(sys.AuthFilePath, []byte(`{}`), 0o600)
+	sys, policy := registryClient(t, reg, dir)
 	lay := filepath.Join(dir, "layout")
 	for _, name := range []string{"a", "b"} {
 		ocitest.WriteLayout(t, lay, name, ocitest.Image{Layers: [][]byte{

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,14 +64,8 @@ func stagingDirs(t *testing.T, root string) []string {
 func TestCrashedPartialPull(t *testing.T) {
 	reg := ocitest.StartRegistry(t)
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "registries.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("unqualified-search-registries = []\n[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host)), 0o600)
-	policy := filepath.Join(dir, "policy.json")
-	os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600)
-	auth := filepath.Join(dir, "auth.json")
-	os.WriteFile(auth, []byte(`{}`), 0o600)
-	sys := &types.SystemContext{SystemRegistriesConfPath: conf, SystemRegistriesConfDirPath: filepath.Join(dir, "none"),
-		AuthFilePath: auth, BlobInfoCacheDir: filepath.Join(dir, "cache")}
+	sys, policy := registryClient(t, reg, dir)
+	conf, auth := sys.SystemRegistriesConfPath, sys.AuthFilePath
 	lay := filepath.Join(dir, "layout")
 	ocitest.WriteLayout(t, lay, "c", ocitest.Image{Layers: [][]byte{
 		ocitest.Tar(t, ocitest.Entry{Name: "etc/", Type: tar.TypeDir}, ocitest.Entry{Name: "etc/image", Body: "c\n"}),
