@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/erofs"
+	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/internal/hugeheap"
 	"github.com/mossfs/mossfs/internal/testenv"
 )
 
@@ -307,5 +309,48 @@ func TestMkcomposefsProcFd(t *testing.T) {
 	}
 	if got := sha256Hex(img); got != a.sha256 {
 		t.Errorf("%s: image sha256 %s, want %s", a.name, got, a.sha256)
+	}
+}
+
+// TestMkcomposefsLargeDump: a dump large enough that the build's heap is
+// made ready in huge pages first (hugeheap.Grow, from 2 MB of dump) gives
+// the image the library writes from the same tree, byte for byte, both from
+// the mapped file and from standard input.
+func TestMkcomposefsLargeDump(t *testing.T) {
+	root := gentree.Tree(gentree.Spec{Dirs: 400, Files: 12000, Symlinks: 300, TotalBytes: 1 << 20, Seed: 3})
+	var dump, want bytes.Buffer
+	if err := erofs.WriteDump(&dump, root); err != nil {
+		t.Fatal(err)
+	}
+	if dump.Len() < hugeheap.MinSize/4 {
+		t.Fatalf("the dump has %d bytes, too few for hugeheap.Grow (%d)", dump.Len(), hugeheap.MinSize/4)
+	}
+	if err := erofs.WriteImage(&want, root, erofs.DefaultWriteOptions()); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "tree.dump"), filepath.Join(dir, "tree.cfs")
+	if err := os.WriteFile(in, dump.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := mkcomposefsBin(t)
+	if b, err := exec.Command(bin, "--from-file", in, out).CombinedOutput(); err != nil {
+		t.Fatalf("mkcomposefs --from-file: %v\n%s", err, b)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Errorf("mkcomposefs --from-file %s (%d bytes): image differs from erofs.WriteImage's (%d vs %d bytes)", in, dump.Len(), len(got), want.Len())
+	}
+	cmd := exec.Command(bin, "--from-file", "-", "-")
+	cmd.Stdin = bytes.NewReader(dump.Bytes())
+	got, err = cmd.Output()
+	if err != nil {
+		t.Fatalf("mkcomposefs --from-file - -: %v", err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Errorf("mkcomposefs --from-file - -: image differs from erofs.WriteImage's (%d vs %d bytes)", len(got), want.Len())
 	}
 }
