@@ -25,6 +25,7 @@ import (
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/transports"
 	"go.podman.io/image/v5/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
@@ -243,11 +244,15 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 		}
 		tmp = ociDir
 	}
-	stage, err := os.MkdirTemp(tmp, "moss-export-")
+	stage, unlock, err := makeStage(tmp)
 	if err != nil {
 		return nil, fmt.Errorf("export: staging: %w", err)
 	}
+	defer unlock()
 	defer os.RemoveAll(stage)
+	if ociDir != "" && tmp == ociDir {
+		sweepStages(tmp) // what a killed export left in the layout
+	}
 	if err := os.MkdirAll(filepath.Join(stage, "blobs", "sha256"), 0o700); err != nil {
 		return nil, fmt.Errorf("export: staging: %w", err)
 	}
@@ -334,6 +339,78 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 		res.DiffIDs = append(res.DiffIDs, diffIDs[i].String())
 	}
 	return res, nil
+}
+
+// Staging directories: an export holds an exclusive flock on its own
+// while it runs. It locks the directory under a name sweepStages leaves
+// alone (stageNewPrefix) and only then renames it to stagePrefix, so a
+// stagePrefix directory nobody holds locked is one an export left when it
+// was killed.
+const (
+	stagePrefix    = "moss-export-"
+	stageNewPrefix = ".moss-export-new-"
+)
+
+// makeStage creates a locked staging directory in dir; unlock releases it
+// (after its removal).
+func makeStage(dir string) (stage string, unlock func(), err error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	tmp, err := os.MkdirTemp(dir, stageNewPrefix)
+	if err != nil {
+		return "", nil, err
+	}
+	fd, err := unix.Open(tmp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err == nil {
+		if err = unix.Flock(fd, unix.LOCK_EX); err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", nil, &os.PathError{Op: "lock", Path: tmp, Err: err}
+	}
+	stage = filepath.Join(dir, stagePrefix+strings.TrimPrefix(filepath.Base(tmp), stageNewPrefix))
+	if err := os.Rename(tmp, stage); err != nil {
+		unix.Close(fd)
+		os.Remove(tmp)
+		return "", nil, err
+	}
+	var once sync.Once
+	return stage, func() { once.Do(func() { unix.Close(fd) }) }, nil
+}
+
+// sweepStages removes the staging directories in dir that killed exports
+// left (no export holds their lock), and those a killed export had not yet
+// renamed (an hour old).
+func sweepStages(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if !e.IsDir() {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		switch {
+		case strings.HasPrefix(name, stagePrefix):
+			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				continue
+			}
+			if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+				os.RemoveAll(path)
+			}
+			unix.Close(fd)
+		case strings.HasPrefix(name, stageNewPrefix):
+			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
+				os.RemoveAll(path)
+			}
+		}
+	}
 }
 
 // linkBlobs hard-links the staged layer blobs into an OCI layout's blobs

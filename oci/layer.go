@@ -7,16 +7,12 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"hash"
 	"hash/crc64"
 	"io"
-	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -726,38 +722,6 @@ func (w *layerWriter) writeBig(j *layerJob) error {
 	j.crc, j.digest, j.chunks = crc.Sum(nil), d, slices.Clone(fw.chunks)
 	j.start, j.end = fw.start, fw.out.n
 	return nil
-}
-
-// StoreOpener returns a ContentOpener reading payloads from an object
-// directory (the store's cas/objects), beneath it: one openat2
-// (RESOLVE_BENEATH, no symlinks) per object, or os.Root's walk (a syscall
-// per component and more) where the kernel has no openat2.
-func StoreOpener(objectsDir string) ContentOpener {
-	root, rerr := os.OpenRoot(objectsDir)
-	var dirfd = -1
-	if rerr == nil {
-		dirfd, rerr = unix.Open(objectsDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	}
-	return func(n *tree.Node) (io.ReadCloser, error) {
-		if rerr != nil {
-			return nil, rerr
-		}
-		if strings.HasPrefix(n.Payload, "/") {
-			return nil, errors.New("absolute payload path")
-		}
-		fd, err := unix.Openat2(dirfd, n.Payload, &unix.OpenHow{
-			Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
-			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-		})
-		switch {
-		case err == nil:
-			return os.NewFile(uintptr(fd), filepath.Join(objectsDir, n.Payload)), nil
-		case errors.Is(err, unix.ENOSYS):
-			return root.Open(n.Payload)
-		default:
-			return nil, &os.PathError{Op: "openat2", Path: filepath.Join(objectsDir, n.Payload), Err: err}
-		}
-	}
 }
 
 type nopCloser struct{ io.Writer }

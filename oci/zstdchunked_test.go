@@ -114,6 +114,16 @@ func chunkedTree(t testing.TB, dir string) *tree.Node {
 	return root
 }
 
+// testObjects opens an object directory for the test's duration.
+func testObjects(t testing.TB, dir string) ContentOpener {
+	o, err := OpenObjectDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	return o.Open
+}
+
 func writeLayerBytes(t testing.TB, root *tree.Node, compression string, open ContentOpener, hooks layerHooks) ([]byte, *LayerBlob) {
 	t.Helper()
 	var out bytes.Buffer
@@ -135,7 +145,7 @@ func TestZstdChunkedAsContainersStorage(t *testing.T) {
 	time.Local = time.UTC
 	dir := t.TempDir()
 	root := chunkedTree(t, dir)
-	open := StoreOpener(filepath.Join(dir, "objects"))
+	open := testObjects(t, filepath.Join(dir, "objects"))
 
 	plain, plainLB := writeLayerBytes(t, root, CompressionNone, open, layerHooks{})
 	var want bytes.Buffer
@@ -191,7 +201,7 @@ func TestZstdChunkedAsContainersStorage(t *testing.T) {
 func TestLayerVerityHook(t *testing.T) {
 	dir := t.TempDir()
 	root := chunkedTree(t, dir)
-	open := StoreOpener(filepath.Join(dir, "objects"))
+	open := testObjects(t, filepath.Join(dir, "objects"))
 	for _, c := range []string{CompressionZstdChunked, CompressionNone} {
 		hashed := newComposefsOf(false)
 		told := newComposefsOf(true)

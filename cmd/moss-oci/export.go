@@ -134,10 +134,11 @@ func runExport(cmd *cobra.Command, args []string) error {
 			return err
 		}
 	}
-	req, err := exportRequest(s, args[1])
+	req, objs, err := exportRequest(s, args[1])
 	if err != nil {
 		return err
 	}
+	defer objs.Close()
 	req.Layers = []*tree.Node{root}
 	req.Config = oci.ExportConfig{
 		Entrypoint: exportFlags.entrypoint,
@@ -159,14 +160,19 @@ func runExport(cmd *cobra.Command, args []string) error {
 // exportRequest is what both exports (a transaction, a container image)
 // share: the store's contents, the compression, the destination and its
 // system context (auth, TLS), the staging directory and the progress
-// writer (a terminal only, and never with --quiet or --json).
-func exportRequest(s *state.State, dest string) (oci.ExportRequest, error) {
+// writer (a terminal only, and never with --quiet or --json). The caller
+// closes the returned object directory after the export.
+func exportRequest(s *state.State, dest string) (oci.ExportRequest, *oci.ObjectDir, error) {
 	sys, err := oci.DestSystemContext(exportFlags.authfile, exportFlags.creds, exportFlags.tlsVerify)
 	if err != nil {
-		return oci.ExportRequest{}, err
+		return oci.ExportRequest{}, nil, err
+	}
+	objs, err := oci.OpenObjectDir(s.Store().ObjectsDir())
+	if err != nil {
+		return oci.ExportRequest{}, nil, err
 	}
 	req := oci.ExportRequest{
-		Open:        oci.StoreOpener(s.Store().ObjectsDir()),
+		Open:        objs.Open,
 		Compression: exportFlags.compression,
 		Dest:        dest,
 		Sys:         sys,
@@ -175,7 +181,7 @@ func exportRequest(s *state.State, dest string) (oci.ExportRequest, error) {
 	if !exportFlags.quiet && !exportFlags.json && cli.IsTerminal(os.Stderr) {
 		req.Report = os.Stderr
 	}
-	return req, nil
+	return req, objs, nil
 }
 
 // finishExport writes the --composefs image and signature (signed for id)
@@ -237,10 +243,11 @@ func runExportContainer(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	req, err := exportRequest(s, args[1])
+	req, objs, err := exportRequest(s, args[1])
 	if err != nil {
 		return err
 	}
+	defer objs.Close()
 	req.Layers, req.BaseConfig = layers, config
 	res, err := oci.Export(cmd.Context(), req)
 	if err != nil {

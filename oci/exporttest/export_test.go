@@ -152,7 +152,12 @@ func txView(t *testing.T, root string) (*tree.Node, *state.Transaction) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view, err := importView(rfs, oci.StoreOpener(s.Store().ObjectsDir()))
+	objs, err := oci.OpenObjectDir(s.Store().ObjectsDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	view, err := importView(rfs, objs.Open)
 	if err != nil {
 		t.Fatal(err)
 	}
