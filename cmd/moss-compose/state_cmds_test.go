@@ -5,11 +5,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/internal/hugeheap"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"golang.org/x/sys/unix"
@@ -355,4 +359,75 @@ func TestComposeDumpAndXattrs(t *testing.T) {
 		}
 	}
 	mc(t, true, "state", "verify", "--root", root)
+}
+
+// TestComposeLargeBaseHugeHeap: a compose on a base large enough that its
+// heap is made ready in huge pages first (composeHugeHeap: from ~8k
+// entries, with the collector off) writes the image that the same compose
+// with the collector on (GOGC set: no huge-page heap) writes.
+func TestComposeLargeBaseHugeHeap(t *testing.T) {
+	spec := gentree.Spec{Dirs: 300, Files: 9000, Symlinks: 200, TotalBytes: 1 << 20, Seed: 4}
+	if spec.Entries()*composeHeapPerEntry < hugeheap.MinSize {
+		t.Fatalf("%d entries are too few for hugeheap.Grow", spec.Entries())
+	}
+	dir := t.TempDir()
+	tree, small := filepath.Join(dir, "tree"), filepath.Join(dir, "small")
+	os.Mkdir(tree, 0o755)
+	if _, err := gentree.Materialize(tree, spec); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(small, 0o755)
+	if err := os.WriteFile(filepath.Join(small, "new-file"), []byte("one new file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "state")
+	var res struct {
+		Tx struct {
+			ID    uint64 `json:"id"`
+			Image string `json:"image"`
+		} `json:"transaction"`
+	}
+	mcJSON(t, &res, "compose", "--root", root, "--skip-triggers", "--tree", tree)
+	images := map[string]string{}
+	for _, env := range []string{"", "GOGC=100"} {
+		// The same id both times (the image holds it, as /usr/.stateID).
+		mc(t, true, "state", "remove", "--root", root, "-q", "2-100") // and gc: the id is free again
+		cmd := exec.Command(mossCompose(t), "compose", "--root", root, "--skip-triggers", "--from", "1", "--id", "100", "--tree", small+":/opt/x", "--json")
+		cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000", "GOGC=", "GOMEMLIMIT=")
+		if env != "" {
+			cmd.Env = append(cmd.Env, env)
+		} else {
+			// The runtime's trace of collections shows Grow's: a
+			// forced one of a heap of at least hugeheap.MinSize.
+			cmd.Env = append(cmd.Env, "GODEBUG=gctrace=1")
+		}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("compose --from 1 (%q): %v\n%s", env, err, stderr.String())
+		}
+		if env == "" && !grewHeap(stderr.String()) {
+			t.Errorf("compose --from a %d-entry base ran no collection of a grown heap (hugeheap.Grow):\n%s", spec.Entries(), stderr.String())
+		}
+		if err := json.Unmarshal(out, &res); err != nil || res.Tx.Image == "" {
+			t.Fatalf("compose --from 1 (%q) --json: %v\n%s", env, err, out)
+		}
+		images[env] = res.Tx.Image
+	}
+	if images[""] != images["GOGC=100"] {
+		t.Errorf("compose --from a %d-entry base: image %s with the huge-page heap, %s with the collector on", spec.Entries(), images[""], images["GOGC=100"])
+	}
+}
+
+// grewHeap reports whether a gctrace (GODEBUG=gctrace=1) shows a forced
+// collection that began with at least hugeheap.MinSize of heap.
+func grewHeap(trace string) bool {
+	re := regexp.MustCompile(`, (\d+)->\d+->\d+ MB, .*\(forced\)`)
+	for _, m := range re.FindAllStringSubmatch(trace, -1) {
+		if n, err := strconv.Atoi(m[1]); err == nil && n<<20 >= hugeheap.MinSize {
+			return true
+		}
+	}
+	return false
 }
