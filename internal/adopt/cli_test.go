@@ -20,7 +20,8 @@ var (
 )
 
 // mossCompose builds the moss-compose command once per test binary
-// (statically, as make build does).
+// (statically, as make build does), with moss-oci beside it: "moss-compose
+// adopt" runs "moss-oci adopt", the program that links SQLite.
 func mossCompose(t *testing.T) string {
 	t.Helper()
 	cliOnce.Do(func() {
@@ -30,14 +31,14 @@ func mossCompose(t *testing.T) string {
 			return
 		}
 		cliBin = filepath.Join(dir, "moss-compose")
-		cmd := exec.Command("go", "build", "-o", cliBin, "github.com/mossfs/mossfs/cmd/moss-compose")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/mossfs/mossfs/cmd/moss-compose", "github.com/mossfs/mossfs/cmd/moss-oci")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			cliErr = &exec.ExitError{Stderr: out}
 		}
 	})
 	if cliErr != nil {
-		t.Fatalf("go build moss-compose: %v %s", cliErr, cliErr.(*exec.ExitError).Stderr)
+		t.Fatalf("go build moss-compose moss-oci: %v %s", cliErr, cliErr.(*exec.ExitError).Stderr)
 	}
 	return cliBin
 }
