@@ -54,6 +54,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/mossfs/mossfs/internal/jsonpeek"
+	"github.com/mossfs/mossfs/internal/smallfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -158,16 +160,18 @@ func Create(dir string) (*Store, error) {
 // algorithm or incompatible feature this package does not know.
 func Open(dir string) (*Store, error) {
 	path := filepath.Join(dir, metaName)
-	b, err := os.ReadFile(path)
+	b, err := smallfile.Read(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s: not an object store (no %s; create one with cas.Create, or open a bare digest store with cas.OpenObjectDir)", dir, metaName)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("opening object store: %w", err)
 	}
-	var m Meta
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: invalid JSON: %w", path, err)
+	m, ok := peekMeta(b)
+	if !ok {
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, fmt.Errorf("%s: invalid JSON: %w", path, err)
+		}
 	}
 	if m.Version != Version {
 		return nil, fmt.Errorf("%s: store version %d is not supported (this mossfs knows version %d)", path, m.Version, Version)
@@ -186,6 +190,31 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("opening object store: %s is not a directory", s.objects)
 	}
 	return s, nil
+}
+
+// peekMeta reads meta.json without encoding/json (package jsonpeek says
+// why) when it is as Create writes it: a plain version and algorithm, and
+// features without read-only-compatible or incompatible ones (the
+// compatible ones are ignored anyway). Otherwise it says no, and Open
+// decodes it with encoding/json.
+func peekMeta(b []byte) (Meta, bool) {
+	var m Meta
+	vals, ok := jsonpeek.Members(b, "version", "algorithm", "features")
+	if !ok {
+		return m, false
+	}
+	v, okV := jsonpeek.Uint(vals[0])
+	alg, okA := jsonpeek.String(vals[1])
+	if !okV || !okA || v > uint64(Version) {
+		return m, false
+	}
+	if vals[2] != nil && string(vals[2]) != "null" {
+		feat, ok := jsonpeek.Members(vals[2], "read-only-compatible", "incompatible")
+		if !ok || feat[0] != nil && !jsonpeek.EmptyArray(feat[0]) || feat[1] != nil && !jsonpeek.EmptyArray(feat[1]) {
+			return m, false
+		}
+	}
+	return Meta{Version: int(v), Algorithm: alg}, true
 }
 
 // OpenObjectDir opens a bare composefs digest store: objects directly at

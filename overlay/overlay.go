@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -241,27 +242,46 @@ func imageHasACL(path string) (bool, error) {
 // objectsHaveVerity reports whether the first object found in the store has
 // fs-verity enabled (statx STATX_ATTR_VERITY). Stores are all-or-nothing:
 // the cas package enables verity on every object where it can.
+//
+// It reads the directories only as far as the first object (in directory
+// order, not sorted): a switch pays for this on every mount, and a store's
+// objects/ holds 256 fan-out directories of many objects each.
 func objectsHaveVerity(dir string) bool {
-	fans, err := os.ReadDir(dir)
+	found := ""
+	firstEntry(dir, func(fan fs.DirEntry) bool {
+		if !fan.IsDir() || len(fan.Name()) != 2 {
+			return false
+		}
+		return firstEntry(dir+"/"+fan.Name(), func(o fs.DirEntry) bool {
+			if !o.Type().IsRegular() {
+				return false
+			}
+			found = dir + "/" + fan.Name() + "/" + o.Name()
+			return true
+		})
+	})
+	return found != "" && hasVerity(found)
+}
+
+// firstEntry calls ok for the entries of dir in directory order until it
+// returns true, and reports whether one did.
+func firstEntry(dir string, ok func(fs.DirEntry) bool) bool {
+	f, err := os.Open(dir)
 	if err != nil {
 		return false
 	}
-	for _, fan := range fans {
-		if !fan.IsDir() || len(fan.Name()) != 2 {
-			continue
-		}
-		objs, err := os.ReadDir(dir + "/" + fan.Name())
-		if err != nil {
-			continue
-		}
-		for _, o := range objs {
-			if !o.Type().IsRegular() {
-				continue
+	defer f.Close()
+	for {
+		ents, err := f.ReadDir(32)
+		for _, e := range ents {
+			if ok(e) {
+				return true
 			}
-			return hasVerity(dir + "/" + fan.Name() + "/" + o.Name())
+		}
+		if err != nil {
+			return false
 		}
 	}
-	return false
 }
 
 func hasVerity(path string) bool {

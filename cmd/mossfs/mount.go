@@ -395,11 +395,11 @@ func transactionSource(root string, id uint64) (mountSource, error) {
 
 // stateTransactionSource is transactionSource in a state root already open.
 func stateTransactionSource(st *state.State, id uint64) (mountSource, error) {
-	tx, err := st.Get(id)
+	img, err := st.ImageOf(id)
 	if err != nil {
 		return mountSource{}, err
 	}
-	src := mountSource{tx: id, image: st.ImagePath(tx), digest: tx.Image, objects: st.Store().ObjectsDir()}
+	src := mountSource{tx: id, image: st.ImagePath(&state.Transaction{ID: id, Image: img}), digest: img, objects: st.Store().ObjectsDir()}
 	if _, err := os.Stat(src.image); err != nil {
 		return mountSource{}, fmt.Errorf("transaction %d: image: %w", id, err)
 	}

@@ -87,8 +87,9 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 		return err
 	}
 	defer unlock()
-	// One open of the state root serves the whole switch.
-	st, err := openState(root)
+	// One open of the state root serves the whole switch; the upkeep of
+	// Open is left to the commands that add to it.
+	st, err := state.OpenExisting(root)
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
@@ -127,20 +128,15 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
-	rec, err := mountOnly(src, t, driver, verity)
-	if err != nil {
-		return fmt.Errorf("switch: %w", err)
-	}
-	// What a switch records goes to disk in one batch of durable writes (one
-	// fsync round, not one per file): the mount record, the previously
-	// active transaction, the active one (written by the state package,
-	// under its lock) and the boot loader's default entry.
+	// What a switch records goes to disk in one batch of durable writes
+	// (package durable): the active transaction (written by the state
+	// package, under its lock), the previously active one, the boot
+	// loader's default entry and the mount record. The batch begins before
+	// the mount, so that the data fsyncs run while the new mount is built
+	// and put in place; only then are the files renamed into place and
+	// their directories synced (Commit). If the mount fails, nothing is
+	// recorded (Abort).
 	var files []durable.File
-	recFile, err := mountrec.File(root, rec)
-	if err != nil {
-		return fmt.Errorf("switch: mounted, but recording the mount failed: %w", err)
-	}
-	files = append(files, recFile)
 	if prev != 0 && prev != id {
 		files = append(files, durable.File{Path: previousActivePath(root), Data: []byte(strconv.FormatUint(prev, 10) + "\n"), Perm: 0o644})
 	}
@@ -148,7 +144,22 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	if bootErr == nil {
 		files = append(files, bootFiles...)
 	}
-	if err := st.SetActive(id, files...); err != nil {
+	upd, err := st.BeginSetActive(id, files...)
+	if err != nil {
+		return fmt.Errorf("switch: %w", err)
+	}
+	rec, err := mountOnly(src, t, driver, verity)
+	if err != nil {
+		upd.Abort()
+		return fmt.Errorf("switch: %w", err)
+	}
+	recFile, err := mountrec.File(root, rec)
+	if err != nil {
+		upd.Abort()
+		return fmt.Errorf("switch: mounted, but recording the mount failed: %w", err)
+	}
+	upd.Add(recFile)
+	if err := upd.Commit(); err != nil {
 		// The mount is there: keep at least its record, which protects the
 		// transaction from removal.
 		if rerr := mountrec.Write(root, rec); rerr != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/bootcmd"
 	"github.com/mossfs/mossfs/internal/durable"
+	"github.com/mossfs/mossfs/internal/smallfile"
 )
 
 // DefaultKeep is how many of the newest transactions get an entry.
@@ -372,7 +373,7 @@ func setDefaultLine(conf, value string) error {
 
 // defaultLineFile returns loader.conf with its default line set to value.
 func defaultLineFile(conf, value string) (durable.File, error) {
-	data, err := os.ReadFile(conf)
+	data, err := smallfile.Read(conf)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return durable.File{}, fmt.Errorf("bls: %w", err)
 	}

@@ -141,23 +141,34 @@ func (c *crashFS) check(old, new []File) (newCount int, torn []string) {
 }
 
 // TestCrashKeepsBatch: once Write returns, a crash keeps every new file
-// whole. The same crash after a Write without its data fsyncs leaves empty
-// files, and without its directory fsyncs the old files: the check tells
-// each missing step, so it would notice one dropped from Write.
+// whole; so it does once Commit returns for a batch begun with some files
+// and added to later (as mossfs switch does around its mount). The same
+// crash after a Write without its data fsyncs leaves empty files, and
+// without its directory fsyncs the old files: the check tells each missing
+// step, so it would notice one dropped from Write.
 func TestCrashKeepsBatch(t *testing.T) {
 	for _, tc := range []struct {
 		name              string
 		dataSync, dirSync bool
+		split             bool // Begin with some files, Add the rest, Commit
 	}{
-		{"write", true, true},
-		{"without data fsync", false, true},
-		{"without directory fsync", true, false},
+		{"write", true, true, false},
+		{"begin, add, commit", true, true, true},
+		{"without data fsync", false, true, false},
+		{"without directory fsync", true, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCrashFS(t)
 			old, new := c.batch()
 			testSkip.dataSync, testSkip.dirSync = !tc.dataSync, !tc.dirSync
-			err := Write(new...)
+			var err error
+			if tc.split {
+				b := Begin(new[:2]...)
+				b.Add(new[2:]...)
+				err = b.Commit()
+			} else {
+				err = Write(new...)
+			}
 			testSkip.dataSync, testSkip.dirSync = false, false
 			if err != nil {
 				t.Fatal(err)

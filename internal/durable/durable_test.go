@@ -71,6 +71,40 @@ func TestWriteFailureLeavesNoTemporaryFiles(t *testing.T) {
 	noTemps(t, dir)
 }
 
+// TestAbortChangesNothing: a batch begun and aborted (a switch whose mount
+// failed) leaves the targets as they were and no temporary file; a batch
+// whose Begin failed reports it at Commit and writes nothing.
+func TestAbortChangesNothing(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, "old")
+	if err := os.WriteFile(old, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := Begin(File{Path: old, Data: []byte("new\n")})
+	b.Add(File{Path: filepath.Join(dir, "fresh"), Data: []byte("fresh\n")})
+	b.Abort()
+	if got, err := os.ReadFile(old); err != nil || string(got) != "old\n" {
+		t.Errorf("old: %q, %v after Abort", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "fresh")); !os.IsNotExist(err) {
+		t.Errorf("fresh exists after Abort: %v", err)
+	}
+	if err := b.Commit(); err == nil {
+		t.Error("Commit after Abort succeeded")
+	}
+	noTemps(t, dir)
+
+	b = Begin(File{Path: old, Data: []byte("new\n")})
+	b.Add(File{Path: filepath.Join(dir, "missing", "f")})
+	if err := b.Commit(); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("Commit of a batch with a file in a missing directory: %v, want an error naming it", err)
+	}
+	if got, err := os.ReadFile(old); err != nil || string(got) != "old\n" {
+		t.Errorf("old: %q, %v after a failed batch", got, err)
+	}
+	noTemps(t, dir)
+}
+
 func noTemps(t *testing.T, dir string) {
 	t.Helper()
 	ents, err := os.ReadDir(dir)

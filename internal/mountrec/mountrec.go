@@ -15,10 +15,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/mossfs/mossfs/internal/durable"
+	"github.com/mossfs/mossfs/internal/smallfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,7 +49,7 @@ type Record struct {
 // BootID returns the running kernel's boot id ("" if unknown), which
 // changes at every boot.
 func BootID() string {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	b, err := smallfile.Read("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return ""
 	}
@@ -109,11 +111,56 @@ func File(root string, r Record) (durable.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return durable.File{}, fmt.Errorf("mount record: %w", err)
 	}
-	data, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return durable.File{}, err
+	data, ok := encode(r)
+	if !ok {
+		var err error
+		if data, err = json.MarshalIndent(r, "", "  "); err != nil {
+			return durable.File{}, err
+		}
 	}
 	return durable.File{Path: filepath.Join(dir, Name(r.Target)), Data: append(data, '\n'), Perm: 0o600}, nil
+}
+
+// encode returns r as json.MarshalIndent(r, "", "  ") does, without
+// encoding/json (see package jsonpeek: a switch would pay for its first
+// use), when every string is plain: printable ASCII without the characters
+// encoding/json escapes ('"', '\\', '<', '>', '&'). Otherwise it says no.
+func encode(r Record) ([]byte, bool) {
+	if y := r.Time.Year(); y < 0 || y > 9999 {
+		return nil, false
+	}
+	b := make([]byte, 0, 512)
+	b = append(b, "{\n"...)
+	field := func(name, val string, omitEmpty bool) bool {
+		if val == "" && omitEmpty {
+			return true
+		}
+		for i := 0; i < len(val); i++ {
+			if c := val[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return false
+			}
+		}
+		b = append(b, `  "`...)
+		b = append(b, name...)
+		b = append(b, `": "`...)
+		b = append(b, val...)
+		b = append(b, "\",\n"...)
+		return true
+	}
+	ok := field("target", r.Target, false)
+	b = append(b, `  "tx": `...)
+	b = strconv.AppendUint(b, r.Tx, 10)
+	b = append(b, ",\n"...)
+	ok = ok && field("image", r.Image, true) && field("image_path", r.ImagePath, true) &&
+		field("objects", r.Objects, true) && field("driver", r.Driver, false) &&
+		field("verity", r.Verity, true) && field("method", r.Method, true) &&
+		field("time", r.Time.Format(time.RFC3339Nano), false) && field("boot_id", r.BootID, true)
+	if !ok {
+		return nil, false
+	}
+	// The last member has no comma.
+	b = append(b[:len(b)-2], "\n}"...)
+	return b, true
 }
 
 // Remove deletes the record of target (no error if there is none).
@@ -175,23 +222,29 @@ func List(root string) ([]Record, error) {
 // Lock serialises mount changes of a state root (flock on mounts/.lock).
 // It blocks until the lock is free; call the returned function to release.
 func Lock(root string) (func(), error) {
-	if err := os.MkdirAll(Dir(root), 0o700); err != nil {
-		return nil, fmt.Errorf("mount lock: %w", err)
-	}
 	path := filepath.Join(Dir(root), ".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	// A bare descriptor: an os.File would try the poller first (five more
+	// system calls, on every switch). The directory is made only when the
+	// lock file cannot be opened for want of it.
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err == unix.ENOENT {
+		if err := os.MkdirAll(Dir(root), 0o700); err != nil {
+			return nil, fmt.Errorf("mount lock: %w", err)
+		}
+		fd, err = unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("mount lock: %w", err)
+		return nil, fmt.Errorf("mount lock: %w", &os.PathError{Op: "open", Path: path, Err: err})
 	}
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		err = unix.Flock(fd, unix.LOCK_EX)
 		if err != unix.EINTR {
 			break
 		}
 	}
 	if err != nil {
-		f.Close()
+		unix.Close(fd)
 		return nil, fmt.Errorf("mount lock %s: %w", path, err)
 	}
-	return func() { f.Close() }, nil
+	return func() { unix.Close(fd) }, nil
 }

@@ -1,9 +1,12 @@
 package mountrec
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestName(t *testing.T) {
@@ -62,5 +65,32 @@ func TestWriteListRemove(t *testing.T) {
 	os.WriteFile(filepath.Join(Dir(root), "bad.json"), []byte("{"), 0o644)
 	if _, err := List(root); err == nil {
 		t.Fatal("corrupt record listed without error")
+	}
+}
+
+// TestEncodeIsMarshalIndent: the record text written without encoding/json
+// is byte for byte what json.MarshalIndent writes, with and without the
+// members that are left out when empty; strings encoding/json would escape
+// are left to it.
+func TestEncodeIsMarshalIndent(t *testing.T) {
+	at := time.Date(2026, 12, 7, 7, 56, 3, 469539477, time.UTC)
+	for _, r := range []Record{
+		{Target: "/usr", Tx: 2, Image: "c3b82ea0", ImagePath: "/.moss/images/c3b82ea0", Objects: "/.moss/cas/objects", Driver: "overlay", Verity: "off", Method: "detached-layer", Time: at, BootID: "a9253774-1542-47e2-ab08-0f79285f04e6"},
+		{Target: "/mnt/x y", Driver: "fuse", Time: at.Truncate(time.Second)},
+		{Target: "/", Tx: 18446744073709551615, Driver: "overlay", Time: time.Date(2026, 1, 1, 0, 0, 0, 1000, time.FixedZone("x", 3600))},
+		{Target: "/a\"b", Driver: "overlay", Time: at},
+		{Target: "/a<b>&c", Driver: "overlay", Time: at},
+		{Target: "/é\x01\\", Driver: "overlay", Time: at},
+		{Target: "/t", Driver: "overlay", Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
+	} {
+		want, werr := json.MarshalIndent(r, "", "  ")
+		got, ok := encode(r)
+		plain := !strings.ContainsAny(r.Target, "\"<>&\\\x01é") && r.Time.Year() <= 9999
+		if ok != plain {
+			t.Errorf("%+v: encode says %v, want %v", r, ok, plain)
+		}
+		if ok && (werr != nil || string(got) != string(want)) {
+			t.Errorf("encode:\n%s\njson.MarshalIndent (%v):\n%s", got, werr, want)
+		}
 	}
 }

@@ -56,6 +56,8 @@ import (
 	"sync/atomic"
 
 	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/internal/jsonpeek"
+	"github.com/mossfs/mossfs/internal/smallfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -88,14 +90,21 @@ type formatFile struct {
 // readFormat reads and checks state.json.
 func readFormat(root string) (formatFile, error) {
 	var f formatFile
-	data, err := os.ReadFile(filepath.Join(root, "state.json"))
+	data, err := smallfile.Read(filepath.Join(root, "state.json"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return f, fmt.Errorf("open state %s: not a mossfs state root (no state.json; create one with import or compose)", root)
 		}
 		return f, fmt.Errorf("open state: %w", err)
 	}
-	if err := json.Unmarshal(data, &f); err != nil {
+	// Most often the exact text Create writes: read without encoding/json
+	// (package jsonpeek says why).
+	vals, ok := jsonpeek.Members(data, "format", "version")
+	format, okF := jsonpeek.String(vals[0])
+	version, okV := jsonpeek.Uint(vals[1])
+	if ok && okF && okV && version <= uint64(FormatVersion) {
+		f = formatFile{Format: format, Version: int(version)}
+	} else if err := json.Unmarshal(data, &f); err != nil {
 		return f, fmt.Errorf("open state: %s: %w", filepath.Join(root, "state.json"), err)
 	}
 	if f.Format != formatName || f.Version != FormatVersion {
@@ -129,6 +138,26 @@ func Open(root string) (*State, error) {
 	}
 	s.store = st
 	return s, nil
+}
+
+// OpenExisting opens an existing state root as Open does, without Open's
+// upkeep: it neither creates missing directories nor makes private what
+// others could reach (which looks at every top-level entry). It is for
+// commands that only replace a few records, such as mossfs switch, which
+// pays for every system call; the commands that add to the state root
+// (import, compose, gc) open it with Open and keep it up.
+func OpenExisting(root string) (*State, error) {
+	if _, err := readFormat(root); err != nil {
+		return nil, err
+	}
+	st, err := cas.Open(filepath.Join(root, "cas"))
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, fmt.Errorf("open state %s: %w (the store is private to its owner; others can read only %s)", root, err, strings.Join(PublicRecords, ", "))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w", root, err)
+	}
+	return &State{root: root, store: st}, nil
 }
 
 // OpenRecords opens a state root for reading only the records any user may
@@ -430,7 +459,7 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode, durable bool) e
 }
 
 func readUint(path string) (uint64, bool, error) {
-	data, err := os.ReadFile(path)
+	data, err := smallfile.Read(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, false, nil
 	}

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/mossfs/mossfs/internal/durable"
+	"github.com/mossfs/mossfs/internal/jsonpeek"
 	"github.com/mossfs/mossfs/internal/mountrec"
+	"github.com/mossfs/mossfs/internal/smallfile"
 )
 
 // Transaction is the metadata record of one transaction.
@@ -139,12 +141,9 @@ func (tx *Transaction) ImageDigest() ([32]byte, error) {
 // Get returns the transaction with the given id (ErrNotFound if none).
 func (s *State) Get(id uint64) (*Transaction, error) {
 	path := s.metaPath(id)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("transaction %d: %w", id, ErrNotFound)
-	}
+	data, err := s.readMeta(id)
 	if err != nil {
-		return nil, fmt.Errorf("transaction %d: %w", id, err)
+		return nil, err
 	}
 	var tx Transaction
 	if err := json.Unmarshal(data, &tx); err != nil {
@@ -157,6 +156,48 @@ func (s *State) Get(id uint64) (*Transaction, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &tx, nil
+}
+
+func (s *State) readMeta(id uint64) ([]byte, error) {
+	data, err := smallfile.Read(s.metaPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("transaction %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("transaction %d: %w", id, err)
+	}
+	return data, nil
+}
+
+// ImageOf returns the image digest (hex) of transaction id, as
+// Get(id).Image, checked as Get checks it; it reads only the id and image
+// members of the record, without encoding/json where they are plain (see
+// package jsonpeek): mounting or switching to a transaction needs nothing
+// else, and a process that needs no other JSON saves encoding/json's first
+// use. Of the other members it checks only that the record is valid JSON.
+func (s *State) ImageOf(id uint64) (string, error) {
+	data, err := s.readMeta(id)
+	if err != nil {
+		return "", err
+	}
+	vals, ok := jsonpeek.Members(data, "id", "image")
+	rid, okID := jsonpeek.Uint(vals[0])
+	img, okImg := jsonpeek.String(vals[1])
+	if !ok || !okID || !okImg {
+		tx, err := s.Get(id)
+		if err != nil {
+			return "", err
+		}
+		return tx.Image, nil
+	}
+	tx := Transaction{ID: rid, Image: img}
+	if tx.ID != id {
+		return "", fmt.Errorf("transaction %d: %s records id %d", id, s.metaPath(id), tx.ID)
+	}
+	if _, err := tx.ImageDigest(); err != nil {
+		return "", fmt.Errorf("%s: %w", s.metaPath(id), err)
+	}
+	return img, nil
 }
 
 // IDs returns the ids of all transactions in ascending order.
@@ -224,22 +265,67 @@ func (s *State) Active() (uint64, error) {
 // SetActive records id as the active transaction (durably).
 //
 // The files in also are written in the same batch of durable writes
-// (package durable: one fsync round for all), under the same lock: mossfs
-// switch records the mount and the boot default with it.
+// (package durable: one fsync round for all), under the same lock.
 func (s *State) SetActive(id uint64, also ...durable.File) error {
-	l, err := s.txLock()
-	if err != nil {
-		return err
-	}
-	defer l.Unlock()
 	if _, err := s.Get(id); err != nil {
 		return fmt.Errorf("set active: %w", err)
 	}
+	u, err := s.BeginSetActive(id, also...)
+	if err != nil {
+		return err
+	}
+	return u.Commit()
+}
+
+// ActiveUpdate is a change of the active transaction in progress (see
+// BeginSetActive).
+type ActiveUpdate struct {
+	lock  *Lock
+	batch *durable.Batch
+}
+
+// BeginSetActive starts recording id as the active transaction: under the
+// transaction lock (held until Commit or Abort, so that the transaction
+// cannot be removed meanwhile) it checks that id still exists (the caller
+// has read its record, as SetActive does) and begins a batch
+// of durable writes (package durable) with the new active record and the
+// files in also, whose data fsyncs run while the caller works. mossfs
+// switch begins it, builds and puts the new mount in place, adds the mount
+// record and commits; should the mount fail, it aborts and nothing changed.
+func (s *State) BeginSetActive(id uint64, also ...durable.File) (*ActiveUpdate, error) {
+	l, err := s.txLock()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(s.metaPath(id)); err != nil {
+		l.Unlock()
+		if errors.Is(err, os.ErrNotExist) {
+			err = ErrNotFound
+		}
+		return nil, fmt.Errorf("set active: transaction %d: %w", id, err)
+	}
 	files := append([]durable.File{{Path: filepath.Join(s.root, "active"), Data: []byte(strconv.FormatUint(id, 10) + "\n"), Perm: publicFileMode}}, also...)
-	if err := durable.Write(files...); err != nil {
+	return &ActiveUpdate{lock: l, batch: durable.Begin(files...)}, nil
+}
+
+// Add puts more files in the update's batch.
+func (u *ActiveUpdate) Add(files ...durable.File) { u.batch.Add(files...) }
+
+// Commit makes the update durable and visible (durable.Batch.Commit) and
+// releases the lock.
+func (u *ActiveUpdate) Commit() error {
+	defer u.lock.Unlock()
+	if err := u.batch.Commit(); err != nil {
 		return fmt.Errorf("set active: %w", err)
 	}
 	return nil
+}
+
+// Abort drops the update: the active transaction and the other files stay
+// as they were.
+func (u *ActiveUpdate) Abort() {
+	u.batch.Abort()
+	u.lock.Unlock()
 }
 
 // reserveID reserves the given id for a compose (--id, or a moss state id):
