@@ -8,6 +8,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/mossfs/mossfs/tree"
+	"golang.org/x/sys/unix"
 )
 
 // cacheTimeout is how long the kernel may cache entries and attributes. An
@@ -46,7 +48,20 @@ type generation struct {
 	blocks  uint64    // statfs: image size in 4 KiB blocks
 
 	dirs sync.Map // nid → []Dirent, hidden entries removed
-	pos  sync.Map // nid of a regular file → dirPos where it was listed (prefetch)
+	// pos maps the nid of a regular file to where it was listed
+	// (prefetch). A plain map under a lock: a listing adds all its files
+	// at once, which costs a cold find -ls less than a sync.Map insertion
+	// per file.
+	posM sync.RWMutex
+	pos  map[uint64]dirPos
+
+	// objDirOnce opens objDir, the object directory, once: objects are
+	// opened relative to it (openat), without walking its path again.
+	// It is never closed explicitly (a prefetch may still use it after a
+	// switch); the runtime closes it when the generation is gone. nil if
+	// it could not be opened: objects are then opened by full path.
+	objDirOnce sync.Once
+	objDir     *os.File
 
 	// refs counts what the kernel still holds of this generation: lookups
 	// not yet forgotten and open files. An old generation is closed when it
@@ -274,13 +289,46 @@ func (g *generation) readDir(f *fileSystem, nid uint64) ([]Dirent, fuse.Status) 
 	}
 	v, loaded := g.dirs.LoadOrStore(nid, out)
 	if !loaded {
+		g.posM.Lock()
+		if g.pos == nil {
+			g.pos = map[uint64]dirPos{}
+		}
 		for i, e := range out {
 			if e.Type == tree.TypeReg {
-				g.pos.LoadOrStore(e.Nid, dirPos{dir: nid, idx: i})
+				if _, ok := g.pos[e.Nid]; !ok {
+					g.pos[e.Nid] = dirPos{dir: nid, idx: i}
+				}
 			}
 		}
+		g.posM.Unlock()
 	}
 	return v.([]Dirent), fuse.OK
+}
+
+// openObjectFd opens the object at the local path p (relative to the
+// object directory) read-only, not following a symlink at the end, and
+// returns its descriptor and full path.
+func (g *generation) openObjectFd(p string, flags int) (int, string, error) {
+	path := filepath.Join(g.objects, p)
+	g.objDirOnce.Do(func() {
+		fd, err := unix.Open(g.objects, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			g.objDir = os.NewFile(uintptr(fd), g.objects)
+		}
+	})
+	flags |= unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	var fd int
+	var err error
+	if g.objDir != nil {
+		fd, err = unix.Openat(int(g.objDir.Fd()), p, flags, 0)
+		runtime.KeepAlive(g.objDir)
+	} else {
+		fd, err = unix.Open(path, flags, 0)
+	}
+	if err != nil {
+		return -1, path, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return fd, path, nil
 }
 
 func fillAttr(in *Inode, a *fuse.Attr) {
@@ -604,11 +652,11 @@ func (f *fileSystem) openObject(g *generation, in *Inode) (*os.File, error) {
 	if !filepath.IsLocal(p) {
 		return nil, fmt.Errorf("%s: inode %d: object path %q leaves the object directory", g.image, in.Nid, p)
 	}
-	path := filepath.Join(g.objects, p)
-	file, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	fd, path, err := g.openObjectFd(p, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%s: inode %d: %w", g.image, in.Nid, err)
 	}
+	file := os.NewFile(uintptr(fd), path)
 	if !f.opts.NoVerify && in.Digest != nil {
 		if err := f.verify(file, path, in); err != nil {
 			file.Close()
@@ -741,6 +789,10 @@ func (f *fileSystem) readNoOpen(input *fuse.ReadIn, buf []byte) (fuse.ReadResult
 		if err != nil {
 			return nil, f.objectErrorStatus(err)
 		}
+		// The answer and the store after it put the whole file in the
+		// page cache: a prefetch of it queued meanwhile has nothing to
+		// do.
+		f.stored.Store(id, struct{}{})
 		from := min(int(input.Offset), len(data))
 		to := min(from+len(buf), len(data))
 		return &wholeResult{f: f, id: id, bp: bp, data: data, from: from, to: to}, fuse.OK

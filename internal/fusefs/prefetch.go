@@ -63,11 +63,12 @@ type prefetcher struct {
 // directory it was listed in.
 func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 	f.lastMiss.Store(time.Now().UnixNano())
-	v, ok := g.pos.Load(nid)
+	g.posM.RLock()
+	pos, ok := g.pos[nid]
+	g.posM.RUnlock()
 	if !ok {
 		return
 	}
-	pos := v.(dirPos)
 	d, ok := g.dirs.Load(pos.dir)
 	if !ok {
 		return

@@ -57,10 +57,9 @@ func (f *fileSystem) readWhole(g *generation, in *Inode) (bp *[]byte, data []byt
 	if !filepath.IsLocal(p) {
 		return nil, nil, fmt.Errorf("%s: inode %d: object path %q leaves the object directory", g.image, in.Nid, p)
 	}
-	path := filepath.Join(g.objects, p)
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, path, err := g.openObjectFd(p, unix.O_NONBLOCK)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: inode %d: open %s: %w", g.image, in.Nid, path, err)
+		return nil, nil, fmt.Errorf("%s: inode %d: %w", g.image, in.Nid, err)
 	}
 	defer unix.Close(fd)
 	var stx unix.Statx_t
