@@ -248,74 +248,100 @@ func (f *frameWriter) cut(zeros bool) error {
 	return nil
 }
 
-// feed consumes content. Runs of bytes other than zero are rolled in bulk;
-// runs of zeros are held back until their length says whether they are
-// data (rolled then) or a hole.
+// feed consumes content. Runs of zeros shorter than a hole are data like
+// any other bytes: they are rolled with them and written with them, in
+// one piece up to the next cut. A run of zeros that reaches the end of p
+// is held back until its length says whether it is data (rolled then) or
+// a hole.
 func (f *frameWriter) feed(p []byte) error {
-	seg := 0 // start of the bytes rolled but not yet written
-	for i := 0; i < len(p); {
-		if p[i] == 0 {
-			if f.zeros == 0 {
-				if err := f.data(p[seg:i]); err != nil {
-					return err
-				}
-			}
-			j := i
-			for j < len(p) && p[j] == 0 {
-				j++
-			}
-			f.zeros += int64(j - i)
-			i, seg = j, j
-			continue
+	i := 0
+	if f.zeros > 0 { // a run of zeros went on past the previous piece
+		j := 0
+		for j < len(p) && p[j] == 0 {
+			j++
 		}
-		if f.zeros > 0 {
-			if err := f.resolveZeros(); err != nil {
-				return err
-			}
-			seg = i
+		f.zeros += int64(j)
+		if j == len(p) {
+			return nil
 		}
-		z := bytes.IndexByte(p[i:], 0)
-		if z < 0 {
-			z = len(p)
-		} else {
-			z += i
-		}
-		if err := f.rollRun(p, i, z, &seg); err != nil {
+		if err := f.resolveZeros(); err != nil {
 			return err
 		}
-		i = z
+		i = j
 	}
-	if f.zeros == 0 {
-		return f.data(p[seg:])
+	seg := i // start of the bytes rolled but not yet written
+	for x := i; ; {
+		z := bytes.IndexByte(p[x:], 0)
+		if z < 0 {
+			break
+		}
+		a := x + z
+		b := a + 1
+		for b < len(p) && p[b] == 0 {
+			b++
+		}
+		if b < len(p) && b-a < chunkedHolesThreshold {
+			x = b // data: rolled with what surrounds it
+			continue
+		}
+		// A hole, or zeros up to the end of p: roll and write what comes
+		// before them, then settle them apart.
+		if err := f.rollRun(p, i, a, &seg); err != nil {
+			return err
+		}
+		if err := f.data(p[seg:a]); err != nil {
+			return err
+		}
+		f.zeros = int64(b - a)
+		if b == len(p) {
+			return nil
+		}
+		if err := f.resolveZeros(); err != nil {
+			return err
+		}
+		i, seg, x = b, b, b
 	}
-	return nil
+	if err := f.rollRun(p, i, len(p), &seg); err != nil {
+		return err
+	}
+	return f.data(p[seg:])
 }
 
-// rollRun rolls p[i:z] (no zeros), cutting a chunk after each split. The
-// byte leaving the window is p[k-64] once 64 bytes of the run are rolled,
-// the window's before.
+// rollRun rolls p[i:z], cutting a chunk after each split (the bytes from
+// *seg to the split are written first). The byte leaving the window is
+// the window's for the first 64 bytes of the run, then p[k-64].
 func (f *frameWriter) rollRun(p []byte, i, z int, seg *int) error {
+	if i >= z {
+		return nil
+	}
 	r := &f.rs
 	s1, s2, wofs := r.s1, r.s2, r.wofs
-	for k := i; k < z; k++ {
-		var drop uint32
-		if n := k - i; n < rollWindow {
-			w := (wofs + uint32(n)) & (rollWindow - 1)
-			drop = uint32(r.window[w])
-			r.window[w] = p[k]
-		} else {
-			drop = uint32(p[k-rollWindow])
-		}
+	head := min(z, i+rollWindow)
+	for k := i; k < head; k++ {
+		w := (wofs + uint32(k-i)) & (rollWindow - 1)
+		drop := uint32(r.window[w])
+		r.window[w] = p[k]
 		s1 += uint32(p[k]) - drop
 		s2 += s1 - rollWindow*(drop+rollCharOffset)
 		if s2&rollSplitMask == rollSplitMask {
-			if err := f.data(p[*seg : k+1]); err != nil {
+			if err := f.split(p, k, seg); err != nil {
 				return err
 			}
-			if err := f.cut(false); err != nil {
-				return err
+		}
+	}
+	if head < z {
+		in := p[head:z]
+		out := p[head-rollWindow : z-rollWindow]
+		out = out[:len(in)]
+		for j, b := range in {
+			drop := uint32(out[j])
+			s1 += uint32(b) - drop
+			s2 += s1 - rollWindow*(drop+rollCharOffset)
+			if s2&rollSplitMask == rollSplitMask {
+				if err := f.split(p, head+j, seg); err != nil {
+					return err
+				}
 			}
-			*seg = k + 1
 		}
 	}
 	if n := z - i; n >= rollWindow {
@@ -325,6 +351,18 @@ func (f *frameWriter) rollRun(p []byte, i, z int, seg *int) error {
 		r.wofs = (wofs + uint32(n)) & (rollWindow - 1)
 	}
 	r.s1, r.s2 = s1, s2
+	return nil
+}
+
+// split ends a chunk after p[k].
+func (f *frameWriter) split(p []byte, k int, seg *int) error {
+	if err := f.data(p[*seg : k+1]); err != nil {
+		return err
+	}
+	if err := f.cut(false); err != nil {
+		return err
+	}
+	*seg = k + 1
 	return nil
 }
 
@@ -345,9 +383,7 @@ func (f *frameWriter) resolveZeros() error {
 		if err := f.cut(false); err != nil {
 			return err
 		}
-		for range n {
-			f.rs.roll(0)
-		}
+		f.rs.rollZeros(n)
 		if err := f.writeZeros(n); err != nil {
 			return err
 		}
@@ -418,6 +454,16 @@ func (r *rollSum) roll(b byte) bool {
 	r.window[r.wofs] = b
 	r.wofs = (r.wofs + 1) & (rollWindow - 1)
 	return r.s2&rollSplitMask == rollSplitMask
+}
+
+// rollZeros adds n zeros (no split is looked for). Once the window holds
+// only zeros, more zeros change neither sum.
+func (r *rollSum) rollZeros(n int64) {
+	k := min(n, rollWindow)
+	for range k {
+		r.roll(0)
+	}
+	r.wofs = (r.wofs + uint32(n-k)) & (rollWindow - 1)
 }
 
 // chunkedMeta collects the TOC and the tar-split while the layer is written

@@ -25,7 +25,8 @@ import (
 // and the end), a rolling-sum split on the last byte and right before a
 // hole (the empty frames containers/storage leaves), empty files,
 // hardlinks, xattrs, devices, fifos, symlinks, long names, inline contents
-// and a file past bigFile (the ordered writer's streaming path). Payloads
+// and files past bigFile (the ordered writer's streaming path, with zeros
+// across its pieces). Payloads
 // live in objects under dir.
 func chunkedTree(t testing.TB, dir string) *tree.Node {
 	t.Helper()
@@ -67,6 +68,9 @@ func chunkedTree(t testing.TB, dir string) *tree.Node {
 		"one-byte":            {1},
 		"zero-byte":           {0},
 		"big-random-and-hole": cat(random(bigFile), zeros(3000), random(200000)),
+		// Streamed in pieces: zeros under and over the hole threshold
+		// across a piece's end.
+		"big-zeros-across-pieces": cat(random(bigFile-700), zeros(1000), random(pieceSize-1300), zeros(3000), random(pieceSize), zeros(pieceSize+10), random(5)),
 	}
 	root := tree.NewDir("", 0o755)
 	mt := tree.Timespec{Sec: 1700000000, Nsec: 123456789}
