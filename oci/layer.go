@@ -404,23 +404,12 @@ func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan
 
 const blockSize = 512
 
-// bufs recycles the jobs' content and frame buffers (the garbage collector
-// would otherwise scan and sweep a layer's worth of them).
-var bufs sync.Pool
+// bufs recycles the jobs' content and frame buffers.
+var bufs bufPool
 
-// getBuf returns a buffer of n bytes.
-func getBuf(n int) []byte {
-	if b, ok := bufs.Get().(*[]byte); ok && cap(*b) >= n {
-		return (*b)[:n]
-	}
-	return make([]byte, n, max(n, 64<<10))
-}
+func getBuf(n int) []byte { return bufs.get(n) }
 
-func putBuf(b []byte) {
-	if cap(b) > 0 && cap(b) <= 4<<20 {
-		bufs.Put(&b)
-	}
-}
+func putBuf(b []byte) { bufs.put(b) }
 
 // entryHeader returns the tar header of n (nil for what a tar cannot carry,
 // recorded in lb.Skipped).
