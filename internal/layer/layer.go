@@ -28,6 +28,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/mossfs/mossfs/tree"
 )
@@ -58,7 +59,9 @@ func IsOpaque(n *tree.Node) bool {
 	return ok && string(v) == "y"
 }
 
-var objectPath = regexp.MustCompile(`^/?[0-9a-f]{2}/[0-9a-f]{62}$`)
+// objectPath is compiled at first use, not at every start of the programs
+// that link this package.
+var objectPath = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^/?[0-9a-f]{2}/[0-9a-f]{62}$`) })
 
 // FromUpper converts the tree of an upper directory (as dirimport reads it,
 // trusted.* xattrs included, contents stored) into a layer, in place.
@@ -133,7 +136,7 @@ func fromDir(d *tree.Node, origin string, lower Lookup) error {
 			case src != nil && src.Inode().Mode&tree.TypeMask == tree.TypeReg:
 				s := src.Inode()
 				in.Size, in.Content, in.Payload, in.Digest = s.Size, s.Content, s.Payload, s.Digest
-			case redirected && objectPath.MatchString(string(redirect)):
+			case redirected && objectPath().MatchString(string(redirect)):
 				// The data-only layer's object itself.
 				p := strings.TrimPrefix(string(redirect), "/")
 				d, err := hex.DecodeString(strings.ReplaceAll(p, "/", ""))
