@@ -363,3 +363,65 @@ func FuzzParseMountInfoLine(f *testing.F) {
 		_ = unescapeOctal(line)
 	})
 }
+
+// TestTopAtMatchesMountTable: TopAt, which asks the kernel about one mount
+// (statmount), names the same top mount as the mount table does, for a
+// directory with nothing on it, one mount, two stacked (the tuck's
+// moment) and an overlay with a source of its own. (A type with a
+// subtype, fuse.mossfs, is what cmd/mossfs's FUSE switch tests replace.)
+func TestTopAtMatchesMountTable(t *testing.T) {
+	target := scratch(t)
+	check := func(what string, wantMounted bool) {
+		t.Helper()
+		m, mounted, err := TopAt(target)
+		if err != nil || mounted != wantMounted {
+			t.Fatalf("%s: TopAt: %+v, mounted %v, %v", what, m, mounted, err)
+		}
+		_, _, fast := topAtStatmount(target)
+		if !fast {
+			t.Errorf("%s: statmount did not answer on this kernel (6.15+ has all it needs)", what)
+		}
+		all := mountsAt(t, target)
+		if !mounted {
+			if len(all) != 0 {
+				t.Errorf("%s: TopAt says nothing is mounted, the mount table lists %+v", what, all)
+			}
+			return
+		}
+		var top *MountEntry
+		for i := range all {
+			covered := false
+			for _, o := range all {
+				if o.Parent == all[i].ID {
+					covered = true
+				}
+			}
+			if !covered {
+				top = &all[i]
+			}
+		}
+		if top == nil || top.ID != m.ID || top.Parent != m.Parent || top.FSType != m.FSType || top.Source != m.Source || top.MountPoint != m.MountPoint {
+			t.Errorf("%s: TopAt %+v, mount table %+v", what, m, top)
+		}
+	}
+	check("nothing mounted", false)
+	if err := unix.Mount("first", target, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(target, unix.MNT_DETACH)
+	check("one tmpfs", true)
+	if err := unix.Mount("second", target, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(target, unix.MNT_DETACH)
+	check("two stacked", true)
+	lower1, lower2 := t.TempDir(), t.TempDir()
+	if err := unix.Mount("mossfs", target, "overlay", unix.MS_RDONLY, "lowerdir="+lower1+":"+lower2); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(target, unix.MNT_DETACH)
+	check("overlay", true)
+	if m, _, _ := TopAt(target); m.FSType != "overlay" || m.Source != "mossfs" {
+		t.Errorf("overlay: TopAt %+v", m)
+	}
+}

@@ -543,3 +543,38 @@ func TestMountVerityAuto(t *testing.T) {
 		t.Errorf("read of a good object: %v", err)
 	}
 }
+
+// TestFirstObject: the verity probe's object is a regular file in a
+// two-letter directory, found past other entries and past the first 1 KiB
+// of directory entries read.
+func TestFirstObject(t *testing.T) {
+	dir := t.TempDir()
+	if got := firstObject(dir); got != "" {
+		t.Errorf("empty store: %q", got)
+	}
+	for i := range 200 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("not-a-fan-out-%03d", i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "long-name"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fan := filepath.Join(dir, "ab")
+	if err := os.Mkdir(fan, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := firstObject(dir); got != "" {
+		t.Errorf("no object yet: %q", got)
+	}
+	if err := os.Symlink("x", filepath.Join(fan, "link")); err != nil {
+		t.Fatal(err)
+	}
+	obj := filepath.Join(fan, "cdef")
+	if err := os.WriteFile(obj, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := firstObject(dir); got != obj {
+		t.Errorf("firstObject = %q, want %q", got, obj)
+	}
+}

@@ -258,27 +258,7 @@ func isMossfsMount(m mounttuck.MountEntry) bool {
 
 // currentMount returns the top mount at target and whether there is one.
 func currentMount(target string) (mounttuck.MountEntry, bool, error) {
-	mounts, err := mounttuck.MountsAt(target)
-	if err != nil {
-		return mounttuck.MountEntry{}, false, err
-	}
-	if len(mounts) == 0 {
-		return mounttuck.MountEntry{}, false, nil
-	}
-	// The top is the one no other mount at target sits on.
-	top := mounts[len(mounts)-1]
-	for _, m := range mounts {
-		covered := false
-		for _, o := range mounts {
-			if o.Parent == m.ID {
-				covered = true
-			}
-		}
-		if !covered {
-			top = m
-		}
-	}
-	return top, true, nil
+	return mounttuck.TopAt(target)
 }
 
 // mountAt mounts src at target with the driver, replacing a mossfs mount
