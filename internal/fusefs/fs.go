@@ -657,13 +657,20 @@ func (f *fileSystem) openObject(g *generation, in *Inode) (*os.File, error) {
 		return nil, fmt.Errorf("%s: inode %d: %w", g.image, in.Nid, err)
 	}
 	file := os.NewFile(uintptr(fd), path)
-	if !f.opts.NoVerify && in.Digest != nil {
-		if err := f.verify(file, path, in); err != nil {
-			file.Close()
-			return nil, err
-		}
+	if err := f.verifyObject(file, path, in); err != nil {
+		file.Close()
+		return nil, err
 	}
 	return file, nil
+}
+
+// verifyObject checks an open object against the image's digest, unless
+// checks are off or the image records none.
+func (f *fileSystem) verifyObject(file *os.File, path string, in *Inode) error {
+	if f.opts.NoVerify || in.Digest == nil {
+		return nil
+	}
+	return f.verify(file, path, in)
 }
 
 // acquireBacking returns the backing file registered for a node, opening,

@@ -1,6 +1,9 @@
 package fusefs
 
 import (
+	"os"
+
+	"golang.org/x/sys/unix"
 	"sync"
 	"time"
 
@@ -195,54 +198,101 @@ func (s *jobStack) pop() (prefetchJob, bool) {
 }
 
 // prefetchWorker takes jobs after reads first, then the newest after a
-// listing.
+// listing, up to prefetchBatch at a time.
 func (f *fileSystem) prefetchWorker() {
+	batch := make([]prefetchJob, 0, prefetchBatch)
 	for {
+		batch = batch[:0]
+		for len(batch) < prefetchBatch {
+			select {
+			case j := <-f.pf.jobs:
+				batch = append(batch, j)
+				continue
+			default:
+			}
+			j, ok := f.pf.listed.pop()
+			if !ok {
+				break
+			}
+			batch = append(batch, j)
+		}
+		if len(batch) > 0 {
+			f.prefetchAll(batch)
+			continue
+		}
 		select {
 		case j := <-f.pf.jobs:
-			f.prefetch(j)
-			continue
-		default:
-		}
-		if j, ok := f.pf.listed.pop(); ok {
-			f.prefetch(j)
-			continue
-		}
-		select {
-		case j := <-f.pf.jobs:
-			f.prefetch(j)
+			f.prefetchAll(append(batch, j))
 		case <-f.pf.listed.tokens:
 		}
 	}
 }
 
-func (f *fileSystem) prefetch(j prefetchJob) {
+// prefetchBatch is how many files a worker opens at once: it asks the
+// kernel to read them all (POSIX_FADV_WILLNEED) before it reads the first,
+// so the disk works on them together and the reads that follow mostly
+// find their pages instead of each waiting for the disk in turn (a
+// blocking read also costs the Go runtime a thread switch).
+const prefetchBatch = 8
+
+// prefetchAll opens the objects of jobs, starts reading them all, and
+// then prefetches them one by one.
+func (f *fileSystem) prefetchAll(jobs []prefetchJob) {
+	var fds [prefetchBatch]int
+	var paths [prefetchBatch]string
+	for i, j := range jobs {
+		fds[i] = -1
+		if f.skipPrefetch(j) {
+			continue
+		}
+		fd, path, err := j.g.openPayload(j.in)
+		if err != nil {
+			continue // the file's own read reports it
+		}
+		_ = unix.Fadvise(fd, 0, int64(j.in.Size), unix.FADV_WILLNEED)
+		fds[i], paths[i] = fd, path
+	}
+	for i, j := range jobs {
+		f.prefetch(j, fds[i], paths[i])
+	}
+}
+
+func (f *fileSystem) skipPrefetch(j prefetchJob) bool {
+	_, done := f.stored.Load(j.id)
+	return done || f.objs.has(j.id) || !f.serving(j.g)
+}
+
+// prefetch reads and checks one job's object, open at fd (-1: not open),
+// and hands it to the page cache or keeps it open. It closes fd.
+func (f *fileSystem) prefetch(j prefetchJob, fd int, path string) {
 	defer f.pf.pending.Delete(j.id)
 	defer func() { _ = recover() }() // a fault on a truncated image: the read reports it
-	if _, done := f.stored.Load(j.id); done || f.objs.has(j.id) || !f.serving(j.g) {
+	if fd < 0 || f.skipPrefetch(j) {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		return
 	}
 	if !j.marker && j.in.Size <= wholeMax && f.server != nil {
-		bp, data, err := f.readWhole(j.g, j.in)
+		bp, data, err := f.readWholeFd(j.in, fd, path)
 		if err != nil {
+			unix.Close(fd)
 			return // the file's own read checks again and reports it
 		}
 		ok := f.serving(j.g) && f.storeCache(j.id, 0, data)
 		putWholeBuf(bp)
 		if ok {
+			unix.Close(fd)
 			f.stored.Store(j.id, struct{}{})
 			return
 		}
 		// The kernel did not take it (it no longer has the inode):
 		// keep the object open as for a marker.
 	}
-	file, err := f.openObject(j.g, j.in)
-	if err != nil {
-		return // the file's own read checks again and reports it
-	}
-	if !f.serving(j.g) {
+	file := os.NewFile(uintptr(fd), path)
+	if err := f.verifyObject(file, path, j.in); err != nil || !f.serving(j.g) {
 		file.Close()
-		return
+		return // the file's own read checks again and reports it
 	}
 	f.objs.release(f.objs.add(j.id, file))
 }

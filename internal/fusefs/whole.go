@@ -53,15 +53,29 @@ func putWholeBuf(bp *[]byte) {
 // The caller puts the buffer back (putWholeBuf) once data is no longer
 // used. in.Size must be at most wholeMax.
 func (f *fileSystem) readWhole(g *generation, in *Inode) (bp *[]byte, data []byte, err error) {
+	fd, path, err := g.openPayload(in)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer unix.Close(fd)
+	return f.readWholeFd(in, fd, path)
+}
+
+// openPayload opens in's object (read-only, non-blocking).
+func (g *generation) openPayload(in *Inode) (int, string, error) {
 	p := in.Payload
 	if !filepath.IsLocal(p) {
-		return nil, nil, fmt.Errorf("%s: inode %d: object path %q leaves the object directory", g.image, in.Nid, p)
+		return -1, "", fmt.Errorf("%s: inode %d: object path %q leaves the object directory", g.image, in.Nid, p)
 	}
 	fd, path, err := g.openObjectFd(p, unix.O_NONBLOCK)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: inode %d: %w", g.image, in.Nid, err)
+		return -1, "", fmt.Errorf("%s: inode %d: %w", g.image, in.Nid, err)
 	}
-	defer unix.Close(fd)
+	return fd, path, nil
+}
+
+// readWholeFd is readWhole of the object open at fd (path names it).
+func (f *fileSystem) readWholeFd(in *Inode, fd int, path string) (bp *[]byte, data []byte, err error) {
 	var stx unix.Statx_t
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_TYPE|unix.STATX_SIZE, &stx); err != nil {
 		return nil, nil, fmt.Errorf("checking object %s: %w", path, err)
