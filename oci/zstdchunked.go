@@ -68,10 +68,81 @@ type tocEntry struct {
 	ChunkType   string            `json:"chunkType,omitempty"`
 }
 
-type tocJSON struct {
-	Version        int        `json:"version"`
-	Entries        []tocEntry `json:"entries"`
-	TarSplitDigest string     `json:"tarSplitDigest,omitempty"`
+// pieces is a buffer of pieces of at least 1 MiB that are never copied to
+// grow (a layer's TOC entries, then their JSON, grown by doubling, were
+// tens of MB of copies and fresh pages).
+type pieces struct {
+	p [][]byte
+	n int
+}
+
+const pieceMin = 1 << 20
+
+func (b *pieces) Write(p []byte) (int, error) {
+	if k := len(b.p); k == 0 || len(b.p[k-1])+len(p) > cap(b.p[k-1]) {
+		b.p = append(b.p, make([]byte, 0, max(pieceMin, len(p))))
+	}
+	last := &b.p[len(b.p)-1]
+	*last = append(*last, p...)
+	b.n += len(p)
+	return len(p), nil
+}
+
+func (b *pieces) Len() int { return b.n }
+
+func (b *pieces) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for _, p := range b.p {
+		k, err := w.Write(p)
+		n += int64(k)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// tocWriter writes the TOC's JSON as containers/storage's json.Marshal of
+// the whole TOC (minimal.TOC) does, an entry at a time.
+type tocWriter struct {
+	pieces
+	entries int
+	scratch bytes.Buffer
+	enc     *json.Encoder
+}
+
+func newTOCWriter() *tocWriter {
+	t := &tocWriter{}
+	t.enc = json.NewEncoder(&t.scratch) // escapes HTML as json.Marshal does
+	t.Write([]byte(`{"version":1,"entries":[`))
+	return t
+}
+
+func (t *tocWriter) add(e *tocEntry) error {
+	t.scratch.Reset()
+	if err := t.enc.Encode(e); err != nil {
+		return err
+	}
+	if t.entries > 0 {
+		t.Write([]byte{','})
+	}
+	t.Write(bytes.TrimSuffix(t.scratch.Bytes(), []byte{'\n'}))
+	t.entries++
+	return nil
+}
+
+// end closes the JSON; the pieces are then the whole TOC.
+func (t *tocWriter) end(tarSplitDigest string) {
+	if t.entries == 0 { // a nil slice
+		t.pieces = pieces{}
+		t.Write([]byte(`{"version":1,"entries":null`))
+	} else {
+		t.Write([]byte{']'})
+	}
+	tail, _ := json.Marshal(tarSplitDigest)
+	t.Write([]byte(`,"tarSplitDigest":`))
+	t.Write(tail)
+	t.Write([]byte{'}'})
 }
 
 var tocTypes = map[byte]string{
@@ -469,8 +540,8 @@ func (r *rollSum) rollZeros(n int64) {
 // chunkedMeta collects the TOC and the tar-split while the layer is written
 // in order, and writes them at the end.
 type chunkedMeta struct {
-	entries  []tocEntry
-	tsBuf    bytes.Buffer
+	toc      *tocWriter
+	tsBuf    pieces
 	tsDigest hash.Hash
 	tsCount  countWriter
 	tsZstd   *zstd.Encoder
@@ -478,7 +549,7 @@ type chunkedMeta struct {
 }
 
 func newChunkedMeta() (*chunkedMeta, error) {
-	m := &chunkedMeta{tsDigest: sha256.New()}
+	m := &chunkedMeta{tsDigest: sha256.New(), toc: newTOCWriter()}
 	z, err := zstd.NewWriter(io.MultiWriter(&m.tsBuf, m.tsDigest), zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)))
 	if err != nil {
 		return nil, err
@@ -505,7 +576,11 @@ func (m *chunkedMeta) file(h *tar.Header, crc []byte, e ...tocEntry) error {
 	if _, err := m.packer.AddEntry(te); err != nil {
 		return err
 	}
-	m.entries = append(m.entries, e...)
+	for i := range e {
+		if err := m.toc.add(&e[i]); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -534,14 +609,12 @@ func (m *chunkedMeta) finish(dst io.Writer, offset int64, annotations map[string
 	if err := m.tsZstd.Close(); err != nil {
 		return err
 	}
-	toc, err := json.Marshal(tocJSON{Version: 1, Entries: m.entries, TarSplitDigest: "sha256:" + hex.EncodeToString(m.tsDigest.Sum(nil))})
-	if err != nil {
-		return err
-	}
+	m.toc.end("sha256:" + hex.EncodeToString(m.tsDigest.Sum(nil)))
 	var ctoc bytes.Buffer
 	z := newFrameEncoder()
 	z.Reset(&ctoc)
-	if _, err := z.Write(toc); err != nil {
+	tocLen := m.toc.Len()
+	if _, err := m.toc.WriteTo(z); err != nil {
 		return err
 	}
 	if err := z.Close(); err != nil {
@@ -551,24 +624,31 @@ func (m *chunkedMeta) finish(dst io.Writer, offset int64, annotations map[string
 	tocOff := offset + frameHeader
 	sum := sha256.Sum256(ctoc.Bytes())
 	annotations[chunked.AnnotationTOCChecksum] = "sha256:" + hex.EncodeToString(sum[:])
-	annotations[chunked.AnnotationTOCPosition] = fmt.Sprintf("%d:%d:%d:%d", tocOff, ctoc.Len(), len(toc), chunkedManifestType)
+	annotations[chunked.AnnotationTOCPosition] = fmt.Sprintf("%d:%d:%d:%d", tocOff, ctoc.Len(), tocLen, chunkedManifestType)
 	tsOff := tocOff + int64(ctoc.Len()) + frameHeader
 	annotations[chunked.AnnotationTarSplitPosition] = fmt.Sprintf("%d:%d:%d", tsOff, m.tsBuf.Len(), m.tsCount.n)
 	footer := make([]byte, 64)
-	for i, v := range []int64{tocOff, int64(ctoc.Len()), int64(len(toc)), chunkedManifestType, tsOff, int64(m.tsBuf.Len()), m.tsCount.n} {
+	for i, v := range []int64{tocOff, int64(ctoc.Len()), int64(tocLen), chunkedManifestType, tsOff, int64(m.tsBuf.Len()), m.tsCount.n} {
 		binary.LittleEndian.PutUint64(footer[8*i:], uint64(v))
 	}
 	copy(footer[56:], chunkedFooterMagic)
-	for _, frame := range [][]byte{ctoc.Bytes(), m.tsBuf.Bytes(), footer} {
+	skippable := func(n int, write func() error) error {
 		var hdr [frameHeader]byte
 		copy(hdr[:], zstdSkippableMagic)
-		binary.LittleEndian.PutUint32(hdr[4:], uint32(len(frame)))
+		binary.LittleEndian.PutUint32(hdr[4:], uint32(n))
 		if _, err := dst.Write(hdr[:]); err != nil {
 			return err
 		}
-		if _, err := dst.Write(frame); err != nil {
-			return err
-		}
+		return write()
+	}
+	if err := skippable(ctoc.Len(), func() error { _, err := dst.Write(ctoc.Bytes()); return err }); err != nil {
+		return err
+	}
+	if err := skippable(m.tsBuf.Len(), func() error { _, err := m.tsBuf.WriteTo(dst); return err }); err != nil {
+		return err
+	}
+	if err := skippable(len(footer), func() error { _, err := dst.Write(footer); return err }); err != nil {
+		return err
 	}
 	return nil
 }
