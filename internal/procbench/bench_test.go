@@ -32,6 +32,7 @@ import (
 //	BenchmarkComposeNoChange      compose --from 1                           vs cp -al of the tree
 //	BenchmarkStateRemove          state remove --no-gc TX / state remove TX  vs rm -rf of a hardlink farm
 //	BenchmarkSwitch               mossfs switch (2k-entry transactions)      vs mossfs --version (idle, 4 busy readers)
+//	BenchmarkStartup              moss-compose --version, mossfs --version   vs a Go program that does nothing
 //	BenchmarkFUSEColdRead         tar -c | cat of the FUSE mount, cold       vs the same of the kernel overlay
 //	BenchmarkFUSEColdLstat        find -ls of the FUSE mount, cold           vs the same of the kernel overlay
 //
@@ -493,6 +494,69 @@ func BenchmarkStateRemove(b *testing.B) {
 				what, goal = "removal, then gc in the same command (the default)", "(gc timed with it)"
 			}
 			p.report(b, fmt.Sprintf("state remove of one %d-entry transaction, %s", f.entries, what), "remove", "rm-rf", goal, true)
+		})
+	}
+}
+
+var (
+	nopOnce sync.Once
+	nopBin  string
+	nopErr  error
+)
+
+// nopProgram builds, once, a static Go program that prints a line and
+// exits, as the binaries are built: its run time is the Go runtime's own
+// start and exit on this machine, what no package of ours can save.
+func nopProgram(b *testing.B) string {
+	b.Helper()
+	nopOnce.Do(func() {
+		dir := filepath.Join(getFixture(b).dir, "nop")
+		if nopErr = os.MkdirAll(dir, 0o755); nopErr != nil {
+			return
+		}
+		for name, text := range map[string]string{
+			"go.mod":  "module nop\n\ngo 1.26\n",
+			"main.go": "package main\n\nimport \"os\"\n\nfunc main() { os.Stdout.WriteString(\"nop\\n\") }\n",
+		} {
+			if nopErr = os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); nopErr != nil {
+				return
+			}
+		}
+		nopBin = filepath.Join(dir, "nop")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", nopBin, ".")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOFLAGS=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			nopErr = fmt.Errorf("building the no-op program: %v\n%s", err, out)
+		}
+	})
+	if nopErr != nil {
+		b.Fatal(nopErr)
+	}
+	return nopBin
+}
+
+// BenchmarkStartup: what a process of ours costs before it does anything,
+// `moss-compose --version` and `mossfs --version`, vs a static Go program
+// that does nothing: the difference is our binaries' start-up (package
+// initialisation, the pages of a larger binary, cobra's command tree), which
+// every command pays (state remove --no-gc is mostly this).
+func BenchmarkStartup(b *testing.B) {
+	f := getFixture(b)
+	nop := nopProgram(b)
+	for _, prog := range []struct{ name, bin string }{{"moss-compose", f.mossCompose}, {"mossfs", f.mossfs}} {
+		b.Run(prog.name, func(b *testing.B) {
+			var p pairs
+			var cpuOurs, cpuBase []time.Duration
+			n := pairsPerOp(10, 200)
+			b.ResetTimer()
+			for i := 0; i < b.N*n; i++ {
+				p.time(func() time.Duration { return timeRunCPU(b, &cpuOurs, prog.bin, "--version") },
+					func() time.Duration { return timeRunCPU(b, &cpuBase, nop) })
+			}
+			b.StopTimer()
+			p.report(b, prog.name+" --version (start-up)", "version", "nop", "as little over the Go runtime's own start as can be", false)
+			logCPU(b, prog.name, "nop", cpuOurs, cpuBase)
 		})
 	}
 }
