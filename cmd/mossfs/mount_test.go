@@ -437,3 +437,76 @@ func TestStatusRecordOfEarlierBoot(t *testing.T) {
 		t.Errorf("status output:\n%s", out)
 	}
 }
+
+// TestSwitchRecordsTheMountMade: a switch writes the mount record before
+// its mount, guessing from the last record how the mount will be made; a
+// mount made otherwise (here the last record names another method and
+// verity) still leaves the record of the mount made. A switch whose mount
+// fails (a broken image) records nothing: the active transaction, the
+// record and the boot default stay, and no temporary file is left.
+func TestSwitchRecordsTheMountMade(t *testing.T) {
+	testenv.RequireMountNS(t)
+	s := newStateRoot(t)
+	target := scratchTarget(t)
+	entries := filepath.Join(t.TempDir(), "loader", "entries")
+	if _, err := bls.Sync(entries, []bls.Transaction{{ID: 1}, {ID: 2}, {ID: 3}}, bls.Config{Linux: "/vmlinuz", Options: "root=/dev/vda"}); err != nil {
+		t.Fatal(err)
+	}
+	sw := func(id string) error {
+		_, _, err := run("switch", "--root", s.root, "--target", target, "--driver", "overlay", "--bls-dir", entries, id)
+		return err
+	}
+	if err := sw("1"); err != nil {
+		t.Fatal(err)
+	}
+	made, ok, err := mountrec.Get(s.root, target)
+	if err != nil || !ok || made.Method == "" {
+		t.Fatalf("record after the first switch: %+v, %v, %v", made, ok, err)
+	}
+	wrong := made
+	wrong.Method, wrong.Verity = "bogus-method", "require"
+	if err := mountrec.Write(s.root, wrong); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw("2"); err != nil {
+		t.Fatal(err)
+	}
+	rec, _, err := mountrec.Get(s.root, target)
+	if err != nil || rec.Tx != 2 || rec.Image != s.digest[2] || rec.Method != made.Method || rec.Verity != made.Verity || rec.Driver != "overlay" {
+		t.Fatalf("record after a mount made otherwise than guessed: %+v, %v; want tx 2, method %q, verity %q", rec, err, made.Method, made.Verity)
+	}
+	overlaytest.Compare(t, target, s.txs[2])
+
+	// Break transaction 3's image: its mount fails.
+	img := filepath.Join(s.root, "images", s.digest[3])
+	if err := os.Chmod(img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, []byte("not an image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw("3"); err == nil {
+		t.Fatal("switch to a broken image succeeded")
+	}
+	if a, err := readActive(s.root); err != nil || a != 2 {
+		t.Errorf("active %d (%v) after a failed switch, want 2", a, err)
+	}
+	if after, _, err := mountrec.Get(s.root, target); err != nil || after != rec {
+		t.Errorf("record after a failed switch: %+v, %v; want %+v", after, err, rec)
+	}
+	if d, err := bls.Default(entries); err != nil || d != bls.EntryName(2) {
+		t.Errorf("boot default %q (%v) after a failed switch, want %s", d, err, bls.EntryName(2))
+	}
+	overlaytest.Compare(t, target, s.txs[2])
+	for _, dir := range []string{s.root, mountrec.Dir(s.root), filepath.Dir(entries)} {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".tmp-") {
+				t.Errorf("temporary file left: %s", filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+}

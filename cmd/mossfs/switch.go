@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/mossfs/mossfs/internal/bls"
 	"github.com/mossfs/mossfs/internal/cli"
@@ -144,6 +145,18 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	if bootErr == nil {
 		files = append(files, bootFiles...)
 	}
+	// The mount record joins the batch before the mount too, as the mount
+	// will most likely be made: as the last one at this target was (its
+	// record says how). A mount that comes out otherwise adds its record
+	// again, which then replaces the guess.
+	guess := mountrec.Record{Target: t, Tx: src.tx, Image: src.digest, ImagePath: src.image, Objects: src.objects, Time: time.Now().UTC(), BootID: mountrec.BootID()}
+	var guessed bool
+	if d, v, m, ok := mountrec.Peek(root, t); ok && (driver == "auto" || driver == d) {
+		guess.Driver, guess.Verity, guess.Method = d, v, m
+		if f, err := mountrec.File(root, guess); err == nil {
+			files, guessed = append(files, f), true
+		}
+	}
 	upd, err := st.BeginSetActive(id, files...)
 	if err != nil {
 		return fmt.Errorf("switch: %w", err)
@@ -153,12 +166,15 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 		upd.Abort()
 		return fmt.Errorf("switch: %w", err)
 	}
-	recFile, err := mountrec.File(root, rec)
-	if err != nil {
-		upd.Abort()
-		return fmt.Errorf("switch: mounted, but recording the mount failed: %w", err)
+	rec.Time, rec.BootID = guess.Time, guess.BootID
+	if !guessed || rec != guess {
+		recFile, err := mountrec.File(root, rec)
+		if err != nil {
+			upd.Abort()
+			return fmt.Errorf("switch: mounted, but recording the mount failed: %w", err)
+		}
+		upd.Add(recFile)
 	}
-	upd.Add(recFile)
 	if err := upd.Commit(); err != nil {
 		// The mount is there: keep at least its record, which protects the
 		// transaction from removal.

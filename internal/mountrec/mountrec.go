@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/mossfs/mossfs/internal/durable"
+	"github.com/mossfs/mossfs/internal/jsonpeek"
 	"github.com/mossfs/mossfs/internal/smallfile"
 	"golang.org/x/sys/unix"
 )
@@ -170,6 +171,26 @@ func Remove(root, target string) error {
 		return fmt.Errorf("mount record: %w", err)
 	}
 	return nil
+}
+
+// Peek returns how the mount recorded for target was made (its driver,
+// verity and method), if there is a record whose members are plain,
+// without encoding/json (see package jsonpeek). mossfs switch writes the
+// new record before its mount, made as the last one was (a mount that
+// comes out otherwise writes it again).
+func Peek(root, target string) (driver, verity, method string, ok bool) {
+	data, err := smallfile.Read(filepath.Join(Dir(root), Name(target)))
+	if err != nil {
+		return "", "", "", false
+	}
+	vals, ok := jsonpeek.Members(data, "driver", "verity", "method")
+	if !ok {
+		return "", "", "", false
+	}
+	driver, okD := jsonpeek.String(vals[0])
+	verity, okV := jsonpeek.String(vals[1])
+	method, okM := jsonpeek.String(vals[2])
+	return driver, verity, method, okD && (okV || vals[1] == nil) && (okM || vals[2] == nil)
 }
 
 // Get returns the record of target, if any.
