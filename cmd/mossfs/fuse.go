@@ -136,7 +136,7 @@ func (o fuseServeOpts) run(ready *os.File) error {
 	s, err := fusefs.Mount(fusefs.Options{
 		Image: o.image, Objects: o.objects, Target: o.target,
 		Beneath: o.beneath, NoVerify: o.noVerify, Passthrough: o.passthrough,
-		Debug: o.debug, Logger: logger,
+		Debug: o.debug, Logger: logger, Daemon: true,
 	})
 	if ready != nil {
 		if err != nil {

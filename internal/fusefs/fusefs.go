@@ -63,6 +63,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -98,6 +99,10 @@ type Options struct {
 	Beneath bool
 	// Rootless mounts through fusermount3 even when running as root.
 	Rootless bool
+	// Daemon says that the process does nothing but serve this mount
+	// (mossfs fuse-serve): Mount then tunes the Go runtime for it (see
+	// spareProcs).
+	Daemon bool
 
 	Debug  bool
 	Logger *log.Logger
@@ -185,6 +190,9 @@ func Mount(opts Options) (*Server, error) {
 			return nil, err
 		}
 	}
+	if opts.Daemon {
+		spareProcs()
+	}
 	ctl, err := listenControl(s)
 	if err != nil {
 		fs.logger.Printf("control socket: %v (switching this mount from outside will not work)", err)
@@ -192,6 +200,19 @@ func Mount(opts Options) (*Server, error) {
 		s.ctl = ctl
 	}
 	return s, nil
+}
+
+// spareProcs doubles GOMAXPROCS once the server exists. go-fuse keeps up
+// to GOMAXPROCS goroutines blocked reading /dev/fuse (it sizes its readers
+// when the server is made), and a goroutine blocked in a system call holds
+// its P: with every P held so, the runtime's monitor takes Ps back from
+// them every 20 µs and hands them to other threads, waking threads (and
+// itself) all the time. With spare Ps it leaves them alone. Cold find -ls
+// of the 65k-entry tree: daemon context switches 22.5-31k -> 18.4-21.8k,
+// CPU 669-872 -> 650-819 ms; cold tar -c | cat: 140-152k -> 120-126k
+// switches, CPU 8.2-9.4 -> 7.5-8.8 s (interleaved pairs under load 7-8).
+func spareProcs() {
+	runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))
 }
 
 func fsName(image string) string {
