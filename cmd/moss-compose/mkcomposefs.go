@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"syscall"
 
 	"github.com/mossfs/mossfs/cas"
@@ -123,9 +124,9 @@ func runMkcomposefs(cmd *cobra.Command, args []string) (err error) {
 		if f.digestStore != "" {
 			return errors.New("mkcomposefs: --digest-store needs a directory SOURCE, not --from-file")
 		}
-		noCollection(source)
+		gcOff := noCollection(source)
 		defer faultError(source, &err)
-		root, err = readDumpSource(source)
+		root, err = readDumpSource(source, gcOff)
 	} else {
 		root, store, err = importDirSource(cmd.Context(), source)
 	}
@@ -292,10 +293,20 @@ func (o *imageOutput) abort() {
 // build (parse, layout and the streamed write all run in this goroutine)
 // ends with an error instead of a crash (SetPanicOnFault, recovered by the
 // caller).
-func readDumpSource(source string) (*tree.Node, error) {
+//
+// A pipe (how containers/storage runs mkcomposefs: --from-file - -) is
+// read whole first, see readPipe.
+func readDumpSource(source string, gcOff bool) (*tree.Node, error) {
 	opts := erofs.DumpOptions{Strict: os.Getenv("CFS_PARSE_STRICT") == "1", Name: source}
 	if source == "-" {
 		opts.Name = "<stdin>"
+		if st, err := os.Stdin.Stat(); err == nil && !st.Mode().IsRegular() {
+			data, err := readPipe(os.Stdin, gcOff)
+			if err != nil {
+				return nil, fmt.Errorf("%s: read dump: %w", opts.Name, err)
+			}
+			return erofs.ParseDumpBytes(data, opts)
+		}
 		return erofs.ParseDump(os.Stdin, opts)
 	}
 	file, err := os.Open(source)
@@ -313,31 +324,75 @@ func readDumpSource(source string) (*tree.Node, error) {
 	return erofs.ParseDump(file, opts)
 }
 
+// pipeProbe is how much of a dump of unknown size is read before deciding
+// whether the build's heap is made ready in huge pages.
+const pipeProbe = 1 << 20
+
+// pipeHeap is the heap made ready for a dump from a pipe of more than
+// pipeProbe bytes, whose size is not known ahead: the heap of the 65k-entry
+// dump's build (12.8 MB) and its read buffers come to ~60 MB. What the
+// build does not touch costs no memory.
+const pipeHeap = 128 << 20
+
+// readPipe reads a dump of unknown size to its end. A dump larger than
+// pipeProbe (~5k entries) gets the build's heap made ready in huge pages
+// (hugeheap.Grow, when the collector is off) before the rest is read, as
+// noCollection does for a file; a smaller one does not pay for it.
+func readPipe(r io.Reader, gcOff bool) ([]byte, error) {
+	buf := make([]byte, 0, pipeProbe)
+	for {
+		if len(buf) == cap(buf) {
+			if cap(buf) == pipeProbe && gcOff {
+				hugeheap.Grow(pipeHeap)
+			}
+			buf = slices.Grow(buf, cap(buf))
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
 // noCollection turns the garbage collector off for a build from a dump,
-// unless GOGC or GOMEMLIMIT say otherwise: what it allocates (the tree, its
-// layout, the image) stays live until the image is written, so a collection
-// finds next to nothing to free and only costs marking. A memory limit well
-// above what a build of the dump needs (about 2.3× its size) brings
-// collections back should something grow beyond it.
+// unless GOGC or GOMEMLIMIT say otherwise, and reports whether it did: what
+// it allocates (the tree, its layout, the image) stays live until the image
+// is written, so a collection finds next to nothing to free and only costs
+// marking. A memory limit well above what a build of the dump needs (about
+// 2.3× its size) brings collections back should something grow beyond it.
 //
 // The heap the build will fill is then made ready in huge pages: for the
 // 65k-entry dump of the benchmark (12.8 MB, ~30 MB of heap) first writes to
 // fresh 4 KiB pages cost ~7,700 page faults, about half of the command's
-// CPU time on a virtual machine (see hugeheap). Twice the heap the build
-// needs is asked for: what it does not touch costs no memory.
-func noCollection(source string) {
+// CPU time on a virtual machine (see hugeheap). Four times the dump is
+// asked for (what the build does not touch costs no memory); not for a
+// dump under 1 MB (~5k entries), whose build it slows (the collection that
+// Grow runs, whole huge pages zeroed for a few pages used). A dump from a
+// pipe, of unknown size, is left to readPipe.
+func noCollection(source string) bool {
 	if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
-		return
+		return false
 	}
 	limit := int64(1 << 30)
 	var size int64
-	if st, err := os.Stat(source); err == nil && st.Mode().IsRegular() {
+	st, err := os.Stat(source)
+	if source == "-" {
+		st, err = os.Stdin.Stat()
+	}
+	if err == nil && st.Mode().IsRegular() {
 		size = st.Size()
 		limit = max(limit, 16*size)
 	}
 	debug.SetGCPercent(-1)
 	debug.SetMemoryLimit(limit)
-	hugeheap.Grow(int(min(4*size, limit/4)))
+	if size >= 1<<20 {
+		hugeheap.Grow(int(min(max(4*size, hugeheap.MinSize), limit/4)))
+	}
+	return true
 }
 
 // faultError turns the panic of a memory fault in a mapped dump (the file
