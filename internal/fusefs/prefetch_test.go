@@ -209,7 +209,7 @@ func TestPrefetchListedWhileReading(t *testing.T) {
 		}
 		return nodeID(s.fs.current(), st.Ino)
 	}
-	for i := 1; i < 8; i++ {
+	for i := 0; i < 8; i++ {
 		p := filepath.Join(b, fmt.Sprintf("f%02d", i))
 		deadline := time.Now().Add(10 * time.Second)
 		for {
@@ -222,11 +222,8 @@ func TestPrefetchListedWhileReading(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	if !s.fs.objs.has(id(filepath.Join(b, "f00"))) {
-		t.Errorf("b/f00: the first file was not opened and checked")
-	}
 	before := s.fs.reads.Load()
-	for i := 1; i < 8; i++ {
+	for i := 0; i < 8; i++ {
 		name := fmt.Sprintf("b/f%02d", i)
 		got, err := os.ReadFile(filepath.Join(s.Target(), name))
 		if err != nil || !bytes.Equal(got, content[name]) {
