@@ -29,9 +29,12 @@ func main() {
 	// The container init of transaction triggers is this program, re-executed.
 	sandbox.Init()
 	// Multi-call: a link named mkcomposefs runs the mkcomposefs subcommand.
+	args := os.Args[1:]
 	if filepath.Base(os.Args[0]) == "mkcomposefs" {
-		rootCmd.SetArgs(append([]string{"mkcomposefs"}, os.Args[1:]...))
+		args = append([]string{"mkcomposefs"}, args...)
+		rootCmd.SetArgs(args)
 	}
+	cli.SkipCompletionCommand(rootCmd, args)
 	stopProfile := cli.Profile()
 	err := rootCmd.Execute()
 	stopProfile()

@@ -23,6 +23,7 @@ var rootCmd = &cobra.Command{
 }
 
 func main() {
+	cli.SkipCompletionCommand(rootCmd, os.Args[1:])
 	stopProfile := cli.Profile()
 	err := rootCmd.Execute()
 	stopProfile()

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 
+	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
@@ -118,4 +119,18 @@ func Sibling(name string) (string, error) {
 		return "", fmt.Errorf("%s is not installed beside %s nor on $PATH", name, filepath.Base(os.Args[0]))
 	}
 	return p, nil
+}
+
+// SkipCompletionCommand turns cobra's default "completion" command off for
+// a run whose args name one of root's subcommands: cobra builds that
+// command (five commands with their flags and help text) at every Execute,
+// about 2% of a `state remove`, for runs that cannot use it. Runs of
+// "completion" itself, of "__complete" (what the installed completion
+// scripts run), of "help", of the root alone and of hidden commands (the
+// gen-docs of man pages) still get it, so what users see is unchanged. args
+// are those Execute will parse.
+func SkipCompletionCommand(root *cobra.Command, args []string) {
+	if c, _, err := root.Find(args); err == nil && c != root && !c.Hidden && c.Name() != "help" {
+		root.CompletionOptions.DisableDefaultCmd = true
+	}
 }
