@@ -38,9 +38,11 @@ const MinSize = 8 << 20
 
 // Grow makes about n bytes of new heap memory ready for what the process
 // allocates next, mapped in huge pages where the kernel allows. It does
-// nothing for n < MinSize or when transparent huge pages are off.
+// nothing for n < MinSize, and unless the system gives huge pages on
+// request only ("madvise"): with "never" there are none to have, with
+// "always" the heap gets them without asking.
 func Grow(n int) {
-	if n < MinSize || !available() {
+	if n < MinSize || !onRequest() {
 		return
 	}
 	b := make([]byte, n)
@@ -59,10 +61,9 @@ func Grow(n int) {
 	runtime.GC()
 }
 
-// available reports whether transparent huge pages can be had by
-// madvise: the system setting is "always" or "madvise", not "never" (and
-// the file exists).
-func available() bool {
+// onRequest reports whether the system's transparent huge pages are
+// "madvise": given to memory marked MADV_HUGEPAGE, and only to it.
+func onRequest() bool {
 	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
-	return err == nil && !bytes.Contains(b, []byte("[never]"))
+	return err == nil && bytes.Contains(b, []byte("[madvise]"))
 }

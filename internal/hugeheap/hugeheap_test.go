@@ -71,6 +71,7 @@ func TestGrowGivesHugePages(t *testing.T) {
 		}
 	}
 	t.Logf("huge pages mapped by 16 MiB of allocations: %d KiB without Grow, %d KiB after Grow", without, with)
+	// Half: the kernel may fail to find some free huge pages.
 	if with < 8<<10 {
 		t.Errorf("after Grow, 16 MiB of allocations got %d KiB of huge pages, want at least 8 MiB", with)
 	}
