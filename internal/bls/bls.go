@@ -434,15 +434,40 @@ var StandardEntryDirs = []string{"boot/loader/entries", "efi/loader/entries", "b
 
 // FindEntryDirs returns the standard entries directories under root
 // ("/" on a running system) that hold at least one mossfs entry.
+//
+// It reads only names, and each directory only as far as its first mossfs
+// entry: mossfs switch looks on every switch, and a boot partition can hold
+// many entries.
 func FindEntryDirs(root string) []string {
 	var out []string
 	for _, d := range StandardEntryDirs {
 		dir := filepath.Join(root, d)
-		if ents, err := Entries(dir); err == nil && len(ents) > 0 {
+		if hasEntry(dir) {
 			out = append(out, dir)
 		}
 	}
 	return out
+}
+
+// hasEntry reports whether dir holds a mossfs entry (a regular file named
+// as EntryName names them).
+func hasEntry(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	for {
+		ents, err := f.ReadDir(64)
+		for _, de := range ents {
+			if _, ok := EntryID(de.Name()); ok && de.Type().IsRegular() {
+				return true
+			}
+		}
+		if err != nil {
+			return false
+		}
+	}
 }
 
 // SetDefaultFound makes tx the default in every entries directory

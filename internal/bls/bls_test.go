@@ -1,6 +1,7 @@
 package bls
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -142,5 +143,35 @@ func TestSetDefaultFound(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "boot", "loader", "loader.conf")); err == nil {
 		t.Error("loader.conf written where there are no mossfs entries")
+	}
+}
+
+// TestFindEntryDirs: a standard directory counts when it holds a mossfs
+// entry file, found past other entries; other entries, a directory named
+// like an entry and a missing directory do not count.
+func TestFindEntryDirs(t *testing.T) {
+	root := t.TempDir()
+	boot := filepath.Join(root, "boot/loader/entries")
+	efi := filepath.Join(root, "efi/loader/entries")
+	for _, d := range []string{boot, efi} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 150 {
+		for _, d := range []string{boot, efi} {
+			if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("debian-%03d.conf", i)), []byte("title x\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.Mkdir(filepath.Join(boot, EntryName(4)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(efi, EntryName(7)), []byte("title mossfs 7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := FindEntryDirs(root); len(got) != 1 || got[0] != efi {
+		t.Errorf("FindEntryDirs = %q, want [%s]", got, efi)
 	}
 }
