@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -124,6 +125,7 @@ type applierFeed struct {
 type feedPiece struct {
 	b    []byte
 	skip int64
+	own  *layerJob // b is this job's pre: released once read
 }
 
 func newApplierFeed() *applierFeed { return &applierFeed{ch: make(chan feedPiece, 4096)} }
@@ -131,6 +133,15 @@ func newApplierFeed() *applierFeed { return &applierFeed{ch: make(chan feedPiece
 func (f *applierFeed) data(b []byte) {
 	if len(b) > 0 {
 		f.ch <- feedPiece{b: b}
+	}
+}
+
+// pre sends a job's pre bytes, which the feed releases once read.
+func (f *applierFeed) pre(j *layerJob) {
+	if len(j.pre) > 0 {
+		f.ch <- feedPiece{b: j.pre, own: j}
+	} else {
+		j.releasePre()
 	}
 }
 
@@ -151,6 +162,10 @@ func (f *applierFeed) drain() {
 
 func (f *applierFeed) Read(p []byte) (int, error) {
 	for len(f.cur.b) == 0 && f.cur.skip == 0 {
+		if f.cur.own != nil {
+			f.cur.own.releasePre()
+			f.cur.own = nil
+		}
 		pc, ok := <-f.ch
 		if !ok {
 			return 0, io.EOF
@@ -207,6 +222,16 @@ type layerJob struct {
 	chunks  []fileChunk
 	err     error
 	done    chan struct{}
+
+	// preRefs counts who still reads pre (the ordered writer, the
+	// applier's feed); the last one gives the buffer back.
+	preRefs atomic.Int32
+}
+
+func (j *layerJob) releasePre() {
+	if j.preRefs.Add(-1) == 0 {
+		putBuf(j.pre)
+	}
 }
 
 func writeLayer(out io.Writer, root *tree.Node, compression string, open ContentOpener, hooks layerHooks) (*LayerBlob, error) {
@@ -335,7 +360,8 @@ func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan
 	var pre bytes.Buffer
 	var items []tarItem
 	send := func(j *layerJob) error {
-		j.pre, j.items, j.done = bytes.Clone(pre.Bytes()), items, make(chan struct{})
+		j.pre, j.items, j.done = getBuf(pre.Len()), items, make(chan struct{})
+		copy(j.pre, pre.Bytes())
 		pre.Reset()
 		items = nil
 		if j.ino != nil {
@@ -552,7 +578,9 @@ func (w *layerWriter) consume(ordered <-chan *layerJob) error {
 		if j.err != nil {
 			return j.err
 		}
+		j.preRefs.Add(1)
 		err := w.write(j)
+		j.releasePre()
 		w.budget.Release(j.cost)
 		if j.ino != nil && j.ino.Content == nil {
 			putBuf(j.content)
@@ -571,9 +599,13 @@ func (w *layerWriter) write(j *layerJob) error {
 		return err
 	}
 	if w.hooks.feed != nil {
-		w.hooks.feed.data(j.pre) // the producer's own copy, never reused
+		j.preRefs.Add(1)
+		w.hooks.feed.pre(j)
 	}
-	base := w.blob.n
+	var base int64 // blob offset of the job's frames (zstd:chunked only: a plain zstd encoder writes the blob from its own goroutine)
+	if w.meta != nil {
+		base = w.blob.n
+	}
 	if w.meta != nil && !j.big {
 		if j.ino == nil { // the last job: its headers and the end of archive in one frame
 			if w.fw == nil {
