@@ -69,6 +69,28 @@ type hashingWriter struct {
 	w io.Writer
 	h hash.Hash
 	n int64
+	// bw (w) buffers writes to out.
+	bw  *bufio.Writer
+	out io.Writer
+}
+
+// directMin is the size from which writeLarge hands bytes to the blob's
+// file itself instead of copying them through the buffer first.
+const directMin = 64 << 10
+
+// writeLarge writes p like Write, but unbuffered when it is large.
+func (hw *hashingWriter) writeLarge(p []byte) error {
+	if hw.bw == nil || len(p) < directMin {
+		_, err := hw.Write(p)
+		return err
+	}
+	if err := hw.bw.Flush(); err != nil {
+		return err
+	}
+	n, err := hw.out.Write(p)
+	hw.h.Write(p[:n])
+	hw.n += int64(n)
+	return err
 }
 
 func (hw *hashingWriter) Write(p []byte) (int, error) {
@@ -236,7 +258,7 @@ func (j *layerJob) releasePre() {
 
 func writeLayer(out io.Writer, root *tree.Node, compression string, open ContentOpener, hooks layerHooks) (*LayerBlob, error) {
 	bw := bufio.NewWriterSize(out, 1<<20) // a write per frame would be a syscall per file
-	blob := &hashingWriter{w: bw, h: sha256.New()}
+	blob := &hashingWriter{w: bw, h: sha256.New(), bw: bw, out: out}
 	lb := &LayerBlob{Annotations: map[string]string{}}
 	var comp io.WriteCloser
 	var meta *chunkedMeta
@@ -617,7 +639,7 @@ func (w *layerWriter) write(j *layerJob) error {
 			if err := w.fw.end(); err != nil {
 				return err
 			}
-		} else if _, err := w.blob.Write(j.frames); err != nil {
+		} else if err := w.blob.writeLarge(j.frames); err != nil {
 			return err
 		}
 	}
