@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -373,11 +374,24 @@ part removes nothing. Ranges skip ids that no longer exist.`,
 		if err != nil {
 			return err
 		}
-		s, err := state.Open(stateFlags.root)
+		// A removal only unlinks records: without gc it needs none of
+		// Open's upkeep (creating directories, making private what
+		// others could reach), which gc's Open still does.
+		open := state.Open
+		if stateFlags.noGC {
+			open = state.OpenExisting
+		}
+		s, err := open(stateFlags.root)
 		if err != nil {
 			return err
 		}
 		// Ids given one by one must exist; ranges may span removed ones.
+		// With no range, Remove itself checks that each exists (under
+		// its lock, with the same error), so the transactions directory
+		// need not be listed.
+		if !slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "-") }) {
+			return removeAndCollect(s, ids)
+		}
 		existing, err := s.IDs()
 		if err != nil {
 			return err

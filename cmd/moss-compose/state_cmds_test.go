@@ -209,6 +209,15 @@ func TestStateCommands(t *testing.T) {
 		t.Errorf("remove 1 3-4: %+v", rm)
 	}
 	mc(t, false, cmd("state", "remove", "9")...)
+	// Ids without a range are checked by the removal itself (the
+	// command lists no transactions): one unknown id removes nothing.
+	errOut = mc(t, false, cmd("state", "remove", "2", "9", "--force", "--no-gc")...)
+	if !strings.Contains(errOut, "transaction 9: no such transaction") {
+		t.Errorf("remove 2 9: %s", errOut)
+	}
+	if _, err := os.Stat(filepath.Join(root, "transactions", "2.json")); err != nil {
+		t.Errorf("remove 2 9 (9 unknown) removed 2: %v", err)
+	}
 	rm.GC = nil
 	mcJSON(t, &rm, cmd("state", "remove", "2", "--force", "--no-gc")...)
 	if rm.GC != nil {
