@@ -277,20 +277,29 @@ func readerSize(r io.ReaderAt) (int64, error) {
 // base decodes the fixed part of an inode: the record, where its xattrs and
 // inline tail are, but not the xattrs themselves.
 func (img *Image) base(nid uint64) (*Inode, error) {
+	ino := new(Inode)
+	if err := img.decodeBase(nid, ino); err != nil {
+		return nil, err
+	}
+	return ino, nil
+}
+
+// decodeBase is base into *ino, which it overwrites.
+func (img *Image) decodeBase(nid uint64, ino *Inode) error {
 	size := img.src.size
 	if nid > uint64(size)/SlotSize {
-		return nil, img.corruptf("nid %d beyond the image end", nid)
+		return img.corruptf("nid %d beyond the image end", nid)
 	}
 	off := img.metaStart + int64(nid)*SlotSize
 	if off+InodeCompactSize > size {
-		return nil, img.corruptf("inode %d beyond the image end", nid)
+		return img.corruptf("inode %d beyond the image end", nid)
 	}
 	rec, err := img.src.read(off, InodeCompactSize)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	format := le.Uint16(rec[0:])
-	ino := &Inode{Nid: nid}
+	*ino = Inode{Nid: nid}
 	ino.layout = uint8(format>>1) & 0x7
 	var icount uint16
 	var isize int64
@@ -309,11 +318,11 @@ func (img *Image) base(nid uint64) (*Inode, error) {
 	} else {
 		isize = InodeExtendedSize
 		if off+InodeExtendedSize > size {
-			return nil, img.corruptf("inode %d beyond the image end", nid)
+			return img.corruptf("inode %d beyond the image end", nid)
 		}
 		rec, err = img.src.read(off, InodeExtendedSize)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		icount = le.Uint16(rec[2:])
 		ino.Mode = uint32(le.Uint16(rec[4:]))
@@ -328,12 +337,12 @@ func (img *Image) base(nid uint64) (*Inode, error) {
 	switch ino.Mode & tree.TypeMask {
 	case tree.TypeReg, tree.TypeDir, tree.TypeLink, tree.TypeChar, tree.TypeBlock, tree.TypeFifo, tree.TypeSock:
 	default:
-		return nil, img.corruptf("inode %d: mode %#o has no valid file type", nid, ino.Mode)
+		return img.corruptf("inode %d: mode %#o has no valid file type", nid, ino.Mode)
 	}
 	switch ino.layout {
 	case LayoutFlatPlain, LayoutFlatInline, LayoutChunkBased:
 	default:
-		return nil, img.corruptf("inode %d: unsupported data layout %d", nid, ino.layout)
+		return img.corruptf("inode %d: unsupported data layout %d", nid, ino.layout)
 	}
 	if t := ino.Mode & tree.TypeMask; t == tree.TypeChar || t == tree.TypeBlock {
 		ino.Rdev = ino.blkaddr
@@ -342,9 +351,9 @@ func (img *Image) base(nid uint64) (*Inode, error) {
 	ino.xattrSize = XattrAreaSize(icount)
 	ino.tailOff = ino.xattrOff + int64(ino.xattrSize)
 	if ino.tailOff > size {
-		return nil, img.corruptf("inode %d: xattr area beyond the image end", nid)
+		return img.corruptf("inode %d: xattr area beyond the image end", nid)
 	}
-	return ino, nil
+	return nil
 }
 
 // Inode returns the inode with the given nid in the overlay view, with its
@@ -404,14 +413,17 @@ func (img *Image) RawXattrs(nid uint64) ([]tree.Xattr, error) {
 
 // payloadOfRedirect turns a redirect value into a payload as libcomposefs
 // does: strip one leading "/" (unless that is all), stop at a NUL.
-func payloadOfRedirect(v []byte) string {
+func payloadOfRedirect(v []byte) string { return string(redirectPayload(v)) }
+
+// redirectPayload is payloadOfRedirect in place.
+func redirectPayload(v []byte) []byte {
 	if len(v) > 1 && v[0] == '/' {
 		v = v[1:]
 	}
 	if i := slices.Index(v, 0); i >= 0 {
 		v = v[:i]
 	}
-	return string(v)
+	return v
 }
 
 func setXattr(xs *[]tree.Xattr, name string, value []byte) {
@@ -422,6 +434,22 @@ func setXattr(xs *[]tree.Xattr, name string, value []byte) {
 
 // decodeXattrs fills ino.rawXattrs.
 func (img *Image) decodeXattrs(ino *Inode) error {
+	var xs []tree.Xattr
+	err := img.walkXattrs(ino, func(prefix string, name, value []byte) {
+		xs = append(xs, tree.Xattr{Name: prefix + string(name), Value: slices.Clone(value)})
+	})
+	if err != nil {
+		return err
+	}
+	ino.rawXattrs = xs
+	return nil
+}
+
+// walkXattrs checks an inode's xattr area and calls fn for each entry in
+// on-disk order (inline entries, then shared ones) with the name's prefix,
+// the rest of the name and the value, all in place: fn must copy what it
+// keeps.
+func (img *Image) walkXattrs(ino *Inode, fn func(prefix string, name, value []byte)) error {
 	if ino.xattrSize == 0 {
 		return nil
 	}
@@ -434,7 +462,6 @@ func (img *Image) decodeXattrs(ino *Inode) error {
 	if pos > len(area) {
 		return img.corruptf("inode %d: %d shared xattr ids do not fit its %d-byte xattr area", ino.Nid, shared, len(area))
 	}
-	var xs []tree.Xattr
 	for p := pos; p < len(area); {
 		if p+XattrEntrySize > len(area) {
 			return img.corruptf("inode %d: xattr entry header beyond its xattr area", ino.Nid)
@@ -444,11 +471,9 @@ func (img *Image) decodeXattrs(ino *Inode) error {
 		if end > len(area) {
 			return img.corruptf("inode %d: xattr entry (%d-byte name, %d-byte value) beyond its xattr area", ino.Nid, nameLen, valueLen)
 		}
-		x, err := img.xattrEntry(ino.Nid, index, area[p+XattrEntrySize:end], nameLen)
-		if err != nil {
+		if err := img.xattrEntry(ino.Nid, index, area[p+XattrEntrySize:end], nameLen, fn); err != nil {
 			return err
 		}
-		xs = append(xs, x)
 		p = (end + 3) &^ 3
 	}
 	for i := range shared {
@@ -470,22 +495,81 @@ func (img *Image) decodeXattrs(ino *Inode) error {
 		if err != nil {
 			return err
 		}
-		x, err := img.xattrEntry(ino.Nid, index, body, nameLen)
-		if err != nil {
+		if err := img.xattrEntry(ino.Nid, index, body, nameLen, fn); err != nil {
 			return err
 		}
-		xs = append(xs, x)
 	}
-	ino.rawXattrs = xs
 	return nil
 }
 
-func (img *Image) xattrEntry(nid uint64, index uint8, body []byte, nameLen int) (tree.Xattr, error) {
+func (img *Image) xattrEntry(nid uint64, index uint8, body []byte, nameLen int, fn func(prefix string, name, value []byte)) error {
 	prefix, ok := XattrPrefix(index)
 	if !ok {
-		return tree.Xattr{}, img.corruptf("inode %d: unknown xattr name index %d", nid, index)
+		return img.corruptf("inode %d: unknown xattr name index %d", nid, index)
 	}
-	return tree.Xattr{Name: prefix + string(body[:nameLen]), Value: slices.Clone(body[nameLen:])}, nil
+	fn(prefix, body[:nameLen], body[nameLen:])
+	return nil
+}
+
+// Attr is what stat shows of an inode, and where a regular file's content
+// is: Inode without xattrs, symlink target, payload and digest.
+type Attr struct {
+	Nid   uint64
+	Mode  uint32 // st_mode with the type bits
+	UID   uint32
+	GID   uint32
+	Nlink uint32
+	Size  uint64
+	Mtime tree.Timespec
+	Rdev  uint32
+	// HasInline is Inode.HasInline; HasPayload reports a regular file whose
+	// Inode.Payload is not empty.
+	HasInline  bool
+	HasPayload bool
+}
+
+// Attr returns what stat shows of inode nid. It checks the inode as Inode
+// does (its record, xattr area and symlink target) and fails where Inode
+// fails, but decodes in place and allocates nothing: it is for listing
+// many inodes (a FUSE READDIRPLUS).
+func (img *Image) Attr(nid uint64) (Attr, error) {
+	var ino Inode
+	if err := img.decodeBase(nid, &ino); err != nil {
+		return Attr{}, err
+	}
+	reg := ino.Mode&tree.TypeMask == tree.TypeReg
+	payload := false
+	err := img.walkXattrs(&ino, func(prefix string, name, value []byte) {
+		if reg && isName(XattrRedirect, prefix, name) {
+			// The last redirect counts, as in Inode.
+			payload = len(redirectPayload(value)) > 0
+		}
+	})
+	if err != nil {
+		return Attr{}, err
+	}
+	a := Attr{
+		Nid: ino.Nid, Mode: ino.Mode, UID: ino.UID, GID: ino.GID, Nlink: ino.Nlink,
+		Size: ino.Size, Mtime: ino.Mtime, Rdev: ino.Rdev, HasPayload: payload,
+	}
+	switch ino.Mode & tree.TypeMask {
+	case tree.TypeLink:
+		// What symlinkTarget checks; the target itself is not read.
+		if ino.Size > readMaxSymlinkLen {
+			return Attr{}, img.corruptf("inode %d: symlink target of %d bytes (max %d)", ino.Nid, ino.Size, readMaxSymlinkLen)
+		}
+		if _, _, err := img.dataRange(&ino); err != nil {
+			return Attr{}, err
+		}
+	case tree.TypeReg:
+		a.HasInline = ino.Size > 0 && ino.layout != LayoutChunkBased
+	}
+	return a, nil
+}
+
+// isName reports whether prefix+name is full, without building the string.
+func isName(full, prefix string, name []byte) bool {
+	return len(full) == len(prefix)+len(name) && full[:len(prefix)] == prefix && full[len(prefix):] == string(name)
 }
 
 // dataRange tells where byte range [0, ino.Size) of a flat inode lives: full

@@ -3,6 +3,7 @@ package erofs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -125,10 +126,32 @@ func rdExercise(data []byte) {
 			continue
 		}
 		for _, e := range ents {
+			rdCheckAttr(img, e.Nid)
 			if _, err := img.Lookup(ino.Nid, e.Name); err == nil && e.Type == 0o040000 {
 				queue = append(queue, e.Nid)
 			}
 		}
+	}
+}
+
+// rdCheckAttr panics unless Attr fails exactly where Inode fails and
+// agrees with it otherwise.
+func rdCheckAttr(img *Image, nid uint64) {
+	ino, err := img.Inode(nid)
+	a, aerr := img.Attr(nid)
+	if (err == nil) != (aerr == nil) {
+		panic(fmt.Sprintf("inode %d: Inode error %v, Attr error %v", nid, err, aerr))
+	}
+	if err != nil {
+		return
+	}
+	want := Attr{
+		Nid: ino.Nid, Mode: ino.Mode, UID: ino.UID, GID: ino.GID, Nlink: ino.Nlink,
+		Size: ino.Size, Mtime: ino.Mtime, Rdev: ino.Rdev,
+		HasInline: ino.HasInline, HasPayload: ino.Payload != "",
+	}
+	if a != want {
+		panic(fmt.Sprintf("inode %d: Attr %+v, Inode says %+v", nid, a, want))
 	}
 }
 

@@ -258,6 +258,21 @@ func (g *generation) inode(f *fileSystem, nid uint64) (*Inode, fuse.Status) {
 	return in, fuse.OK
 }
 
+// attr loads what stat shows of an inode, logging what is wrong with the
+// image.
+func (g *generation) attr(f *fileSystem, nid uint64) (Attr, fuse.Status) {
+	if nid > maxNid {
+		f.logger.Printf("%s: nid %d out of range", g.image, nid)
+		return Attr{}, fuse.EIO
+	}
+	a, err := g.src.Attr(nid)
+	if err != nil {
+		f.logger.Printf("%s: inode %d: %v", g.image, nid, err)
+		return Attr{}, fuse.EIO
+	}
+	return a, fuse.OK
+}
+
 // readDir returns a directory's entries as the overlay shows them, cached.
 func (g *generation) readDir(f *fileSystem, nid uint64) ([]Dirent, fuse.Status) {
 	if v, ok := g.dirs.Load(nid); ok {
@@ -331,7 +346,7 @@ func (g *generation) openObjectFd(p string, flags int) (int, string, error) {
 	return fd, path, nil
 }
 
-func fillAttr(in *Inode, a *fuse.Attr) {
+func fillAttr(in *Attr, a *fuse.Attr) {
 	a.Ino = in.Nid
 	a.Size = in.Size
 	if in.Mode&tree.TypeMask == tree.TypeDir || in.Mode&tree.TypeMask == tree.TypeReg || in.Mode&tree.TypeMask == tree.TypeLink {
@@ -347,7 +362,7 @@ func fillAttr(in *Inode, a *fuse.Attr) {
 	a.Blksize = 4096
 }
 
-func (f *fileSystem) fillEntry(g *generation, in *Inode, out *fuse.EntryOut) {
+func (f *fileSystem) fillEntry(g *generation, in *Attr, out *fuse.EntryOut) {
 	out.NodeId = nodeID(g, in.Nid)
 	out.Generation = 0
 	out.SetEntryTimeout(cacheTimeout)
@@ -358,8 +373,8 @@ func (f *fileSystem) fillEntry(g *generation, in *Inode, out *fuse.EntryOut) {
 
 // dataless reports an external regular file without an object path: a
 // metacopy file whose data the overlay cannot find.
-func dataless(in *Inode) bool {
-	return in.Mode&tree.TypeMask == tree.TypeReg && in.Size > 0 && !in.HasInline && in.Payload == ""
+func dataless(in *Attr) bool {
+	return in.Mode&tree.TypeMask == tree.TypeReg && in.Size > 0 && !in.HasInline && !in.HasPayload
 }
 
 func findDirent(ents []Dirent, name string) (Dirent, bool) {
@@ -387,7 +402,7 @@ func (f *fileSystem) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name strin
 		out.SetEntryTimeout(cacheTimeout)
 		return fuse.OK
 	}
-	in, st := g.inode(f, e.Nid)
+	in, st := g.attr(f, e.Nid)
 	if !st.Ok() {
 		return st
 	}
@@ -395,12 +410,12 @@ func (f *fileSystem) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name strin
 		f.logger.Printf("%s: inode %d says it is %d", g.image, e.Nid, in.Nid)
 		return fuse.EIO
 	}
-	if dataless(in) {
+	if dataless(&in) {
 		// The overlay refuses the lookup of a metacopy file that has no
 		// redirect ("metacopy with no lower data found").
 		return fuse.EIO
 	}
-	f.fillEntry(g, in, out)
+	f.fillEntry(g, &in, out)
 	return fuse.OK
 }
 
@@ -419,11 +434,15 @@ func (f *fileSystem) Forget(id, nlookup uint64) {
 
 func (f *fileSystem) GetAttr(cancel <-chan struct{}, input *fuse.GetAttrIn, out *fuse.AttrOut) (st fuse.Status) {
 	defer f.guard(&st)
-	_, _, in, st := f.inodeOf(input.NodeId)
+	g, nid, st := f.node(input.NodeId)
 	if !st.Ok() {
 		return st
 	}
-	fillAttr(in, &out.Attr)
+	in, st := g.attr(f, nid)
+	if !st.Ok() {
+		return st
+	}
+	fillAttr(&in, &out.Attr)
 	out.SetTimeout(cacheTimeout)
 	return fuse.OK
 }
@@ -568,13 +587,13 @@ func (f *fileSystem) readDir(input *fuse.ReadIn, out *fuse.DirEntryList, plus bo
 		if off < 2 {
 			continue // the kernel never instantiates . and ..
 		}
-		in, st := g.inode(f, e.Nid)
-		if !st.Ok() || in.Nid != e.Nid || in.Mode&tree.TypeMask != e.Type || dataless(in) {
+		in, st := g.attr(f, e.Nid)
+		if !st.Ok() || in.Nid != e.Nid || in.Mode&tree.TypeMask != e.Type || dataless(&in) {
 			// Leave NodeId 0: the kernel looks the name up itself, and
 			// the lookup reports the error.
 			continue
 		}
-		f.fillEntry(g, in, eo)
+		f.fillEntry(g, &in, eo)
 	}
 	return fuse.OK
 }

@@ -32,6 +32,19 @@ func (s ImageSource) Inode(nid uint64) (*Inode, error) {
 	}, nil
 }
 
+// Attr implements Source.
+func (s ImageSource) Attr(nid uint64) (Attr, error) {
+	a, err := s.Img.Attr(nid)
+	if err != nil {
+		return Attr{}, err
+	}
+	return Attr{
+		Nid: a.Nid, Mode: a.Mode, UID: a.UID, GID: a.GID, Nlink: a.Nlink,
+		Size: a.Size, Mtime: a.Mtime, Rdev: a.Rdev,
+		HasInline: a.HasInline, HasPayload: a.HasPayload,
+	}, nil
+}
+
 // ReadDir implements Source.
 func (s ImageSource) ReadDir(nid uint64) ([]Dirent, error) {
 	ents, err := s.Img.ReadDirNid(nid)

@@ -20,6 +20,9 @@ type Source interface {
 	RootNid() uint64
 	// Inode returns the inode with node number nid.
 	Inode(nid uint64) (*Inode, error)
+	// Attr returns what stat shows of inode nid. It fails where Inode
+	// fails, but may be much cheaper (no xattrs, target or payload).
+	Attr(nid uint64) (Attr, error)
 	// ReadDir returns the entries of directory nid sorted by name in byte
 	// order, without "." and "..".
 	ReadDir(nid uint64) ([]Dirent, error)
@@ -49,6 +52,31 @@ type Inode struct {
 	// it with Source.ReadAt); otherwise the content is the object at Payload,
 	// or empty.
 	HasInline bool
+}
+
+// Attr is what stat shows of an inode of a Source.
+type Attr struct {
+	Nid   uint64
+	Mode  uint32 // st_mode with type bits
+	UID   uint32
+	GID   uint32
+	Nlink uint32
+	Size  uint64
+	Mtime tree.Timespec
+	Rdev  uint32 // kernel encoding
+	// HasInline is Inode.HasInline; HasPayload is set when Inode.Payload
+	// is not empty.
+	HasInline  bool
+	HasPayload bool
+}
+
+// Attr returns what stat shows of the inode.
+func (in *Inode) Attr() Attr {
+	return Attr{
+		Nid: in.Nid, Mode: in.Mode, UID: in.UID, GID: in.GID, Nlink: in.Nlink,
+		Size: in.Size, Mtime: in.Mtime, Rdev: in.Rdev,
+		HasInline: in.HasInline, HasPayload: in.Payload != "",
+	}
 }
 
 // Dirent is one directory entry of a Source.
@@ -184,6 +212,15 @@ func (s *TreeSource) Inode(nid uint64) (*Inode, error) {
 		return nil, fmt.Errorf("tree source: no inode %d", nid)
 	}
 	return s.inodes[nid], nil
+}
+
+// Attr implements Source.
+func (s *TreeSource) Attr(nid uint64) (Attr, error) {
+	in, err := s.Inode(nid)
+	if err != nil {
+		return Attr{}, err
+	}
+	return in.Attr(), nil
 }
 
 // ReadDir implements Source.
