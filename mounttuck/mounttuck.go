@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/mossfs/mossfs/internal/bgclose"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,6 +76,7 @@ func Switch(mntFd int, target string) (Result, error) {
 		return res, fmt.Errorf("switch %s: target is not a directory", target)
 	}
 	oldID, _ := mountID(target)
+	readable := topIsPassive(target)
 
 	if err := hook(stepBeneath); err != nil {
 		return res, fmt.Errorf("switch %s: %w", target, err)
@@ -102,11 +104,25 @@ func Switch(mntFd int, target string) (Result, error) {
 	res.OldMountID = oldID
 
 	// Hold the old top while detaching it, so that tearing it down (the
-	// last mntput: superblocks, loop device) is not part of the switch but
-	// happens afterwards, when the reference is dropped in the background.
-	ref, rerr := unix.Open(target, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	// last mntput: superblocks, every dentry and inode cached of the old
+	// tree, loop device) is not part of the switch but happens afterwards:
+	// the reference goes to a kernel worker (package bgclose), or, where
+	// that cannot be, is dropped by a goroutine. Only a descriptor opened
+	// for reading can go (io_uring takes no O_PATH files), and that only
+	// where opening asks no process (see topIsPassive).
+	ref, rerr := -1, error(unix.EBADF)
+	if readable {
+		ref, rerr = unix.Open(target, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if rerr != nil {
+		ref, rerr = unix.Open(target, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
 	if rerr == nil {
-		defer func() { go unix.Close(ref) }()
+		defer func() {
+			if !bgclose.Release(ref) {
+				go unix.Close(ref)
+			}
+		}()
 	}
 	err = hook(stepDetachOld)
 	if err == nil {

@@ -129,3 +129,30 @@ func topAtStatmount(path string) (m MountEntry, mounted, ok bool) {
 	}
 	return m, true, true
 }
+
+// fuseSuperMagic is FUSE_SUPER_MAGIC (include/uapi/linux/magic.h).
+const fuseSuperMagic = 0x65735546
+
+// statmountSBBasic is STATMOUNT_SB_BASIC: the superblock's device, magic
+// and flags.
+const statmountSBBasic = 0x1
+
+// topIsPassive reports whether opening the top mount at path for reading
+// is a matter of the kernel alone: false for FUSE, where an open asks the
+// daemon (which may be the hung one a switch replaces), and false when the
+// kernel cannot say (before Linux 6.8: statx STATX_MNT_ID_UNIQUE and
+// statmount(2)).
+func topIsPassive(path string) bool {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_MNT_ID_UNIQUE, &stx); err != nil || stx.Mask&unix.STATX_MNT_ID_UNIQUE == 0 {
+		return false
+	}
+	req := mntIDReq{size: mntIDReqSizeVer0, id: stx.Mnt_id, param: statmountSBBasic}
+	var buf [64]byte // struct statmount up to sb_flags
+	_, _, errno := unix.Syscall6(sysStatmount, uintptr(unsafe.Pointer(&req)), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0, 0, 0)
+	le := binary.LittleEndian
+	if errno != 0 || le.Uint64(buf[8:])&statmountSBBasic == 0 {
+		return false
+	}
+	return le.Uint64(buf[24:]) != fuseSuperMagic
+}

@@ -46,6 +46,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/mossfs/mossfs/internal/bgclose"
 	"golang.org/x/sys/unix"
 )
 
@@ -152,12 +153,17 @@ func (b *Batch) add(fl File) error {
 	p := &pending{d: d, dst: fl.Path, base: base, fd: -1}
 	// Hold the file being replaced: the rename then only unlinks it, and
 	// freeing its inode and blocks (two thirds of a rename's cost here)
-	// happens when Commit lets go of it, beside the directory fsyncs
-	// instead of before them.
-	if old, err := unix.Openat(d.fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+	// happens when Commit lets go of it: in a kernel worker (package
+	// bgclose, which takes descriptors opened for reading; O_NONBLOCK: a
+	// FIFO put there must not stop the switch), or else beside the
+	// directory fsyncs instead of before them.
+	old, err := unix.Openat(d.fd, base, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		old, err = unix.Openat(d.fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err == nil {
 		d.olds = append(d.olds, old)
 	}
-	var err error
 	for range 100 {
 		p.tmp = ".tmp-" + base + "-" + strconv.FormatUint(uint64(rand.Uint32()), 10)
 		p.fd, err = unix.Openat(d.fd, p.tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
@@ -238,6 +244,7 @@ func (b *Batch) Commit() error {
 		}
 		p.renamed = true
 	}
+	b.releaseOlds()
 	if testSkip.dirSync {
 		return nil
 	}
@@ -260,6 +267,21 @@ func (b *Batch) Abort() {
 	b.wg.Wait()
 	b.removeTemps()
 	b.closeDirs()
+}
+
+// releaseOlds hands the replaced files of all directories to a kernel
+// worker to free (package bgclose); where it cannot, they stay for
+// closeOld.
+func (b *Batch) releaseOlds() {
+	var fds []int
+	for _, d := range b.dirs {
+		fds = append(fds, d.olds...)
+	}
+	if bgclose.Release(fds...) {
+		for _, d := range b.dirs {
+			d.olds = nil
+		}
+	}
 }
 
 // closeOld lets go of the replaced files held in d.

@@ -1,0 +1,77 @@
+// Package bgclose closes file descriptors whose last close would do slow
+// work in the caller, and leaves that work to a kernel worker: tearing
+// down an unmounted tree (its superblocks, every cached dentry and inode of
+// it) or freeing the inode and blocks of a replaced file.
+//
+// A process cannot put that work in the background by itself: the kernel
+// runs the final release of a file in the task that dropped the last
+// reference, on its way back from the system call, and a process that exits
+// first runs it on its way out, before its parent sees it exit. mossfs
+// switch measured 6-7 ms of CPU per switch there when other programs had
+// read the old tree (its caches to tear down), in its own time, while the
+// new tree was already in place and recorded.
+//
+// The way out is io_uring: the descriptors are registered as the fixed
+// files of a ring that is never used otherwise, and then both are closed.
+// The ring holds the last references, and the kernel frees a ring and its
+// fixed files from a workqueue, whose final release of each file is again
+// deferred to a kernel worker. Where io_uring cannot be had (an old
+// kernel, kernel.io_uring_disabled, a seccomp filter), Release says so and
+// the caller closes the descriptors itself.
+package bgclose
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ioUringParams is struct io_uring_params (include/uapi/linux/io_uring.h).
+type ioUringParams struct {
+	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFD uint32
+	resv                                                                   [3]uint32
+	sqOff, cqOff                                                           [10]uint32
+}
+
+const ioringRegisterFiles = 2 // IORING_REGISTER_FILES
+
+// Release closes fds, leaving their last release to a kernel worker, and
+// reports true. Where it cannot (no io_uring, or a descriptor opened with
+// O_PATH, which io_uring does not take), it closes nothing and reports
+// false: the caller closes them as it would have.
+func Release(fds ...int) bool {
+	if len(fds) == 0 {
+		return true
+	}
+	ring := handOver(fds)
+	if ring < 0 {
+		return false
+	}
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	// Only now: a ring freed before the caller's descriptors are closed
+	// would leave the last references to the caller again.
+	unix.Close(ring)
+	return true
+}
+
+// handOver registers fds as the fixed files of a new ring and returns the
+// ring (-1 if io_uring cannot be had or refuses one of fds).
+func handOver(fds []int) int {
+	var p ioUringParams
+	ring, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, 1, uintptr(unsafe.Pointer(&p)), 0)
+	if errno != 0 {
+		return -1
+	}
+	files := make([]int32, len(fds))
+	for i, fd := range fds {
+		files[i] = int32(fd)
+	}
+	_, _, errno = unix.Syscall6(unix.SYS_IO_URING_REGISTER, ring, ioringRegisterFiles, uintptr(unsafe.Pointer(&files[0])), uintptr(len(files)), 0, 0)
+	if errno != 0 {
+		unix.Close(int(ring))
+		return -1
+	}
+	return int(ring)
+}
