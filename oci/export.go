@@ -2,6 +2,7 @@ package oci
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -106,29 +107,16 @@ type hashStore struct{}
 func (hashStore) Put(r io.Reader) ([32]byte, error) { return fsverity.DigestReader(r) }
 
 // toldStore is a layer.Store that is told each content's fs-verity digest
-// by the layer writer (the store's record of the object it wrote, in tar
-// order) instead of hashing it again. It is told every regular file's
-// content of more than layer.InlineMax bytes; the applier may store fewer
-// (a name it takes for a whiteout), so a told digest is matched to the
-// entry by name and size, and the ones the applier passed over are dropped.
+// by the layer writer (the store's record of the object it wrote) instead
+// of hashing it again: the applier is handed the entries themselves
+// (composefsOf.applyEntries), and each told digest is for the entry
+// applied next.
 type toldStore struct {
-	mu    sync.Mutex
-	cond  *sync.Cond
-	queue []toldDigest
-	done  bool // the writer ended: nothing more will be told
+	d     [32]byte
+	size  int64
+	ok    bool // d is told for the entry being applied
+	n     int  // digests taken
 	drain [256 << 10]byte
-}
-
-type toldDigest struct {
-	name string
-	size int64
-	d    [32]byte
-}
-
-func newToldStore() *toldStore {
-	s := &toldStore{}
-	s.cond = sync.NewCond(&s.mu)
-	return s
 }
 
 func (s *toldStore) Put(io.Reader) ([32]byte, error) {
@@ -136,51 +124,32 @@ func (s *toldStore) Put(io.Reader) ([32]byte, error) {
 }
 
 func (s *toldStore) PutEntry(h *tar.Header, r io.Reader) ([32]byte, error) {
-	// Drain first: the writer tells a digest once its content is through.
-	// In large reads: each read of the tar stream is a hand-off on the pipe.
+	if !s.ok {
+		return [32]byte{}, errors.New("the layer writer told no digest for this content")
+	}
+	s.ok = false
 	n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, r, s.drain[:])
 	if err != nil {
 		return [32]byte{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for {
-		for len(s.queue) > 0 {
-			t := s.queue[0]
-			s.queue = s.queue[1:]
-			if t.name == h.Name {
-				if t.size != n {
-					return [32]byte{}, fmt.Errorf("told the digest of %d bytes, read %d", t.size, n)
-				}
-				return t.d, nil
-			}
-		}
-		if s.done {
-			return [32]byte{}, errors.New("the layer writer told no digest for this content")
-		}
-		s.cond.Wait()
+	if n != s.size {
+		return [32]byte{}, fmt.Errorf("told the digest of %d bytes, read %d", s.size, n)
 	}
+	s.n++
+	return s.d, nil
 }
 
-func (s *toldStore) tell(name string, size int64, d [32]byte) {
-	s.mu.Lock()
-	s.queue = append(s.queue, toldDigest{name, size, d})
-	s.mu.Unlock()
-	s.cond.Broadcast()
-}
+// toldContent stands for a told content of n bytes: it reads as n bytes
+// it never writes (toldStore discards them unseen).
+type toldContent struct{ n int64 }
 
-// start readies the store for a layer; the writer calls the returned
-// function when it ends.
-func (s *toldStore) start() (writerDone func()) {
-	s.mu.Lock()
-	s.queue, s.done = nil, false
-	s.mu.Unlock()
-	return func() {
-		s.mu.Lock()
-		s.done = true
-		s.mu.Unlock()
-		s.cond.Broadcast()
+func (t *toldContent) Read(p []byte) (int, error) {
+	if t.n == 0 {
+		return 0, io.EOF
 	}
+	k := int(min(int64(len(p)), t.n))
+	t.n -= int64(k)
+	return k, nil
 }
 
 // composefsOf applies layer tars as an import does (package layer, the
@@ -197,7 +166,7 @@ func newComposefsOf(told bool) *composefsOf {
 	c := &composefsOf{}
 	var st layer.Store = hashStore{}
 	if told {
-		c.told = newToldStore()
+		c.told = &toldStore{}
 		st = c.told
 	}
 	c.ap = layer.NewApplier(st, layer.Limits{MaxLayerBytes: 1 << 62, Ratio: 1 << 62, MaxEntries: 1 << 40})
@@ -208,6 +177,33 @@ func newComposefsOf(told bool) *composefsOf {
 func (c *composefsOf) apply(r io.Reader, name string) error {
 	_, err := c.ap.Apply(r, name)
 	return err
+}
+
+// applyEntries applies one layer as the layer writer feeds it, the
+// digests of its larger contents told.
+func (c *composefsOf) applyEntries(f *entryFeed, name string) error {
+	l := c.ap.Layer(name, 0)
+	for fj := range f.ch {
+		for i, it := range fj.items {
+			var body io.Reader = bytes.NewReader(nil)
+			if i == len(fj.items)-1 {
+				switch {
+				case fj.told:
+					c.told.d, c.told.size, c.told.ok = fj.verity, fj.size, true
+					body = &toldContent{n: fj.size}
+				case fj.content != nil:
+					body = bytes.NewReader(fj.content)
+				}
+			}
+			err := l.Entry(it.hdr, body)
+			c.told.ok = false
+			if err != nil {
+				return err
+			}
+		}
+	}
+	l.End()
+	return nil
 }
 
 func (c *composefsOf) image() ([]byte, [32]byte, error) {
@@ -438,21 +434,16 @@ func writeLayerBlob(stage string, root *tree.Node, compression string, open Cont
 	if err != nil {
 		return nil, err
 	}
-	feed := newApplierFeed()
+	feed := newEntryFeed()
 	applied := make(chan error, 1)
-	writerDone := cfs.told.start()
 	go func() {
-		err := cfs.apply(feed, name)
+		err := cfs.applyEntries(feed, name)
 		if err != nil {
 			feed.drain()
 		}
 		applied <- err
 	}()
-	lb, err := writeLayer(f, root, compression, open, layerHooks{feed: feed, verity: func(name string, size int64, d [32]byte) error {
-		cfs.told.tell(name, size, d)
-		return nil
-	}})
-	writerDone()
+	lb, err := writeLayer(f, root, compression, open, layerHooks{entries: feed})
 	feed.close()
 	if aerr := <-applied; err == nil && aerr != nil {
 		err = fmt.Errorf("composefs image of the layer: %w", aerr)

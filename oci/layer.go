@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -120,89 +119,45 @@ func WriteLayer(out io.Writer, root *tree.Node, compression string, open Content
 type layerHooks struct {
 	// tee receives the uncompressed tar.
 	tee io.Writer
-	// verity, if set, is called after the content of each regular file of
-	// more than layer.InlineMax bytes went to tee (in tar order), with the
-	// content's fs-verity digest: the store's record of the object, or
-	// computed from the content when the tree has none.
-	verity func(name string, size int64, d [32]byte) error
-	// feed, if set, receives the uncompressed tar like tee, but without
-	// making the writer wait for its reader, and with the contents the
-	// verity hook tells as lengths to skip.
-	feed *applierFeed
+	// entries, if set, receives the layer's entries as they are written
+	// (for the composefs applier), with the fs-verity digest of each
+	// regular file's content of more than layer.InlineMax bytes: the
+	// store's record of the object, or computed from the content when the
+	// tree has none.
+	entries *entryFeed
 	// workers overrides the number of workers (tests; 0: GOMAXPROCS).
 	workers int
 }
 
-// applierFeed is an uncompressed layer as the composefs applier reads it,
-// handed over through a channel so that the ordered writer never waits
-// for the applier (a pipe would make every write a rendezvous with a
-// goroutine that, with the workers on every CPU, waits to be scheduled):
-// headers and small contents as bytes, the contents whose digests are
-// told as lengths it reads as zeros.
-type applierFeed struct {
-	ch  chan feedPiece
-	cur feedPiece
+// entryFeed hands the layer to the composefs applier on its own goroutine
+// as what the ordered writer has in hand: the tar headers themselves (the
+// applier applies them as a tar reader would return them, with nothing to
+// format or parse), the contents of up to layer.InlineMax bytes, and the
+// fs-verity digests of the larger ones. A channel, so that the writer never
+// waits for the applier.
+type entryFeed struct {
+	ch chan feedJob
 }
 
-type feedPiece struct {
-	b    []byte
-	skip int64
-	own  *layerJob // b is this job's pre: released once read
+// feedJob is a job's entries: the last one has the content, if the job
+// has one (content: inline bytes; told: the digest of a larger content).
+type feedJob struct {
+	items   []tarItem
+	content []byte
+	told    bool
+	size    int64
+	verity  [32]byte
 }
 
-func newApplierFeed() *applierFeed { return &applierFeed{ch: make(chan feedPiece, 4096)} }
-
-func (f *applierFeed) data(b []byte) {
-	if len(b) > 0 {
-		f.ch <- feedPiece{b: b}
-	}
-}
-
-// pre sends a job's pre bytes, which the feed releases once read.
-func (f *applierFeed) pre(j *layerJob) {
-	if len(j.pre) > 0 {
-		f.ch <- feedPiece{b: j.pre, own: j}
-	} else {
-		j.releasePre()
-	}
-}
-
-func (f *applierFeed) skip(n int64) {
-	if n > 0 {
-		f.ch <- feedPiece{skip: n}
-	}
-}
+func newEntryFeed() *entryFeed { return &entryFeed{ch: make(chan feedJob, 4096)} }
 
 // close ends the stream (the writer is done).
-func (f *applierFeed) close() { close(f.ch) }
+func (f *entryFeed) close() { close(f.ch) }
 
-// drain discards what is still sent (the reader gave up).
-func (f *applierFeed) drain() {
+// drain discards what is still sent (the applier gave up).
+func (f *entryFeed) drain() {
 	for range f.ch {
 	}
-}
-
-func (f *applierFeed) Read(p []byte) (int, error) {
-	for len(f.cur.b) == 0 && f.cur.skip == 0 {
-		if f.cur.own != nil {
-			f.cur.own.releasePre()
-			f.cur.own = nil
-		}
-		pc, ok := <-f.ch
-		if !ok {
-			return 0, io.EOF
-		}
-		f.cur = pc
-	}
-	if len(f.cur.b) > 0 {
-		n := copy(p, f.cur.b)
-		f.cur.b = f.cur.b[n:]
-		return n, nil
-	}
-	n := int(min(int64(len(p)), f.cur.skip))
-	clear(p[:n])
-	f.cur.skip -= int64(n)
-	return n, nil
 }
 
 // Tuning of the pipeline. Files larger than bigFile are read and
@@ -244,16 +199,6 @@ type layerJob struct {
 	chunks  []fileChunk
 	err     error
 	done    chan struct{}
-
-	// preRefs counts who still reads pre (the ordered writer, the
-	// applier's feed); the last one gives the buffer back.
-	preRefs atomic.Int32
-}
-
-func (j *layerJob) releasePre() {
-	if j.preRefs.Add(-1) == 0 {
-		putBuf(j.pre)
-	}
 }
 
 func writeLayer(out io.Writer, root *tree.Node, compression string, open ContentOpener, hooks layerHooks) (*LayerBlob, error) {
@@ -533,7 +478,7 @@ func (w *layerWriter) openContent(j *layerJob) (io.ReadCloser, error) {
 }
 
 func (w *layerWriter) wantVerity(j *layerJob) bool {
-	return w.hooks.verity != nil && j.ino.Size > layer.InlineMax
+	return w.hooks.entries != nil && j.ino.Size > layer.InlineMax
 }
 
 // knownVerity is the store's fs-verity digest of a payload, if it has one.
@@ -600,9 +545,8 @@ func (w *layerWriter) consume(ordered <-chan *layerJob) error {
 		if j.err != nil {
 			return j.err
 		}
-		j.preRefs.Add(1)
 		err := w.write(j)
-		j.releasePre()
+		putBuf(j.pre)
 		w.budget.Release(j.cost)
 		if j.ino != nil && j.ino.Content == nil {
 			putBuf(j.content)
@@ -619,10 +563,6 @@ func (w *layerWriter) consume(ordered <-chan *layerJob) error {
 func (w *layerWriter) write(j *layerJob) error {
 	if _, err := w.plain.Write(j.pre); err != nil {
 		return err
-	}
-	if w.hooks.feed != nil {
-		j.preRefs.Add(1)
-		w.hooks.feed.pre(j)
 	}
 	var base int64 // blob offset of the job's frames (zstd:chunked only: a plain zstd encoder writes the blob from its own goroutine)
 	if w.meta != nil {
@@ -652,17 +592,18 @@ func (w *layerWriter) write(j *layerJob) error {
 			return err
 		}
 	}
-	if j.ino != nil && w.hooks.feed != nil {
-		if w.wantVerity(j) {
-			w.hooks.feed.skip(int64(j.ino.Size))
-		} else {
-			w.hooks.feed.data(bytes.Clone(j.content)) // content buffers are reused
+	if w.hooks.entries != nil {
+		fj := feedJob{items: j.items}
+		switch {
+		case j.ino == nil:
+		case w.wantVerity(j):
+			fj.told, fj.size, fj.verity = true, int64(j.ino.Size), j.verity
+		case j.ino.Content != nil:
+			fj.content = j.ino.Content
+		default:
+			fj.content = bytes.Clone(j.content) // content buffers are reused
 		}
-	}
-	if j.ino != nil && w.wantVerity(j) {
-		if err := w.hooks.verity(j.items[len(j.items)-1].hdr.Name, int64(j.ino.Size), j.verity); err != nil {
-			return err
-		}
+		w.hooks.entries.ch <- fj
 	}
 	if w.meta == nil {
 		return nil

@@ -110,6 +110,8 @@ func chunkedTree(t testing.TB, dir string) *tree.Node {
 	add(sub, &tree.Node{Name: "link", Mode: tree.TypeLink | 0o777, Target: "../random-small", Size: 15})
 	add(sub, &tree.Node{Name: "null", Mode: tree.TypeChar | 0o666, Rdev: 1<<8 | 3})
 	add(sub, &tree.Node{Name: "fifo", Mode: tree.TypeFifo | 0o644})
+	// PAX records for the owner and the name.
+	add(sub, &tree.Node{Name: "bigid-ünï", Mode: tree.TypeReg | 0o644, UID: 3_000_000, GID: 1 << 30, Size: 2, Content: []byte("ok"), Nlink: 1})
 	long := add(sub, tree.NewDir(string(bytes.Repeat([]byte("n"), 200)), 0o755))
 	add(long, &tree.Node{Name: string(bytes.Repeat([]byte("f"), 250)), Mode: tree.TypeReg | 0o644, Size: 3, Content: []byte("abc"), Nlink: 1})
 	// Headers only at the end: the last job has items.
@@ -197,11 +199,12 @@ func TestZstdChunkedAsContainersStorage(t *testing.T) {
 	}
 }
 
-// TestLayerVerityHook: the digests the export hands the applier (the
-// store's records, or computed where the tree has none) are, in tar order,
-// the fs-verity digests of exactly the contents the applier stores, and the
-// composefs image built from them, the told contents fed as lengths only,
-// is the one an applier hashing every content of the real tar gives.
+// TestLayerVerityHook: the entries the export hands the applier (the tar
+// headers it wrote, small contents, and for the larger contents the
+// digests: the store's records, or computed where the tree has none) give
+// the composefs image that an applier parsing the real tar and hashing
+// every content gives, and a digest is told for exactly the contents the
+// applier stores.
 func TestLayerVerityHook(t *testing.T) {
 	dir := t.TempDir()
 	root := chunkedTree(t, dir)
@@ -209,24 +212,16 @@ func TestLayerVerityHook(t *testing.T) {
 	for _, c := range []string{CompressionZstdChunked, CompressionNone} {
 		hashed := newComposefsOf(false)
 		told := newComposefsOf(true)
-		writerDone := told.told.start()
 		pr1, pw1 := io.Pipe()
-		feed := newApplierFeed()
+		feed := newEntryFeed()
 		errs := make(chan error, 2)
 		go func() { errs <- hashed.apply(pr1, "hashed"); io.Copy(io.Discard, pr1) }()
-		go func() { errs <- told.apply(feed, "told"); feed.drain() }()
-		n := 0
-		_, err := writeLayer(io.Discard, root, c, open, layerHooks{
-			tee:  pw1,
-			feed: feed,
-			verity: func(name string, size int64, d [32]byte) error {
-				n++
-				told.told.tell(name, size, d)
-				return nil
-			},
-			workers: 3,
-		})
-		writerDone()
+		go func() {
+			err := told.applyEntries(feed, "told")
+			feed.drain()
+			errs <- err
+		}()
+		_, err := writeLayer(io.Discard, root, c, open, layerHooks{tee: pw1, entries: feed, workers: 3})
 		pw1.CloseWithError(err)
 		feed.close()
 		if err != nil {
@@ -237,6 +232,7 @@ func TestLayerVerityHook(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		n := told.told.n
 		_, want, err := hashed.image()
 		if err != nil {
 			t.Fatal(err)

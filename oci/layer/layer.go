@@ -155,7 +155,7 @@ func (a *Applier) Apply(r io.Reader, name string) (*tree.Node, error) {
 // also hold for the files' sizes as the tar headers give them (a sparse
 // entry expands without reading its stream, so CapReader cannot see it).
 func (a *Applier) ApplyCompressed(r io.Reader, name string, compressedSize int64) (*tree.Node, error) {
-	ap := &apply{a: a, name: name, created: map[*tree.Node]bool{}, ownRoot: tree.NewDir("", 0o755), compressed: compressedSize}
+	l := a.Layer(name, compressedSize)
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -165,12 +165,8 @@ func (a *Applier) ApplyCompressed(r io.Reader, name string, compressedSize int64
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: reading tar: %w", name, err)
 		}
-		a.entries++
-		if a.entries > a.lim.MaxEntries {
-			return nil, fmt.Errorf("layer %s: the image has more than %d entries (--max-entries): %w", name, a.lim.MaxEntries, ErrLimit)
-		}
-		if err := ap.entry(h, tr); err != nil {
-			return nil, fmt.Errorf("layer %s: %s: %w", name, h.Name, err)
+		if err := l.Entry(h, tr); err != nil {
+			return nil, err
 		}
 	}
 	// Drain what follows the end-of-archive marker, so the caller's digest
@@ -178,9 +174,40 @@ func (a *Applier) ApplyCompressed(r io.Reader, name string, compressedSize int64
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		return nil, fmt.Errorf("layer %s: %w", name, err)
 	}
-	a.Root.Sort()
-	ap.ownRoot.Sort()
-	return ap.ownRoot, nil
+	return l.End(), nil
+}
+
+// LayerApply is one layer being applied entry by entry, for a caller that
+// has the layer's tar headers in hand (a writer of the layer) rather than
+// a tar stream to parse. Apply is Layer, Entry for each header the tar
+// reader returns, then End.
+type LayerApply struct{ ap *apply }
+
+// Layer starts applying a layer (name and compressedSize as for
+// ApplyCompressed).
+func (a *Applier) Layer(name string, compressedSize int64) *LayerApply {
+	return &LayerApply{&apply{a: a, name: name, created: map[*tree.Node]bool{}, ownRoot: tree.NewDir("", 0o755), compressed: compressedSize}}
+}
+
+// Entry applies one tar entry; body reads its content (h.Size bytes for a
+// regular file).
+func (l *LayerApply) Entry(h *tar.Header, body io.Reader) error {
+	a := l.ap.a
+	a.entries++
+	if a.entries > a.lim.MaxEntries {
+		return fmt.Errorf("layer %s: the image has more than %d entries (--max-entries): %w", l.ap.name, a.lim.MaxEntries, ErrLimit)
+	}
+	if err := l.ap.entry(h, body); err != nil {
+		return fmt.Errorf("layer %s: %s: %w", l.ap.name, h.Name, err)
+	}
+	return nil
+}
+
+// End ends the layer and returns its own tree.
+func (l *LayerApply) End() *tree.Node {
+	l.ap.a.Root.Sort()
+	l.ap.ownRoot.Sort()
+	return l.ap.ownRoot
 }
 
 type apply struct {
