@@ -103,19 +103,27 @@ func (b *pieces) WriteTo(w io.Writer) (int64, error) {
 }
 
 // tocWriter writes the TOC's JSON as containers/storage's json.Marshal of
-// the whole TOC (minimal.TOC) does, an entry at a time.
+// the whole TOC (minimal.TOC) does, an entry at a time, into its
+// compressor while the layer is written (the compressor's bytes do not
+// depend on how its input is split into writes).
 type tocWriter struct {
-	pieces
+	out     io.Writer
+	n       int // JSON bytes written
 	entries int
 	scratch bytes.Buffer
 	enc     *json.Encoder
 }
 
-func newTOCWriter() *tocWriter {
-	t := &tocWriter{}
+func newTOCWriter(out io.Writer) *tocWriter {
+	t := &tocWriter{out: out}
 	t.enc = json.NewEncoder(&t.scratch) // escapes HTML as json.Marshal does
-	t.Write([]byte(`{"version":1,"entries":[`))
 	return t
+}
+
+func (t *tocWriter) write(p []byte) error {
+	n, err := t.out.Write(p)
+	t.n += n
+	return err
 }
 
 func (t *tocWriter) add(e *tocEntry) error {
@@ -123,26 +131,30 @@ func (t *tocWriter) add(e *tocEntry) error {
 	if err := t.enc.Encode(e); err != nil {
 		return err
 	}
-	if t.entries > 0 {
-		t.Write([]byte{','})
+	sep := []byte{','}
+	if t.entries == 0 {
+		sep = []byte(`{"version":1,"entries":[`)
 	}
-	t.Write(bytes.TrimSuffix(t.scratch.Bytes(), []byte{'\n'}))
+	if err := t.write(sep); err != nil {
+		return err
+	}
 	t.entries++
-	return nil
+	return t.write(bytes.TrimSuffix(t.scratch.Bytes(), []byte{'\n'}))
 }
 
-// end closes the JSON; the pieces are then the whole TOC.
-func (t *tocWriter) end(tarSplitDigest string) {
+// end closes the JSON.
+func (t *tocWriter) end(tarSplitDigest string) error {
+	head := []byte{']'}
 	if t.entries == 0 { // a nil slice
-		t.pieces = pieces{}
-		t.Write([]byte(`{"version":1,"entries":null`))
-	} else {
-		t.Write([]byte{']'})
+		head = []byte(`{"version":1,"entries":null`)
 	}
 	tail, _ := json.Marshal(tarSplitDigest)
-	t.Write([]byte(`,"tarSplitDigest":`))
-	t.Write(tail)
-	t.Write([]byte{'}'})
+	for _, p := range [][]byte{head, []byte(`,"tarSplitDigest":`), tail, []byte{'}'}} {
+		if err := t.write(p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var tocTypes = map[byte]string{
@@ -541,6 +553,9 @@ func (r *rollSum) rollZeros(n int64) {
 // in order, and writes them at the end.
 type chunkedMeta struct {
 	toc      *tocWriter
+	ctoc     pieces // the compressed TOC
+	tocHash  hash.Hash
+	tocZstd  *zstd.Encoder
 	tsBuf    pieces
 	tsDigest hash.Hash
 	tsCount  countWriter
@@ -549,7 +564,12 @@ type chunkedMeta struct {
 }
 
 func newChunkedMeta() (*chunkedMeta, error) {
-	m := &chunkedMeta{tsDigest: sha256.New(), toc: newTOCWriter()}
+	m := &chunkedMeta{tsDigest: sha256.New(), tocHash: sha256.New()}
+	tz, err := zstd.NewWriter(io.MultiWriter(&m.ctoc, m.tocHash), zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)))
+	if err != nil {
+		return nil, err
+	}
+	m.tocZstd, m.toc = tz, newTOCWriter(tz)
 	z, err := zstd.NewWriter(io.MultiWriter(&m.tsBuf, m.tsDigest), zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)))
 	if err != nil {
 		return nil, err
@@ -609,26 +629,21 @@ func (m *chunkedMeta) finish(dst io.Writer, offset int64, annotations map[string
 	if err := m.tsZstd.Close(); err != nil {
 		return err
 	}
-	m.toc.end("sha256:" + hex.EncodeToString(m.tsDigest.Sum(nil)))
-	var ctoc bytes.Buffer
-	z := newFrameEncoder()
-	z.Reset(&ctoc)
-	tocLen := m.toc.Len()
-	if _, err := m.toc.WriteTo(z); err != nil {
+	if err := m.toc.end("sha256:" + hex.EncodeToString(m.tsDigest.Sum(nil))); err != nil {
 		return err
 	}
-	if err := z.Close(); err != nil {
+	if err := m.tocZstd.Close(); err != nil {
 		return err
 	}
+	tocLen := m.toc.n
 	const frameHeader = 8
 	tocOff := offset + frameHeader
-	sum := sha256.Sum256(ctoc.Bytes())
-	annotations[chunked.AnnotationTOCChecksum] = "sha256:" + hex.EncodeToString(sum[:])
-	annotations[chunked.AnnotationTOCPosition] = fmt.Sprintf("%d:%d:%d:%d", tocOff, ctoc.Len(), tocLen, chunkedManifestType)
-	tsOff := tocOff + int64(ctoc.Len()) + frameHeader
+	annotations[chunked.AnnotationTOCChecksum] = "sha256:" + hex.EncodeToString(m.tocHash.Sum(nil))
+	annotations[chunked.AnnotationTOCPosition] = fmt.Sprintf("%d:%d:%d:%d", tocOff, m.ctoc.Len(), tocLen, chunkedManifestType)
+	tsOff := tocOff + int64(m.ctoc.Len()) + frameHeader
 	annotations[chunked.AnnotationTarSplitPosition] = fmt.Sprintf("%d:%d:%d", tsOff, m.tsBuf.Len(), m.tsCount.n)
 	footer := make([]byte, 64)
-	for i, v := range []int64{tocOff, int64(ctoc.Len()), int64(tocLen), chunkedManifestType, tsOff, int64(m.tsBuf.Len()), m.tsCount.n} {
+	for i, v := range []int64{tocOff, int64(m.ctoc.Len()), int64(tocLen), chunkedManifestType, tsOff, int64(m.tsBuf.Len()), m.tsCount.n} {
 		binary.LittleEndian.PutUint64(footer[8*i:], uint64(v))
 	}
 	copy(footer[56:], chunkedFooterMagic)
@@ -641,7 +656,7 @@ func (m *chunkedMeta) finish(dst io.Writer, offset int64, annotations map[string
 		}
 		return write()
 	}
-	if err := skippable(ctoc.Len(), func() error { _, err := dst.Write(ctoc.Bytes()); return err }); err != nil {
+	if err := skippable(m.ctoc.Len(), func() error { _, err := m.ctoc.WriteTo(dst); return err }); err != nil {
 		return err
 	}
 	if err := skippable(m.tsBuf.Len(), func() error { _, err := m.tsBuf.WriteTo(dst); return err }); err != nil {
