@@ -21,19 +21,9 @@
 package bgclose
 
 import (
-	"unsafe"
-
+	"github.com/mossfs/mossfs/internal/uring"
 	"golang.org/x/sys/unix"
 )
-
-// ioUringParams is struct io_uring_params (include/uapi/linux/io_uring.h).
-type ioUringParams struct {
-	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFD uint32
-	resv                                                                   [3]uint32
-	sqOff, cqOff                                                           [10]uint32
-}
-
-const ioringRegisterFiles = 2 // IORING_REGISTER_FILES
 
 // Release closes fds, leaving their last release to a kernel worker, and
 // reports true. Where it cannot (no io_uring, or a descriptor opened with
@@ -59,19 +49,18 @@ func Release(fds ...int) bool {
 // handOver registers fds as the fixed files of a new ring and returns the
 // ring (-1 if io_uring cannot be had or refuses one of fds).
 func handOver(fds []int) int {
-	var p ioUringParams
-	ring, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, 1, uintptr(unsafe.Pointer(&p)), 0)
-	if errno != 0 {
+	var p uring.Params
+	ring, err := uring.Setup(1, &p)
+	if err != nil {
 		return -1
 	}
 	files := make([]int32, len(fds))
 	for i, fd := range fds {
 		files[i] = int32(fd)
 	}
-	_, _, errno = unix.Syscall6(unix.SYS_IO_URING_REGISTER, ring, ioringRegisterFiles, uintptr(unsafe.Pointer(&files[0])), uintptr(len(files)), 0, 0)
-	if errno != 0 {
-		unix.Close(int(ring))
+	if err := uring.RegisterFiles(ring, files); err != nil {
+		unix.Close(ring)
 		return -1
 	}
-	return int(ring)
+	return ring
 }

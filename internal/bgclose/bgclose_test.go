@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/mossfs/mossfs/internal/testenv"
+	"github.com/mossfs/mossfs/internal/uring"
 	"golang.org/x/sys/unix"
 )
 
@@ -139,11 +140,11 @@ func TestReleaseLeavesPathDescriptors(t *testing.T) {
 
 // probe says why io_uring cannot be had, if it cannot.
 func probe() error {
-	var p ioUringParams
-	ring, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, 1, uintptr(unsafe.Pointer(&p)), 0)
-	if errno != 0 {
-		return fmt.Errorf("io_uring_setup: %w", errno)
+	var p uring.Params
+	ring, err := uring.Setup(1, &p)
+	if err != nil {
+		return err
 	}
-	unix.Close(int(ring))
+	unix.Close(ring)
 	return nil
 }
