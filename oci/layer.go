@@ -523,10 +523,8 @@ func (w *layerWriter) prepare(j *layerJob, fw *frameWriter) error {
 	c := crc64.New(storage.CRCTable)
 	c.Write(j.content)
 	j.crc = c.Sum(nil)
-	buf := bytes.NewBuffer(getBuf(len(j.pre) + len(j.content) + len(j.content)/64 + 256)[:0])
-	if err := fw.begin(buf, j.pre); err != nil {
-		return err
-	}
+	buf := &frameBuf{b: getBuf(len(j.pre) + len(j.content) + len(j.content)/64 + 256)[:0]}
+	fw.beginWhole(buf, j.pre, j.content)
 	if err := fw.feed(j.content); err != nil {
 		return err
 	}
@@ -534,7 +532,7 @@ func (w *layerWriter) prepare(j *layerJob, fw *frameWriter) error {
 	if err != nil {
 		return err
 	}
-	j.frames, j.digest, j.start, j.end, j.chunks = buf.Bytes(), d, fw.start, fw.out.n, slices.Clone(fw.chunks)
+	j.frames, j.digest, j.start, j.end, j.chunks = buf.b, d, fw.start, fw.out.n, slices.Clone(fw.chunks)
 	return nil
 }
 

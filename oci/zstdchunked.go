@@ -236,6 +236,9 @@ type frameWriter struct {
 	chunkHash    hash.Hash
 	whole        hash.Hash // content digest when fed in pieces (nil: computed at the end)
 	chunks       []fileChunk
+	// pre and src are the headers and the whole content of a job begun
+	// with beginWhole (src nil otherwise).
+	pre, src []byte
 }
 
 func newFrameWriter() *frameWriter {
@@ -245,24 +248,90 @@ func newFrameWriter() *frameWriter {
 // begin starts a job writing to dst: pre (tar headers and padding) opens the
 // first frame.
 func (f *frameWriter) begin(dst io.Writer, pre []byte) error {
-	f.out = countWriter{w: dst}
+	f.reset(dst)
 	f.enc.Reset(&f.out)
+	_, err := f.enc.Write(pre)
+	return err
+}
+
+// beginWhole starts a job whose content is src, whole, writing to dst:
+// each frame (pre alone, then each chunk of src) is compressed from where
+// it lies once it ends, rather than copied into the encoder as it is fed.
+func (f *frameWriter) beginWhole(dst *frameBuf, pre, src []byte) {
+	f.reset(dst)
+	f.whole, f.pre, f.src = nil, pre, src
+}
+
+func (f *frameWriter) reset(dst io.Writer) {
+	f.out = countWriter{w: dst}
 	f.started, f.start, f.frameStart, f.consumed, f.lastChunkEnd, f.zeros = false, 0, 0, 0, 0, 0
 	f.rs = newRollSum()
 	f.chunkHash.Reset()
 	f.chunks = f.chunks[:0]
 	f.whole = nil
-	_, err := f.enc.Write(pre)
-	return err
+	f.pre, f.src = nil, nil
 }
 
 // closeFrame ends the current frame and opens the next.
 func (f *frameWriter) closeFrame() error {
+	if f.src != nil {
+		in := f.pre
+		if f.started {
+			in = f.src[f.lastChunkEnd:f.consumed]
+		}
+		return f.frame(in)
+	}
 	if err := f.enc.Close(); err != nil {
 		return err
 	}
 	f.enc.Reset(&f.out)
 	return nil
+}
+
+// frame writes in as one frame. Below a block (128 KiB), the streaming
+// encoder compresses a frame, at Close, with the very function EncodeAll
+// runs (encodeAll, from a reset state): EncodeAll appends the same bytes
+// to the job's buffer without the copies in and out of the encoder's own.
+// Not so for an empty frame, which the two spell differently (a content
+// size or a checksum): that one is streamed.
+func (f *frameWriter) frame(in []byte) error {
+	if len(in) > 0 && len(in) < frameBlock {
+		dst := f.out.w.(*frameBuf)
+		n := len(dst.b)
+		dst.grow(len(in) + len(in)>>7 + 64)
+		dst.b = f.enc.EncodeAll(in, dst.b)
+		f.out.n += int64(len(dst.b) - n)
+		return nil
+	}
+	f.enc.Reset(&f.out)
+	if _, err := f.enc.Write(in); err != nil {
+		return err
+	}
+	return f.enc.Close()
+}
+
+// frameBlock is the zstd encoder's block size (its default, the format's
+// largest).
+const frameBlock = 128 << 10
+
+// frameBuf is a job's frames: a buffer from bufs, grown through it.
+type frameBuf struct{ b []byte }
+
+func (fb *frameBuf) Write(p []byte) (int, error) {
+	fb.grow(len(p))
+	fb.b = append(fb.b, p...)
+	return len(p), nil
+}
+
+// grow makes room for n more bytes.
+func (fb *frameBuf) grow(n int) {
+	if len(fb.b)+n <= cap(fb.b) {
+		return
+	}
+	nb := getBuf(max(2*cap(fb.b), len(fb.b)+n))[:len(fb.b)]
+	copy(nb, fb.b)
+	putBuf(fb.b)
+	fb.b = nb
 }
 
 // end closes the last frame of the layer (the headers after the last
@@ -288,8 +357,10 @@ func (f *frameWriter) write(p []byte) error {
 		f.started = true
 		f.start, f.frameStart = f.out.n, f.out.n
 	}
-	if _, err := f.enc.Write(p); err != nil {
-		return err
+	if f.src == nil {
+		if _, err := f.enc.Write(p); err != nil {
+			return err
+		}
 	}
 	f.chunkHash.Write(p)
 	f.consumed += int64(len(p))

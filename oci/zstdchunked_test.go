@@ -177,7 +177,7 @@ func TestZstdChunkedAsContainersStorage(t *testing.T) {
 			for n < min(len(got), want.Len()) && got[n] == want.Bytes()[n] {
 				n++
 			}
-			t.Fatalf("workers=%d: blob of %d bytes differs from containers/storage's (%d bytes) at byte %d", workers, len(got), want.Len(), n)
+			t.Fatalf("workers=%d: blob of %d bytes differs from containers/storage's (%d bytes) at byte %d\n%x\n%x", workers, len(got), want.Len(), n, got[max(0, n-40):min(len(got), n+40)], want.Bytes()[max(0, n-40):min(want.Len(), n+40)])
 		}
 		if fmt.Sprint(lb.Annotations) != fmt.Sprint(wantAnn) {
 			t.Errorf("workers=%d: annotations %v, containers/storage %v", workers, lb.Annotations, wantAnn)
