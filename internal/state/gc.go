@@ -393,7 +393,7 @@ func readImageTree(path string) (*tree.Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := erofs.Open(bytes.NewReader(data))
+	img, err := erofs.OpenBytes(data, nil) // read in place: no block copies
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", path, err)
 	}
