@@ -184,7 +184,7 @@ type layerJob struct {
 	pre   []byte // padding of the previous content, headers (, end of archive)
 	items []tarItem
 	ino   *tree.Node // the content of the last item; nil for the last job
-	path  string
+	node  *tree.Node // the name written with the content (errors name it)
 	big   bool
 	cost  int64 // bytes of the in-flight budget it holds
 
@@ -326,6 +326,11 @@ func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan
 	first := map[*tree.Node]string{} // inode -> name written with its content
 	var pre bytes.Buffer
 	var items []tarItem
+	// One tar writer formats every header into pre; the contents it is
+	// told to expect go nowhere (they are the jobs'), and their padding
+	// reaches pre as the next header or the end of the archive is written.
+	sink := &headerSink{buf: &pre}
+	tw := tar.NewWriter(sink)
 	send := func(j *layerJob) error {
 		j.pre, j.items, j.done = getBuf(pre.Len()), items, make(chan struct{})
 		copy(j.pre, pre.Bytes())
@@ -366,17 +371,16 @@ func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan
 			}
 			if hdr != nil {
 				start := pre.Len()
-				tw := tar.NewWriter(&pre)
 				if err := tw.WriteHeader(hdr); err != nil {
 					return fmt.Errorf("tar entry %s: %w", name, err)
 				}
 				items = append(items, tarItem{hdr: hdr, start: start, end: pre.Len()})
 				if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-					if err := send(&layerJob{ino: c.Inode(), path: c.Path()}); err != nil {
-						return err
+					if err := sink.skip(tw, hdr.Size); err != nil {
+						return fmt.Errorf("tar entry %s: %w", name, err)
 					}
-					if pad := hdr.Size % blockSize; pad != 0 {
-						pre.Write(zeroBlock[:blockSize-pad])
+					if err := send(&layerJob{ino: c.Inode(), node: c}); err != nil {
+						return err
 					}
 				}
 			}
@@ -391,8 +395,38 @@ func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan
 	if err := walk(root, ""); err != nil {
 		return err
 	}
-	pre.Write(zeroBlock[:2*blockSize]) // end of archive, as archive/tar writes it
+	if err := tw.Close(); err != nil { // the last padding, the end of archive
+		return fmt.Errorf("tar: %w", err)
+	}
 	return send(&layerJob{})
+}
+
+// headerSink is where produce's tar writer writes: headers and padding to
+// buf, contents nowhere.
+type headerSink struct {
+	buf     *bytes.Buffer
+	discard bool
+}
+
+func (s *headerSink) Write(p []byte) (int, error) {
+	if s.discard {
+		return len(p), nil
+	}
+	return s.buf.Write(p)
+}
+
+// skip has tw take n bytes of content without writing them.
+func (s *headerSink) skip(tw *tar.Writer, n int64) error {
+	s.discard = true
+	defer func() { s.discard = false }()
+	for n > 0 {
+		k, err := tw.Write(zeroBlock[:min(n, int64(len(zeroBlock)))])
+		if err != nil {
+			return err
+		}
+		n -= int64(k)
+	}
+	return nil
 }
 
 const blockSize = 512
@@ -472,7 +506,7 @@ func (w *layerWriter) openContent(j *layerJob) (io.ReadCloser, error) {
 	}
 	r, err := w.open(j.ino)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", j.path, err)
+		return nil, fmt.Errorf("%s: %w", j.node.Path(), err)
 	}
 	return r, nil
 }
@@ -505,11 +539,11 @@ func (w *layerWriter) prepare(j *layerJob, fw *frameWriter) error {
 		_, err = io.ReadFull(r, j.content)
 		r.Close()
 		if err != nil {
-			return fmt.Errorf("%s: content shorter than the image's %d bytes: %w", j.path, j.ino.Size, err)
+			return fmt.Errorf("%s: content shorter than the image's %d bytes: %w", j.node.Path(), j.ino.Size, err)
 		}
 	}
 	if uint64(len(j.content)) != j.ino.Size {
-		return fmt.Errorf("%s: content is %d bytes, the image says %d", j.path, len(j.content), j.ino.Size)
+		return fmt.Errorf("%s: content is %d bytes, the image says %d", j.node.Path(), len(j.content), j.ino.Size)
 	}
 	if w.wantVerity(j) {
 		var ok bool
@@ -673,7 +707,7 @@ func (w *layerWriter) writeBig(j *layerJob) error {
 	for n < int64(j.ino.Size) {
 		k, err := io.ReadFull(r, buf[:min(int64(len(buf)), int64(j.ino.Size)-n)])
 		if err != nil {
-			return fmt.Errorf("%s: content shorter than the image's %d bytes: %w", j.path, j.ino.Size, err)
+			return fmt.Errorf("%s: content shorter than the image's %d bytes: %w", j.node.Path(), j.ino.Size, err)
 		}
 		p := buf[:k]
 		n += int64(k)
