@@ -701,34 +701,47 @@ type rawDirent struct {
 // readDirRaw decodes all entries of a directory inode, "." and ".."
 // included, in on-disk order.
 func (img *Image) readDirRaw(ino *Inode) ([]rawDirent, error) {
-	if ino.Mode&tree.TypeMask != tree.TypeDir {
-		return nil, fmt.Errorf("inode %d: %w", ino.Nid, errNotDir)
-	}
-	blocksLen, tailLen, err := img.dataRange(ino)
+	var out []rawDirent
+	err := img.walkDir(ino, func(name []byte, nid uint64, ftype uint8) {
+		out = append(out, rawDirent{name: string(name), nid: nid, ftype: ftype})
+	})
 	if err != nil {
 		return nil, err
 	}
-	var out []rawDirent
+	return out, nil
+}
+
+// walkDir checks a directory inode's blocks and calls fn for each entry,
+// "." and ".." included, in on-disk order, with its name in place (fn must
+// copy what it keeps).
+func (img *Image) walkDir(ino *Inode, fn func(name []byte, nid uint64, ftype uint8)) error {
+	if ino.Mode&tree.TypeMask != tree.TypeDir {
+		return fmt.Errorf("inode %d: %w", ino.Nid, errNotDir)
+	}
+	blocksLen, tailLen, err := img.dataRange(ino)
+	if err != nil {
+		return err
+	}
 	for b := int64(0); b < blocksLen; b += BlockSize {
 		n := min(BlockSize, blocksLen-b)
 		blk, err := img.src.read(int64(ino.blkaddr)*BlockSize+b, int(n))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if out, err = img.parseDirBlock(ino.Nid, blk, out); err != nil {
-			return nil, err
+		if err := img.walkDirBlock(ino.Nid, blk, fn); err != nil {
+			return err
 		}
 	}
 	if tailLen > 0 {
 		blk, err := img.src.read(ino.tailOff, int(tailLen))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if out, err = img.parseDirBlock(ino.Nid, blk, out); err != nil {
-			return nil, err
+		if err := img.walkDirBlock(ino.Nid, blk, fn); err != nil {
+			return err
 		}
 	}
-	return out, nil
+	return nil
 }
 
 var errNotDir = errors.New("not a directory")
@@ -775,20 +788,20 @@ func (d dirBlock) entry(img *Image, nid uint64, i int) (name []byte, child uint6
 	return name, le.Uint64(r[0:]), r[10], nil
 }
 
-// parseDirBlock appends the entries of one directory block.
-func (img *Image) parseDirBlock(nid uint64, blk []byte, out []rawDirent) ([]rawDirent, error) {
+// walkDirBlock calls fn for each entry of one directory block.
+func (img *Image) walkDirBlock(nid uint64, blk []byte, fn func(name []byte, nid uint64, ftype uint8)) error {
 	d, err := img.dirBlock(nid, blk)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for i := range d.n {
 		name, child, ftype, err := d.entry(img, nid, i)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, rawDirent{name: string(name), nid: child, ftype: ftype})
+		fn(name, child, ftype)
 	}
-	return out, nil
+	return nil
 }
 
 // ftypeMode converts an EROFS dirent file type to st_mode type bits.
@@ -822,29 +835,56 @@ func isWhiteoutStub(ino *Inode) bool {
 // whiteout stubs; entries in byte order of their names. (The agreed name was
 // ReadDir(nid), which fs.ReadDirFS's ReadDir(name) already takes.)
 func (img *Image) ReadDirNid(nid uint64) ([]DirEntry, error) {
-	ino, err := img.base(nid)
+	var ino Inode
+	if err := img.decodeBase(nid, &ino); err != nil {
+		return nil, err
+	}
+	// Two passes over the blocks, in place: the first counts the entries
+	// and their names' bytes, the second fills one slice of entries whose
+	// names share one string (two allocations a directory, not one per
+	// entry).
+	count, nameBytes := 0, 0
+	err := img.walkDir(&ino, func(name []byte, _ uint64, _ uint8) {
+		count++
+		nameBytes += len(name)
+	})
 	if err != nil {
 		return nil, err
 	}
-	raw, err := img.readDirRaw(ino)
+	var names strings.Builder
+	names.Grow(nameBytes)
+	type span struct{ from, to int }
+	out := make([]DirEntry, 0, count)
+	spans := make([]span, 0, count)
+	var ferr error
+	err = img.walkDir(&ino, func(name []byte, child uint64, ftype uint8) {
+		if ferr != nil || string(name) == "." || string(name) == ".." {
+			return
+		}
+		if ftype == FileTypeChr {
+			var c Inode
+			if err := img.decodeBase(child, &c); err != nil {
+				ferr = err
+				return
+			}
+			if isWhiteoutStub(&c) {
+				return
+			}
+		}
+		from := names.Len()
+		names.Write(name)
+		spans = append(spans, span{from, names.Len()})
+		out = append(out, DirEntry{Nid: child, Type: ftypeMode(ftype)})
+	})
+	if err == nil {
+		err = ferr
+	}
 	if err != nil {
 		return nil, err
 	}
-	out := make([]DirEntry, 0, len(raw))
-	for _, d := range raw {
-		if d.name == "." || d.name == ".." {
-			continue
-		}
-		if d.ftype == FileTypeChr {
-			c, err := img.base(d.nid)
-			if err != nil {
-				return nil, err
-			}
-			if isWhiteoutStub(c) {
-				continue
-			}
-		}
-		out = append(out, DirEntry{Name: d.name, Nid: d.nid, Type: ftypeMode(d.ftype)})
+	all := names.String()
+	for i, sp := range spans {
+		out[i].Name = all[sp.from:sp.to]
 	}
 	if !slices.IsSortedFunc(out, func(a, b DirEntry) int { return strings.Compare(a.Name, b.Name) }) {
 		slices.SortFunc(out, func(a, b DirEntry) int { return strings.Compare(a.Name, b.Name) })

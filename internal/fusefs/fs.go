@@ -48,12 +48,15 @@ type generation struct {
 	blocks  uint64    // statfs: image size in 4 KiB blocks
 
 	dirs sync.Map // nid → []Dirent, hidden entries removed
-	// pos maps the nid of a regular file to where it was listed
-	// (prefetch). A plain map under a lock: a listing adds all its files
-	// at once, which costs a cold find -ls less than a sync.Map insertion
-	// per file.
-	posM sync.RWMutex
-	pos  map[uint64]dirPos
+	// pos maps the nid of a regular file to where it was first listed
+	// (prefetch). listed holds the nids of the directories listed, in
+	// order, the first indexed of them in pos: posOf indexes the rest
+	// when a read needs it, so that a listing alone (find -ls) costs
+	// nothing here.
+	posM    sync.Mutex
+	pos     map[uint64]dirPos
+	listed  []uint64
+	indexed int
 
 	// objDirOnce opens objDir, the object directory, once: objects are
 	// opened relative to it (openat), without walking its path again.
@@ -283,41 +286,74 @@ func (g *generation) readDir(f *fileSystem, nid uint64) ([]Dirent, fuse.Status) 
 		f.logger.Printf("%s: directory %d: %v", g.image, nid, err)
 		return nil, fuse.EIO
 	}
-	out := make([]Dirent, 0, len(ents))
-	for _, e := range ents {
-		if e.Name == "" || e.Name == "." || e.Name == ".." || strings.ContainsRune(e.Name, '/') {
+	// The source's slice is kept as it is unless entries are dropped or
+	// it needs sorting (it may be the source's own: never changed in
+	// place).
+	out := ents
+	for i, e := range ents {
+		if !g.hidden(e) {
+			if len(out) < len(ents) {
+				out = append(out, e)
+			}
 			continue
 		}
-		if e.Type == tree.TypeChar {
-			// A char device 0:0 is an overlay whiteout (the root stubs among
-			// them): the overlay hides it.
-			in, err := g.src.Inode(e.Nid)
-			if err == nil && in.Rdev == 0 && in.Mode&tree.TypeMask == tree.TypeChar {
-				continue
-			}
+		if len(out) == len(ents) {
+			out = append(make([]Dirent, 0, len(ents)), ents[:i]...)
 		}
-		out = append(out, e)
 	}
 	// Lookups search by name: keep byte order even if the source did not.
 	if !slices.IsSortedFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) }) {
+		out = slices.Clone(out)
 		slices.SortFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
 	}
 	v, loaded := g.dirs.LoadOrStore(nid, out)
 	if !loaded {
+		// Where files were listed is indexed when a read needs it
+		// (prefetchAfter): a listing alone costs the prefetcher nothing.
 		g.posM.Lock()
-		if g.pos == nil {
-			g.pos = map[uint64]dirPos{}
-		}
-		for i, e := range out {
-			if e.Type == tree.TypeReg {
-				if _, ok := g.pos[e.Nid]; !ok {
-					g.pos[e.Nid] = dirPos{dir: nid, idx: i}
-				}
-			}
-		}
+		g.listed = append(g.listed, nid)
 		g.posM.Unlock()
 	}
 	return v.([]Dirent), fuse.OK
+}
+
+// hidden reports a directory entry the overlay does not show: a bad name,
+// or a char device 0:0, an overlay whiteout (the root stubs among them).
+func (g *generation) hidden(e Dirent) bool {
+	if e.Name == "" || e.Name == "." || e.Name == ".." || strings.ContainsRune(e.Name, '/') {
+		return true
+	}
+	if e.Type == tree.TypeChar {
+		a, err := g.src.Attr(e.Nid)
+		return err == nil && a.Rdev == 0 && a.Mode&tree.TypeMask == tree.TypeChar
+	}
+	return false
+}
+
+// posOf returns where a regular file was first listed, indexing the
+// listings made since the last call.
+func (g *generation) posOf(nid uint64) (dirPos, bool) {
+	g.posM.Lock()
+	defer g.posM.Unlock()
+	for ; g.indexed < len(g.listed); g.indexed++ {
+		dir := g.listed[g.indexed]
+		v, ok := g.dirs.Load(dir)
+		if !ok {
+			continue
+		}
+		if g.pos == nil {
+			g.pos = map[uint64]dirPos{}
+		}
+		for i, e := range v.([]Dirent) {
+			if e.Type == tree.TypeReg {
+				if _, ok := g.pos[e.Nid]; !ok {
+					g.pos[e.Nid] = dirPos{dir: dir, idx: i}
+				}
+			}
+		}
+	}
+	p, ok := g.pos[nid]
+	return p, ok
 }
 
 // openObjectFd opens the object at the local path p (relative to the

@@ -46,17 +46,7 @@ func (s ImageSource) Attr(nid uint64) (Attr, error) {
 }
 
 // ReadDir implements Source.
-func (s ImageSource) ReadDir(nid uint64) ([]Dirent, error) {
-	ents, err := s.Img.ReadDirNid(nid)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Dirent, len(ents))
-	for i, e := range ents {
-		out[i] = Dirent{Name: e.Name, Nid: e.Nid, Type: e.Type}
-	}
-	return out, nil
-}
+func (s ImageSource) ReadDir(nid uint64) ([]Dirent, error) { return s.Img.ReadDirNid(nid) }
 
 // ReadAt implements Source.
 func (s ImageSource) ReadAt(nid uint64, p []byte, off int64) (int, error) {

@@ -66,9 +66,7 @@ type prefetcher struct {
 // directory it was listed in.
 func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 	f.lastMiss.Store(time.Now().UnixNano())
-	g.posM.RLock()
-	pos, ok := g.pos[nid]
-	g.posM.RUnlock()
+	pos, ok := g.posOf(nid)
 	if !ok {
 		return
 	}

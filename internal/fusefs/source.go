@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/tree"
 )
 
@@ -79,12 +80,9 @@ func (in *Inode) Attr() Attr {
 	}
 }
 
-// Dirent is one directory entry of a Source.
-type Dirent struct {
-	Name string
-	Nid  uint64
-	Type uint32 // file type bits of the inode's mode (tree.TypeDir …)
-}
+// Dirent is one directory entry of a Source: its name, node number and
+// file type bits (tree.TypeDir …).
+type Dirent = erofs.DirEntry
 
 // TreeSource serves an in-memory tree (the source tree of an image: user
 // whiteouts as char 0:0 devices, unescaped xattrs, external files with
