@@ -185,7 +185,9 @@ func (r *Ring) Wait() ([]Completion, error) {
 		if r.queued == 0 && r.inflight == 0 {
 			break
 		}
-		if err := r.enter(uint32(r.inflight)+r.queued, ioringEnterGetevents); err != nil {
+		// No more than the completion ring holds: the kernel keeps what
+		// does not fit aside and moves it in as reap makes room.
+		if err := r.enter(min(uint32(r.inflight)+r.queued, r.p.CQEntries), ioringEnterGetevents); err != nil {
 			return done, err
 		}
 	}
