@@ -11,8 +11,11 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/vbatts/tar-split/tar/storage"
@@ -110,15 +113,10 @@ type tocWriter struct {
 	out     io.Writer
 	n       int // JSON bytes written
 	entries int
-	scratch bytes.Buffer
-	enc     *json.Encoder
+	scratch []byte
 }
 
-func newTOCWriter(out io.Writer) *tocWriter {
-	t := &tocWriter{out: out}
-	t.enc = json.NewEncoder(&t.scratch) // escapes HTML as json.Marshal does
-	return t
-}
+func newTOCWriter(out io.Writer) *tocWriter { return &tocWriter{out: out} }
 
 func (t *tocWriter) write(p []byte) error {
 	n, err := t.out.Write(p)
@@ -127,19 +125,85 @@ func (t *tocWriter) write(p []byte) error {
 }
 
 func (t *tocWriter) add(e *tocEntry) error {
-	t.scratch.Reset()
-	if err := t.enc.Encode(e); err != nil {
-		return err
-	}
-	sep := []byte{','}
+	b := t.scratch[:0]
 	if t.entries == 0 {
-		sep = []byte(`{"version":1,"entries":[`)
+		b = append(b, `{"version":1,"entries":[`...)
+	} else {
+		b = append(b, ',')
 	}
-	if err := t.write(sep); err != nil {
+	b, err := appendTOCEntry(b, e)
+	if err != nil {
 		return err
 	}
+	t.scratch = b
 	t.entries++
-	return t.write(bytes.TrimSuffix(t.scratch.Bytes(), []byte{'\n'}))
+	return t.write(b)
+}
+
+// appendTOCEntry appends e's JSON as encoding/json writes it (the writer
+// writes one per entry of the layer, and encoding/json's reflection was
+// most of the ordered writer's TOC work): fields in order, the empty ones
+// left out, strings escaped as json.Marshal escapes them (plain ones
+// copied, any other through json.Marshal), the time and the xattrs through
+// json.Marshal.
+func appendTOCEntry(b []byte, e *tocEntry) ([]byte, error) {
+	var err error
+	str := func(key, v string, always bool) {
+		if err != nil || (v == "" && !always) {
+			return
+		}
+		b = append(b, key...)
+		b, err = appendJSONString(b, v)
+	}
+	num := func(key string, v int64) {
+		if v != 0 {
+			b = append(b, key...)
+			b = strconv.AppendInt(b, v, 10)
+		}
+	}
+	b = append(b, '{')
+	str(`"type":`, e.Type, true)
+	str(`,"name":`, e.Name, true)
+	str(`,"linkName":`, e.Linkname, false)
+	num(`,"mode":`, e.Mode)
+	num(`,"size":`, e.Size)
+	num(`,"uid":`, int64(e.UID))
+	num(`,"gid":`, int64(e.GID))
+	if e.ModTime != nil && err == nil {
+		var mt []byte
+		if mt, err = e.ModTime.MarshalJSON(); err == nil {
+			b = append(append(b, `,"modtime":`...), mt...)
+		}
+	}
+	num(`,"devMajor":`, e.Devmajor)
+	num(`,"devMinor":`, e.Devminor)
+	if len(e.Xattrs) > 0 && err == nil {
+		var x []byte
+		if x, err = json.Marshal(e.Xattrs); err == nil {
+			b = append(append(b, `,"xattrs":`...), x...)
+		}
+	}
+	str(`,"digest":`, e.Digest, false)
+	num(`,"offset":`, e.Offset)
+	num(`,"endOffset":`, e.EndOffset)
+	num(`,"chunkSize":`, e.ChunkSize)
+	num(`,"chunkOffset":`, e.ChunkOffset)
+	str(`,"chunkDigest":`, e.ChunkDigest, false)
+	str(`,"chunkType":`, e.ChunkType, false)
+	return append(b, '}'), err
+}
+
+// appendJSONString appends s quoted as json.Marshal quotes it.
+func appendJSONString(b []byte, s string) ([]byte, error) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, err := json.Marshal(s)
+			return append(b, q...), err
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"'), nil
 }
 
 // end closes the JSON.
@@ -631,7 +695,7 @@ type chunkedMeta struct {
 	tsDigest hash.Hash
 	tsCount  countWriter
 	tsZstd   *zstd.Encoder
-	packer   storage.Packer
+	packer   *tarSplitPacker
 }
 
 func newChunkedMeta() (*chunkedMeta, error) {
@@ -647,7 +711,7 @@ func newChunkedMeta() (*chunkedMeta, error) {
 	}
 	m.tsZstd = z
 	m.tsCount = countWriter{w: z}
-	m.packer = storage.NewJSONPacker(&m.tsCount)
+	m.packer = newTarSplitPacker(&m.tsCount)
 	return m, nil
 }
 
@@ -655,16 +719,13 @@ func (m *chunkedMeta) segment(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	_, err := m.packer.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: b})
-	return err
+	return m.packer.add(storage.SegmentType, "", 0, b)
 }
 
 // file records one tar entry: its tar-split record (crc: the crc64 of its
 // content, nil without content) and its TOC entry.
 func (m *chunkedMeta) file(h *tar.Header, crc []byte, e ...tocEntry) error {
-	te := storage.Entry{Type: storage.FileType, Size: h.Size, Payload: crc}
-	te.SetName(h.Name)
-	if _, err := m.packer.AddEntry(te); err != nil {
+	if err := m.packer.add(storage.FileType, h.Name, h.Size, crc); err != nil {
 		return err
 	}
 	for i := range e {
@@ -672,6 +733,67 @@ func (m *chunkedMeta) file(h *tar.Header, crc []byte, e ...tocEntry) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// tarSplitPacker writes tar-split's entries as its JSON packer
+// (storage.NewJSONPacker) does, a JSON document per line, without
+// encoding/json's reflection (the ordered writer writes one or two per tar
+// entry).
+type tarSplitPacker struct {
+	w    io.Writer
+	pos  int
+	seen map[string]struct{}
+	buf  []byte
+}
+
+func newTarSplitPacker(w io.Writer) *tarSplitPacker {
+	return &tarSplitPacker{w: w, seen: map[string]struct{}{}}
+}
+
+// add writes an entry (storage.Entry{Type: typ, Size: size, Payload:
+// payload} named name with SetName), refusing a file name seen before.
+func (p *tarSplitPacker) add(typ storage.Type, name string, size int64, payload []byte) error {
+	var raw []byte
+	if name != "" && !utf8.ValidString(name) {
+		raw, name = []byte(name), ""
+	}
+	if typ == storage.FileType {
+		clean := filepath.Clean(name)
+		if raw != nil {
+			clean = filepath.Clean(string(raw))
+		}
+		if _, ok := p.seen[clean]; ok {
+			return storage.ErrDuplicatePath
+		}
+		p.seen[clean] = struct{}{}
+	}
+	b := append(p.buf[:0], `{"type":`...)
+	b = strconv.AppendInt(b, int64(typ), 10)
+	var err error
+	if name != "" {
+		if b, err = appendJSONString(append(b, `,"name":`...), name); err != nil {
+			return err
+		}
+	}
+	if len(raw) > 0 {
+		b = append(base64.StdEncoding.AppendEncode(append(b, `,"name_raw":"`...), raw), '"')
+	}
+	if size != 0 {
+		b = strconv.AppendInt(append(b, `,"size":`...), size, 10)
+	}
+	if payload == nil {
+		b = append(b, `,"payload":null`...)
+	} else {
+		b = append(base64.StdEncoding.AppendEncode(append(b, `,"payload":"`...), payload), '"')
+	}
+	b = strconv.AppendInt(append(b, `,"position":`...), int64(p.pos), 10)
+	b = append(b, "}\n"...)
+	p.buf = b
+	if _, err := p.w.Write(b); err != nil {
+		return err
+	}
+	p.pos++
 	return nil
 }
 
