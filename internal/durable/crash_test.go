@@ -8,7 +8,6 @@ import (
 	"unsafe"
 
 	"github.com/mossfs/mossfs/internal/testenv"
-	"github.com/mossfs/mossfs/internal/uring"
 	"golang.org/x/sys/unix"
 )
 
@@ -148,22 +147,6 @@ func (c *crashFS) check(old, new []File) (newCount int, torn []string) {
 // without its directory fsyncs the old files: the check tells each missing
 // step, so it would notice one dropped from Write.
 func TestCrashKeepsBatch(t *testing.T) {
-	t.Run("io_uring", func(t *testing.T) {
-		if r, err := uring.New(16); err != nil {
-			t.Skipf("io_uring is not available here: %v", err)
-		} else {
-			r.Close()
-		}
-		crashKeepsBatch(t)
-	})
-	t.Run("goroutines", func(t *testing.T) {
-		testNoRing = true
-		defer func() { testNoRing = false }()
-		crashKeepsBatch(t)
-	})
-}
-
-func crashKeepsBatch(t *testing.T) {
 	for _, tc := range []struct {
 		name              string
 		dataSync, dirSync bool

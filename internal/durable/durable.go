@@ -23,13 +23,6 @@
 // TestCrashKeepsBatch shows both on a real ext4 shut down without flushing
 // its log after Write returns.
 //
-// The fsyncs of a round run in the kernel's io_uring workers where
-// io_uring can be had (package uring): one system call starts them, one
-// waits for them all, and no thread of the process blocks in each.
-// Elsewhere a goroutine runs each: a thread started or woken for each,
-// and the runtime's monitor polling every 20 µs while they block, which on
-// two busy cores costs a switch more than its disk waits.
-//
 // Begin splits Write in two, so that the data fsyncs run while the caller
 // does other work: Begin writes the temporary files and starts their fsyncs
 // in the background, Add puts more files in the batch, Commit waits for the
@@ -53,7 +46,6 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/mossfs/mossfs/internal/uring"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,10 +59,6 @@ type File struct {
 // testSkip leaves out a step, for the test that shows that the crash check
 // notices each one missing.
 var testSkip struct{ dataSync, dirSync bool }
-
-// testNoRing makes batches run their fsyncs in goroutines, as where
-// io_uring cannot be had.
-var testNoRing bool
 
 // Write replaces the files, in order. When it returns nil, every file has
 // its new content and that survives a crash. On error no temporary file is
@@ -88,11 +76,6 @@ type Batch struct {
 	err   error // the first error of Begin or Add
 	wg    sync.WaitGroup
 	done  bool
-	// ring runs the fsyncs where io_uring can be had (nil: goroutines
-	// run them, one each).
-	ring      *uring.Ring
-	ringTried bool
-	queued    []*pending // in the ring, not yet submitted
 }
 
 // dir is a directory of the batch, open for openat, renameat and fsync.
@@ -109,8 +92,8 @@ type pending struct {
 	dst     string // target path
 	base    string // target name in d
 	tmp     string // temporary name in d
-	fd      int    // closed by the fsync goroutine, or once its fsync in the ring is done
-	syncErr error  // set by the fsync goroutine or from the ring
+	fd      int    // closed by the fsync goroutine
+	syncErr error  // set by the fsync goroutine
 	renamed bool
 	created bool
 }
@@ -134,40 +117,12 @@ func (b *Batch) Add(files ...File) {
 	}
 	for _, fl := range files {
 		if b.err != nil {
-			break
+			return
 		}
 		if err := b.add(fl); err != nil {
 			b.err = err
 		}
 	}
-	b.submit()
-}
-
-// ringFor returns the batch's ring (set up at the first use), nil where
-// io_uring cannot be had.
-func (b *Batch) ringFor() *uring.Ring {
-	if !b.ringTried && !testNoRing {
-		b.ringTried = true
-		b.ring, _ = uring.New(16)
-	}
-	return b.ring
-}
-
-// submit starts the fsyncs queued in the ring. Their files stay open until
-// they complete: the kernel looks an fsync's descriptor up only when one of
-// its workers gets to it.
-func (b *Batch) submit() {
-	if len(b.queued) == 0 {
-		return
-	}
-	if err := b.ring.Submit(); err != nil {
-		for _, p := range b.queued {
-			if p.syncErr == nil {
-				p.syncErr = fmt.Errorf("write %s: fsync: %w", filepath.Join(p.d.path, p.tmp), err)
-			}
-		}
-	}
-	b.queued = b.queued[:0]
 }
 
 func (b *Batch) add(fl File) error {
@@ -197,14 +152,12 @@ func (b *Batch) add(fl File) error {
 	p := &pending{d: d, dst: fl.Path, base: base, fd: -1}
 	// Hold the file being replaced: the rename then only unlinks it, and
 	// freeing its inode and blocks (two thirds of a rename's cost here)
-	// happens when Commit lets go of it, while the directory fsyncs run
-	// instead of before them. (Not in a kernel worker, as package bgclose
-	// could: that would keep the file system busy for a moment after
-	// Commit, and an unmount right after it, of /boot say, would fail.)
-	old, err := unix.Openat(d.fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err == nil {
+	// happens when Commit lets go of it, beside the directory fsyncs
+	// instead of before them.
+	if old, err := unix.Openat(d.fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
 		d.olds = append(d.olds, old)
 	}
+	var err error
 	for range 100 {
 		p.tmp = ".tmp-" + base + "-" + strconv.FormatUint(uint64(rand.Uint32()), 10)
 		p.fd, err = unix.Openat(d.fd, p.tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
@@ -239,20 +192,6 @@ func (b *Batch) add(fl File) error {
 	if !testSkip.dataSync {
 		unix.SyncFileRange(p.fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	}
-	if !testSkip.dataSync {
-		if r := b.ringFor(); r != nil {
-			err := r.Fsync(p.fd, uint64(len(b.files)-1))
-			if err == uring.ErrFull {
-				b.submit()
-				err = r.Fsync(p.fd, uint64(len(b.files)-1))
-			}
-			if err != nil {
-				return fmt.Errorf("write %s: fsync: %w", filepath.Join(dpath, p.tmp), err)
-			}
-			b.queued = append(b.queued, p)
-			return nil
-		}
-	}
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
@@ -280,10 +219,6 @@ func (b *Batch) Commit() error {
 		return errors.New("durable: batch already committed or aborted")
 	}
 	b.wg.Wait()
-	if b.ring != nil {
-		defer b.ring.Close()
-		b.ringResults()
-	}
 	err := b.err
 	for _, p := range b.files {
 		if err == nil {
@@ -306,9 +241,6 @@ func (b *Batch) Commit() error {
 	if testSkip.dirSync {
 		return nil
 	}
-	if b.ring != nil {
-		return b.ringSyncDirs()
-	}
 	return each(len(b.dirs), func(i int) error {
 		b.dirs[i].closeOld()
 		if err := unix.Fsync(b.dirs[i].fd); err != nil {
@@ -326,73 +258,8 @@ func (b *Batch) Abort() {
 	}
 	b.done = true
 	b.wg.Wait()
-	if b.ring != nil {
-		// The fsyncs of the temporary files may still run: the ring holds
-		// them, and they are unlinked here.
-		b.ring.Close()
-	}
 	b.removeTemps()
 	b.closeDirs()
-}
-
-// ringResults waits for the data fsyncs in the ring, sets each file's
-// error and closes the files.
-func (b *Batch) ringResults() {
-	done, err := b.ring.Wait()
-	for _, c := range done {
-		if p := b.files[c.Data]; c.Err != nil && p.syncErr == nil {
-			p.syncErr = fmt.Errorf("write %s: fsync: %w", filepath.Join(p.d.path, p.tmp), c.Err)
-		}
-	}
-	if err != nil && b.err == nil {
-		b.err = fmt.Errorf("durable: waiting for the fsyncs: %w", err)
-	}
-	for _, p := range b.files {
-		if p.fd < 0 {
-			continue
-		}
-		if cerr := unix.Close(p.fd); cerr != nil && p.syncErr == nil {
-			p.syncErr = fmt.Errorf("write %s: close: %w", filepath.Join(p.d.path, p.tmp), cerr)
-		}
-		p.fd = -1
-	}
-}
-
-// ringSyncDirs fsyncs the directories through the ring, all at once, and
-// lets go of the replaced files while they run.
-func (b *Batch) ringSyncDirs() error {
-	var done []uring.Completion
-	for i, d := range b.dirs {
-		if err := b.ring.Fsync(d.fd, uint64(i)); err != nil {
-			// More directories than the ring holds at once: the rest go
-			// after the first round.
-			c, werr := b.ring.Wait()
-			done = append(done, c...)
-			if werr != nil {
-				return fmt.Errorf("fsync %s: %w", d.path, werr)
-			}
-			if err := b.ring.Fsync(d.fd, uint64(i)); err != nil {
-				return fmt.Errorf("fsync %s: %w", d.path, err)
-			}
-		}
-	}
-	err := b.ring.Submit()
-	for _, d := range b.dirs {
-		d.closeOld()
-	}
-	c, werr := b.ring.Wait()
-	done = append(done, c...)
-	err = errors.Join(err, werr)
-	var errs []error
-	for _, c := range done {
-		if c.Err != nil {
-			errs = append(errs, fmt.Errorf("fsync %s: %w", b.dirs[c.Data].path, c.Err))
-		}
-	}
-	if err != nil {
-		errs = append(errs, fmt.Errorf("fsync of the directories: %w", err))
-	}
-	return errors.Join(errs...)
 }
 
 // closeOld lets go of the replaced files held in d.

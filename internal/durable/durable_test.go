@@ -1,7 +1,6 @@
 package durable
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,32 +114,6 @@ func noTemps(t *testing.T, dir string) {
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), ".tmp-") {
 			t.Errorf("temporary file left: %s", filepath.Join(dir, e.Name()))
-		}
-	}
-}
-
-// TestWriteManyFiles: a batch larger than the ring's submission queue (16)
-// and completion queue (32) replaces every file.
-func TestWriteManyFiles(t *testing.T) {
-	for _, ring := range []bool{true, false} {
-		testNoRing = !ring
-		dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
-		var files []File
-		for i := range 70 {
-			files = append(files, File{Path: filepath.Join(dirs[i%3], fmt.Sprint("f", i)), Data: []byte(fmt.Sprint(i, "\n"))})
-		}
-		err := Write(files...)
-		testNoRing = false
-		if err != nil {
-			t.Fatalf("ring %v: %v", ring, err)
-		}
-		for _, f := range files {
-			if got, err := os.ReadFile(f.Path); err != nil || string(got) != string(f.Data) {
-				t.Errorf("ring %v: %s: %q, %v; want %q", ring, f.Path, got, err, f.Data)
-			}
-		}
-		for _, d := range dirs {
-			noTemps(t, d)
 		}
 	}
 }
