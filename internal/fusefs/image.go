@@ -33,17 +33,7 @@ func (s ImageSource) Inode(nid uint64) (*Inode, error) {
 }
 
 // Attr implements Source.
-func (s ImageSource) Attr(nid uint64) (Attr, error) {
-	a, err := s.Img.Attr(nid)
-	if err != nil {
-		return Attr{}, err
-	}
-	return Attr{
-		Nid: a.Nid, Mode: a.Mode, UID: a.UID, GID: a.GID, Nlink: a.Nlink,
-		Size: a.Size, Mtime: a.Mtime, Rdev: a.Rdev,
-		HasInline: a.HasInline, HasPayload: a.HasPayload,
-	}, nil
-}
+func (s ImageSource) Attr(nid uint64) (Attr, error) { return s.Img.Attr(nid) }
 
 // ReadDir implements Source.
 func (s ImageSource) ReadDir(nid uint64) ([]Dirent, error) { return s.Img.ReadDirNid(nid) }

@@ -55,21 +55,9 @@ type Inode struct {
 	HasInline bool
 }
 
-// Attr is what stat shows of an inode of a Source.
-type Attr struct {
-	Nid   uint64
-	Mode  uint32 // st_mode with type bits
-	UID   uint32
-	GID   uint32
-	Nlink uint32
-	Size  uint64
-	Mtime tree.Timespec
-	Rdev  uint32 // kernel encoding
-	// HasInline is Inode.HasInline; HasPayload is set when Inode.Payload
-	// is not empty.
-	HasInline  bool
-	HasPayload bool
-}
+// Attr is what stat shows of an inode of a Source: the image reader's own
+// type, so that an image source hands it over without a copy.
+type Attr = erofs.Attr
 
 // Attr returns what stat shows of the inode.
 func (in *Inode) Attr() Attr {
