@@ -129,7 +129,8 @@ type fileSystem struct {
 	// page cache (FUSE_CACHE_SYMLINKS, asked for at mount).
 	cacheLinks bool
 	// reads counts handle-less READ requests of external files, stores
-	// the content handed to the page cache unasked (tests).
+	// the content the kernel took into its page cache unasked, counted once
+	// it has it (tests).
 	reads, stores atomic.Int64
 	// lastMiss is when (UnixNano) a read last reached the daemon.
 	lastMiss atomic.Int64
