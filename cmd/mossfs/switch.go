@@ -139,7 +139,7 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 	// recorded (Abort).
 	var files []durable.File
 	if prev != 0 && prev != id {
-		files = append(files, durable.File{Path: previousActivePath(root), Data: []byte(strconv.FormatUint(prev, 10) + "\n"), Perm: 0o644})
+		files = append(files, durable.File{Path: previousActivePath(root), Data: []byte(strconv.FormatUint(prev, 10) + "\n"), Perm: 0o644, Swap: true})
 	}
 	dirs, bootFiles, bootErr := bootDefaultFiles(id, blsDirs)
 	if bootErr == nil {

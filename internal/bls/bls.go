@@ -396,7 +396,9 @@ func defaultLineFile(conf, value string) (durable.File, error) {
 	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
 		return durable.File{}, fmt.Errorf("bls: %w", err)
 	}
-	return durable.File{Path: conf, Data: []byte(strings.Join(lines, "\n") + "\n"), Perm: 0o644}, nil
+	// Through a swap file (see package durable): the default changes on
+	// every switch.
+	return durable.File{Path: conf, Data: []byte(strings.Join(lines, "\n") + "\n"), Perm: 0o644, Swap: true}, nil
 }
 
 func writeAtomic(path string, data []byte) error {

@@ -95,7 +95,11 @@ func (c *crashFS) crash() {
 
 // batch is what mossfs switch writes: files replaced in three directories,
 // one of them new.
-func (c *crashFS) batch() (old, new []File) {
+//
+// With swap, the files are written with Swap, and once before the batch,
+// so that the batch writes into swap files holding content other than the
+// old (the content before that), as every switch after the first does.
+func (c *crashFS) batch(swap bool) (old, new []File) {
 	c.t.Helper()
 	for _, d := range []string{"state/mounts", "boot/loader"} {
 		if err := os.MkdirAll(filepath.Join(c.mnt, d), 0o755); err != nil {
@@ -115,6 +119,28 @@ func (c *crashFS) batch() (old, new []File) {
 		if f.Data != nil {
 			if err := os.WriteFile(f.Path, f.Data, 0o644); err != nil {
 				c.t.Fatal(err)
+			}
+		}
+	}
+	if swap {
+		for i := range old {
+			if old[i].Data != nil {
+				old[i].Data = []byte("mid content " + old[i].Path + "\n")
+				old[i].Swap = true
+				if err := Write(old[i]); err != nil {
+					c.t.Fatal(err)
+				}
+				if _, err := os.Stat(filepath.Join(filepath.Dir(old[i].Path), SwapName(filepath.Base(old[i].Path)))); err != nil {
+					c.t.Fatal(err)
+				}
+			}
+			new[i].Swap = true
+			if old[i].Data != nil {
+				// As long as what the swap file holds, the content before
+				// "mid": a write that changes a file's size is flushed by
+				// ext4's journal commit (data=ordered) even without the
+				// fsync, and the case without data fsyncs could not tell.
+				new[i].Data = []byte("NEW content " + old[i].Path + "\n")
 			}
 		}
 	}
@@ -145,21 +171,28 @@ func (c *crashFS) check(old, new []File) (newCount int, torn []string) {
 // and added to later (as mossfs switch does around its mount). The same
 // crash after a Write without its data fsyncs leaves empty files, and
 // without its directory fsyncs the old files: the check tells each missing
-// step, so it would notice one dropped from Write.
+// step, so it would notice one dropped from Write. The same four cases
+// with swap files (File.Swap) written into again, as from a switch's
+// second on.
 func TestCrashKeepsBatch(t *testing.T) {
 	for _, tc := range []struct {
 		name              string
 		dataSync, dirSync bool
 		split             bool // Begin with some files, Add the rest, Commit
+		swap              bool // through swap files
 	}{
-		{"write", true, true, false},
-		{"begin, add, commit", true, true, true},
-		{"without data fsync", false, true, false},
-		{"without directory fsync", true, false, false},
+		{"write", true, true, false, false},
+		{"begin, add, commit", true, true, true, false},
+		{"without data fsync", false, true, false, false},
+		{"without directory fsync", true, false, false, false},
+		{"swap files", true, true, false, true},
+		{"swap files, begin, add, commit", true, true, true, true},
+		{"swap files without data fsync", false, true, false, true},
+		{"swap files without directory fsync", true, false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCrashFS(t)
-			old, new := c.batch()
+			old, new := c.batch(tc.swap)
 			testSkip.dataSync, testSkip.dirSync = !tc.dataSync, !tc.dirSync
 			var err error
 			if tc.split {

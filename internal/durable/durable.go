@@ -30,6 +30,28 @@
 // batch with no target touched. mossfs switch begins its batch before it
 // builds the new mount and commits once the mount is in place.
 //
+// A file replaced over and over (mossfs switch's four) can go through a swap
+// file kept beside it (File.Swap): the new content is written over the swap
+// file's, made durable, and the two names are exchanged (renameat2
+// RENAME_EXCHANGE), so that the swap file then holds the old content, to be
+// overwritten by the next replacement. No inode is allocated or freed. On
+// ext4 that cuts the CPU time and the wait of a switch's batch by a third or
+// more: BenchmarkSwitchBatch (its four files, root file system of the
+// development machine, ext4 without a journal; three runs of 300 alternating
+// batches at load 6-9) took 0.89-1.31 ms of CPU per batch against 1.35-2.27
+// ms with new temporary files, Begin 0.32-0.34 against 0.49-1.01 ms, Commit
+// 0.76-3.0 against 1.3-4.5 ms. Making a new file and freeing the one it
+// replaces is what costs there (in a trial, a temporary file made with
+// O_TMPFILE cost as much). A crash leaves the target old or new, as before
+// (TestCrashKeepsBatch). The price: a program that opened the target before
+// it was replaced, and reads it only after the next replacement has begun,
+// can read the next content or a mix (the inode it holds is being
+// rewritten); readers that read a file right after opening it (mossfs's own
+// do) do not. The swap file is used only if it is a regular file of the
+// caller's with one link; otherwise it is removed and made anew. Where the
+// file system cannot exchange names, the swap file is renamed over the
+// target as a temporary file would be.
+//
 // The files are handled with bare system calls (openat, write, fsync and
 // renameat relative to each directory's descriptor): os.File costs five
 // more per file here (it tries the poller: fcntl twice, epoll_ctl, fcntl
@@ -54,7 +76,14 @@ type File struct {
 	Path string
 	Data []byte
 	Perm os.FileMode // 0 means 0644
+	// Swap replaces the file through a swap file kept beside it, named
+	// SwapName: for files replaced often (see the package comment).
+	Swap bool
 }
+
+// SwapName is the name of the swap file kept beside a file named base
+// that is written with File.Swap.
+func SwapName(base string) string { return ".swap-" + base }
 
 // testSkip leaves out a step, for the test that shows that the crash check
 // notices each one missing.
@@ -96,6 +125,7 @@ type pending struct {
 	syncErr error  // set by the fsync goroutine
 	renamed bool
 	created bool
+	swap    bool // tmp is the swap file: exchange it with the target
 }
 
 // Begin starts a batch: it writes each file's new content to a temporary
@@ -150,18 +180,33 @@ func (b *Batch) add(fl File) error {
 		perm = 0o644
 	}
 	p := &pending{d: d, dst: fl.Path, base: base, fd: -1}
-	// Hold the file being replaced: the rename then only unlinks it, and
-	// freeing its inode and blocks (two thirds of a rename's cost here)
-	// happens when Commit lets go of it, beside the directory fsyncs
-	// instead of before them.
-	if old, err := unix.Openat(d.fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
-		d.olds = append(d.olds, old)
+	// A second file for the same target in this batch takes a temporary
+	// file: the swap file is the first one's.
+	if fl.Swap && !b.swapping(d, base) {
+		p.swap = true
+		p.tmp = SwapName(base)
+		if err := b.reuseSwap(p, fl.Data, perm); err != nil {
+			return err
+		}
+		if p.fd >= 0 {
+			return b.startSync(p)
+		}
+	} else {
+		// Hold the file being replaced: the rename then only unlinks it,
+		// and freeing its inode and blocks (two thirds of a rename's cost
+		// here) happens when Commit lets go of it, beside the directory
+		// fsyncs instead of before them.
+		if old, err := unix.Openat(d.fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+			d.olds = append(d.olds, old)
+		}
 	}
 	var err error
 	for range 100 {
-		p.tmp = ".tmp-" + base + "-" + strconv.FormatUint(uint64(rand.Uint32()), 10)
+		if !p.swap {
+			p.tmp = ".tmp-" + base + "-" + strconv.FormatUint(uint64(rand.Uint32()), 10)
+		}
 		p.fd, err = unix.Openat(d.fd, p.tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
-		if err != unix.EEXIST {
+		if err != unix.EEXIST || p.swap {
 			break
 		}
 	}
@@ -170,21 +215,91 @@ func (b *Batch) add(fl File) error {
 	}
 	b.files = append(b.files, p)
 	p.created = true
-	for data := fl.Data; len(data) > 0; {
-		n, err := unix.Write(p.fd, data)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("write %s: %w", filepath.Join(dpath, p.tmp), err)
-		}
-		data = data[n:]
+	if err := p.writeAt(fl.Data); err != nil {
+		return err
 	}
 	// The temporary file was created 0600 (before the umask), as
 	// os.CreateTemp does; the target gets exactly perm.
 	if err := unix.Fchmod(p.fd, uint32(perm)); err != nil {
 		return fmt.Errorf("write %s: chmod: %w", filepath.Join(dpath, p.tmp), err)
 	}
+	return b.startSync(p)
+}
+
+// swapping reports whether a file of the batch already goes to base in d
+// through its swap file.
+func (b *Batch) swapping(d *dir, base string) bool {
+	for _, o := range b.files {
+		if o.swap && o.d == d && o.base == base {
+			return true
+		}
+	}
+	return false
+}
+
+// reuseSwap opens p's swap file and writes data over its content, leaving
+// p.fd open for the fsync; if there is no swap file fit for reuse it
+// leaves p.fd at -1 (and an unfit one removed) for the caller to create
+// one.
+func (b *Batch) reuseSwap(p *pending, data []byte, perm os.FileMode) error {
+	// O_NONBLOCK: a FIFO put there must not block the open.
+	fd, err := unix.Openat(p.d.fd, p.tmp, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err == unix.ENOENT {
+		return nil
+	}
+	var st unix.Stat_t
+	if err == nil {
+		err = unix.Fstat(fd, &st)
+		if err == nil && (st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 || int(st.Uid) != os.Geteuid()) {
+			err = unix.EEXIST
+		}
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		// Not ours to write into (a link to another file, someone else's,
+		// not a regular file): a new one replaces it.
+		if uerr := unix.Unlinkat(p.d.fd, p.tmp, 0); uerr != nil && uerr != unix.ENOENT {
+			return fmt.Errorf("write %s: %w", p.dst, &os.PathError{Op: "remove", Path: filepath.Join(p.d.path, p.tmp), Err: uerr})
+		}
+		return nil
+	}
+	p.fd = fd
+	b.files = append(b.files, p)
+	if err := p.writeAt(data); err != nil {
+		return err
+	}
+	if st.Size != int64(len(data)) {
+		if err := unix.Ftruncate(fd, int64(len(data))); err != nil {
+			return fmt.Errorf("write %s: truncate: %w", filepath.Join(p.d.path, p.tmp), err)
+		}
+	}
+	if os.FileMode(st.Mode).Perm() != perm || st.Mode&(unix.S_ISUID|unix.S_ISGID|unix.S_ISVTX) != 0 {
+		if err := unix.Fchmod(fd, uint32(perm)); err != nil {
+			return fmt.Errorf("write %s: chmod: %w", filepath.Join(p.d.path, p.tmp), err)
+		}
+	}
+	return nil
+}
+
+// writeAt writes data to p's file from offset 0.
+func (p *pending) writeAt(data []byte) error {
+	for off := 0; off < len(data); {
+		n, err := unix.Pwrite(p.fd, data[off:], int64(off))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", filepath.Join(p.d.path, p.tmp), err)
+		}
+		off += n
+	}
+	return nil
+}
+
+// startSync starts writing p's file back and its fsync in the background.
+func (b *Batch) startSync(p *pending) error {
 	// Start writing the data back now, without waiting: the fsync
 	// goroutine below may get a thread only once the caller blocks (the
 	// Go scheduler hands new goroutines to other threads lazily), and
@@ -197,11 +312,11 @@ func (b *Batch) add(fl File) error {
 		defer b.wg.Done()
 		if !testSkip.dataSync {
 			if err := unix.Fsync(p.fd); err != nil {
-				p.syncErr = fmt.Errorf("write %s: fsync: %w", filepath.Join(dpath, p.tmp), err)
+				p.syncErr = fmt.Errorf("write %s: fsync: %w", filepath.Join(p.d.path, p.tmp), err)
 			}
 		}
 		if err := unix.Close(p.fd); err != nil && p.syncErr == nil {
-			p.syncErr = fmt.Errorf("write %s: close: %w", filepath.Join(dpath, p.tmp), err)
+			p.syncErr = fmt.Errorf("write %s: close: %w", filepath.Join(p.d.path, p.tmp), err)
 		}
 		p.fd = -1
 	}()
@@ -232,7 +347,7 @@ func (b *Batch) Commit() error {
 	b.done = true
 	defer b.closeDirs()
 	for _, p := range b.files {
-		if err := unix.Renameat(p.d.fd, p.tmp, p.d.fd, p.base); err != nil {
+		if err := p.rename(); err != nil {
 			b.removeTemps()
 			return fmt.Errorf("write %s: %w", p.dst, &os.LinkError{Op: "rename", Old: filepath.Join(p.d.path, p.tmp), New: p.dst, Err: err})
 		}
@@ -248,6 +363,20 @@ func (b *Batch) Commit() error {
 		}
 		return nil
 	})
+}
+
+// rename puts p's new content at its target: a swap file changes places
+// with the target (and keeps the old content for the next time); where
+// there is no target yet, or the file system cannot exchange names, it is
+// renamed as a temporary file is.
+func (p *pending) rename() error {
+	if p.swap {
+		err := unix.Renameat2(p.d.fd, p.tmp, p.d.fd, p.base, unix.RENAME_EXCHANGE)
+		if err != unix.ENOENT && err != unix.EINVAL && err != unix.ENOSYS && err != unix.EOPNOTSUPP {
+			return err
+		}
+	}
+	return unix.Renameat(p.d.fd, p.tmp, p.d.fd, p.base)
 }
 
 // Abort drops the batch: it waits for the fsyncs started and removes the
@@ -277,7 +406,9 @@ func (b *Batch) removeTemps() {
 			unix.Close(p.fd)
 			p.fd = -1
 		}
-		if p.created && !p.renamed {
+		// A swap file stays: it is not the target, and its content is
+		// overwritten before it next becomes one.
+		if p.created && !p.renamed && !p.swap {
 			unix.Unlinkat(p.d.fd, p.tmp, 0)
 		}
 	}

@@ -119,7 +119,9 @@ func File(root string, r Record) (durable.File, error) {
 			return durable.File{}, err
 		}
 	}
-	return durable.File{Path: filepath.Join(dir, Name(r.Target)), Data: append(data, '\n'), Perm: 0o600}, nil
+	// Through a swap file (see package durable): a target's record is
+	// replaced on every switch.
+	return durable.File{Path: filepath.Join(dir, Name(r.Target)), Data: append(data, '\n'), Perm: 0o600, Swap: true}, nil
 }
 
 // encode returns r as json.MarshalIndent(r, "", "  ") does, without
@@ -164,10 +166,14 @@ func encode(r Record) ([]byte, bool) {
 	return b, true
 }
 
-// Remove deletes the record of target (no error if there is none).
+// Remove deletes the record of target (no error if there is none), and
+// its swap file.
 func Remove(root, target string) error {
 	err := os.Remove(filepath.Join(Dir(root), Name(target)))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("mount record: %w", err)
+	}
+	if err := os.Remove(filepath.Join(Dir(root), durable.SwapName(Name(target)))); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("mount record: %w", err)
 	}
 	return nil

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mossfs/mossfs/internal/durable"
 )
 
 func TestName(t *testing.T) {
@@ -43,9 +45,19 @@ func TestWriteListRemove(t *testing.T) {
 	if len(recs) != 2 || recs[0].Target != "/mnt/x" || recs[1].Tx != 5 || recs[1].Time.IsZero() {
 		t.Fatalf("List = %+v", recs)
 	}
+	// The record of /usr was replaced through its swap file, which now
+	// holds the record before (package durable).
+	swap := filepath.Join(Dir(root), durable.SwapName(Name("/usr")))
+	if cur, _, err := Get(root, "/usr"); err != nil {
+		t.Fatal(err)
+	} else if data, err := os.ReadFile(swap); err != nil || !strings.Contains(string(data), `"tx": 3,`) {
+		t.Errorf("swap file of /usr: %q, %v; want the record before (tx 3)", data, err)
+	} else if cur.Tx != 5 {
+		t.Errorf("record of /usr: tx %d", cur.Tx)
+	}
 	ents, _ := os.ReadDir(Dir(root))
 	for _, e := range ents {
-		if e.Name() != ".lock" && filepath.Ext(e.Name()) != ".json" {
+		if e.Name() != ".lock" && filepath.Ext(e.Name()) != ".json" && e.Name() != filepath.Base(swap) {
 			t.Errorf("stray file %s", e.Name())
 		}
 	}
@@ -61,6 +73,9 @@ func TestWriteListRemove(t *testing.T) {
 	}
 	if _, ok, _ := Get(root, "/usr"); ok {
 		t.Fatal("record still there")
+	}
+	if _, err := os.Lstat(swap); !os.IsNotExist(err) {
+		t.Errorf("swap file of a removed record: %v", err)
 	}
 	os.WriteFile(filepath.Join(Dir(root), "bad.json"), []byte("{"), 0o644)
 	if _, err := List(root); err == nil {

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/mossfs/mossfs/internal/durable"
 )
 
 // Who may read what under the state root.
@@ -43,8 +45,10 @@ var PublicRecords = []string{
 // publicTemps are the temporary names PublicRecords are written under
 // (publish writes a transaction's metadata with its final mode, 0644, then
 // renames it): what a crash leaves under them holds only a public record,
-// and gc removes it, so it is not reported as exposed.
-var publicTemps = []string{"transactions/.tmp-meta-*"}
+// and gc removes it, so it is not reported as exposed. The swap file of
+// active (see package durable) holds the active transaction before the
+// last switch, the same kind of record, and stays.
+var publicTemps = []string{"transactions/.tmp-meta-*", durable.SwapName("active")}
 
 // MossEntries are the names moss itself keeps in the same directory (the
 // default state root /.moss is moss's): mossfs never changes their modes

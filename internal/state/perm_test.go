@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/mossfs/mossfs/cas"
+	"github.com/mossfs/mossfs/internal/durable"
 	"github.com/mossfs/mossfs/internal/testenv"
 )
 
@@ -379,4 +380,40 @@ func BenchmarkOpenPermissionCheck(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(n), "transactions")
+}
+
+// TestActiveSwapFileIsPublic: active is replaced through a swap file
+// (package durable), which then holds the transaction active before, a
+// public record like active itself: switching back and forth leaves
+// nothing exposed, and opening the state root changes no mode.
+func TestActiveSwapFileIsPublic(t *testing.T) {
+	s := newState(t)
+	compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, pkg("a", "1"), file{path: "f", content: "1"})}})
+	compose(t, s, ComposeOptions{From: 1, Add: []Fragment{frag(t, s, pkg("a", "2"), file{path: "f", content: "2"})}})
+	root := s.Root()
+	for _, id := range []uint64{1, 2, 1} {
+		must(t, s.SetActive(id))
+	}
+	swap := filepath.Join(root, durable.SwapName("active"))
+	if data, err := os.ReadFile(swap); err != nil || string(data) != "2\n" {
+		t.Fatalf("swap file of active: %q, %v; want the transaction active before (2)", data, err)
+	}
+	exposed, err := Exposed(root)
+	must(t, err)
+	if len(exposed) != 0 {
+		t.Errorf("exposed after switching: %q", exposed)
+	}
+	var warn bytes.Buffer
+	old := Warnings
+	Warnings = &warn
+	defer func() { Warnings = old }()
+	if _, err := Open(root); err != nil {
+		t.Fatal(err)
+	}
+	if warn.Len() != 0 {
+		t.Errorf("opening the state root after switches: %q", warn.String())
+	}
+	if a, err := s.Active(); err != nil || a != 1 {
+		t.Errorf("active %d, %v; want 1", a, err)
+	}
 }

@@ -304,7 +304,9 @@ func (s *State) BeginSetActive(id uint64, also ...durable.File) (*ActiveUpdate, 
 		}
 		return nil, fmt.Errorf("set active: transaction %d: %w", id, err)
 	}
-	files := append([]durable.File{{Path: filepath.Join(s.root, "active"), Data: []byte(strconv.FormatUint(id, 10) + "\n"), Perm: publicFileMode}}, also...)
+	// Through a swap file: active is replaced on every switch (see
+	// package durable).
+	files := append([]durable.File{{Path: filepath.Join(s.root, "active"), Data: []byte(strconv.FormatUint(id, 10) + "\n"), Perm: publicFileMode, Swap: true}}, also...)
 	return &ActiveUpdate{lock: l, batch: durable.Begin(files...)}, nil
 }
 
