@@ -75,6 +75,11 @@ type ExportRequest struct {
 	UsrDigest string
 	// Open reads payloads.
 	Open ContentOpener
+	// ContentSHA256 is the store's record of the sha256 of its objects'
+	// contents, by fs-verity digest (state.ObjectSHA256s): zstd:chunked's
+	// TOC names each file by it, and a file with a record is not hashed
+	// for it. Files without one are hashed. May be nil.
+	ContentSHA256 map[[32]byte][32]byte
 	// Compression of the layers (CompressionZstdChunked if "").
 	Compression string
 	// Dest is a containers-transport reference (oci:DIR:TAG, docker://…).
@@ -258,7 +263,7 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	var descs []v1.Descriptor
 	var diffIDs []digest.Digest
 	for i, l := range req.Layers {
-		lb, err := writeLayerBlob(stage, l, req.Compression, req.Open, cfs, fmt.Sprintf("%d", i+1))
+		lb, err := writeLayerBlob(stage, l, req.Compression, req.Open, req.ContentSHA256, cfs, fmt.Sprintf("%d", i+1))
 		if err != nil {
 			return nil, fmt.Errorf("export: layer %d: %w", i+1, err)
 		}
@@ -429,7 +434,7 @@ func sha(d [32]byte) digest.Digest { return digest.NewDigestFromBytes(digest.SHA
 
 // writeLayerBlob writes one layer into the staging layout's blobs; its
 // uncompressed tar also goes through cfs, beside the compressor.
-func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener, cfs *composefsOf, name string) (*LayerBlob, error) {
+func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener, shas map[[32]byte][32]byte, cfs *composefsOf, name string) (*LayerBlob, error) {
 	f, err := os.CreateTemp(filepath.Join(stage, "blobs", "sha256"), ".layer-")
 	if err != nil {
 		return nil, err
@@ -443,7 +448,7 @@ func writeLayerBlob(stage string, root *tree.Node, compression string, open Cont
 		}
 		applied <- err
 	}()
-	lb, err := writeLayer(f, root, compression, open, layerHooks{entries: feed})
+	lb, err := writeLayer(f, root, compression, open, layerHooks{entries: feed, shas: shas})
 	feed.close()
 	if aerr := <-applied; err == nil && aerr != nil {
 		err = fmt.Errorf("composefs image of the layer: %w", aerr)

@@ -7,6 +7,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"hash"
 	"hash/crc64"
@@ -127,6 +128,10 @@ type layerHooks struct {
 	entries *entryFeed
 	// workers overrides the number of workers (tests; 0: GOMAXPROCS).
 	workers int
+	// shas is the store's record of its objects' sha256, by fs-verity
+	// digest (ExportRequest.ContentSHA256): a zstd:chunked TOC digest
+	// found there is not computed.
+	shas map[[32]byte][32]byte
 }
 
 // entryFeed hands the layer to the composefs applier on its own goroutine
@@ -525,6 +530,20 @@ func knownVerity(ino *tree.Node) ([32]byte, bool) {
 	return d, true
 }
 
+// knownSHA256 is the store's record of the sha256 of a payload's content,
+// as a TOC digest ("" if it has none).
+func (w *layerWriter) knownSHA256(ino *tree.Node) string {
+	d, ok := knownVerity(ino)
+	if !ok || w.hooks.shas == nil {
+		return ""
+	}
+	sha, ok := w.hooks.shas[d]
+	if !ok {
+		return ""
+	}
+	return "sha256:" + hex.EncodeToString(sha[:])
+}
+
 // prepare is a worker's part of a job: read the content whole, hash it,
 // compress its frames.
 func (w *layerWriter) prepare(j *layerJob, fw *frameWriter) error {
@@ -558,7 +577,7 @@ func (w *layerWriter) prepare(j *layerJob, fw *frameWriter) error {
 	c.Write(j.content)
 	j.crc = c.Sum(nil)
 	buf := &frameBuf{b: getBuf(len(j.pre) + len(j.content) + len(j.content)/64 + 256)[:0]}
-	fw.beginWhole(buf, j.pre, j.content)
+	fw.beginWhole(buf, j.pre, j.content, w.knownSHA256(j.ino))
 	if err := fw.feed(j.content); err != nil {
 		return err
 	}
@@ -694,7 +713,9 @@ func (w *layerWriter) writeBig(j *layerJob) error {
 		if err := fw.begin(w.blob, j.pre); err != nil {
 			return err
 		}
-		fw.whole = sha256.New()
+		if fw.known = w.knownSHA256(j.ino); fw.known == "" {
+			fw.whole = sha256.New()
+		}
 		crc = crc64.New(storage.CRCTable)
 	}
 	known, hasKnown := knownVerity(j.ino)

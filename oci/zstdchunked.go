@@ -291,15 +291,19 @@ type frameWriter struct {
 	rs  rollSum
 
 	// For the content being written:
-	started      bool  // some content consumed (the header frame is closed)
-	start        int64 // offset of the first content frame
-	frameStart   int64 // offset of the current frame
-	consumed     int64 // content bytes consumed
-	lastChunkEnd int64 // content offset where the current chunk starts
-	zeros        int64 // zeros seen but not yet classified (run in progress)
-	chunkHash    hash.Hash
+	started      bool      // some content consumed (the header frame is closed)
+	start        int64     // offset of the first content frame
+	frameStart   int64     // offset of the current frame
+	consumed     int64     // content bytes consumed
+	lastChunkEnd int64     // content offset where the current chunk starts
+	zeros        int64     // zeros seen but not yet classified (run in progress)
+	chunkHash    hash.Hash // the chunk's, fed in pieces (a whole content's chunks are hashed at the end)
 	whole        hash.Hash // content digest when fed in pieces (nil: computed at the end)
 	chunks       []fileChunk
+	// known is the content's digest as the store records it ("": to be
+	// computed): then neither whole nor, for a content of one chunk, the
+	// chunk is hashed.
+	known string
 	// pre and src are the headers and the whole content of a job begun
 	// with beginWhole (src nil otherwise).
 	pre, src []byte
@@ -319,11 +323,13 @@ func (f *frameWriter) begin(dst io.Writer, pre []byte) error {
 }
 
 // beginWhole starts a job whose content is src, whole, writing to dst:
-// each frame (pre alone, then each chunk of src) is compressed from where
-// it lies once it ends, rather than copied into the encoder as it is fed.
-func (f *frameWriter) beginWhole(dst *frameBuf, pre, src []byte) {
+// each frame (pre alone, then each chunk of src) is compressed, and each
+// chunk hashed, from where it lies once it ends, rather than copied into
+// the encoder as it is fed. known is the content's digest if the store
+// records it ("" otherwise).
+func (f *frameWriter) beginWhole(dst *frameBuf, pre, src []byte, known string) {
 	f.reset(dst)
-	f.whole, f.pre, f.src = nil, pre, src
+	f.whole, f.pre, f.src, f.known = nil, pre, src, known
 }
 
 func (f *frameWriter) reset(dst io.Writer) {
@@ -333,6 +339,7 @@ func (f *frameWriter) reset(dst io.Writer) {
 	f.chunkHash.Reset()
 	f.chunks = f.chunks[:0]
 	f.whole = nil
+	f.known = ""
 	f.pre, f.src = nil, nil
 }
 
@@ -425,8 +432,8 @@ func (f *frameWriter) write(p []byte) error {
 		if _, err := f.enc.Write(p); err != nil {
 			return err
 		}
+		f.chunkHash.Write(p)
 	}
-	f.chunkHash.Write(p)
 	f.consumed += int64(len(p))
 	return nil
 }
@@ -457,8 +464,11 @@ func (f *frameWriter) cut(zeros bool) error {
 		return err
 	}
 	if size := f.consumed - f.lastChunkEnd; size > 0 {
-		f.chunks = append(f.chunks, fileChunk{ChunkOffset: f.lastChunkEnd, Offset: f.frameStart, Size: size,
-			Digest: "sha256:" + hex.EncodeToString(f.chunkHash.Sum(nil)), Zeros: zeros})
+		c := fileChunk{ChunkOffset: f.lastChunkEnd, Offset: f.frameStart, Size: size, Zeros: zeros}
+		if f.src == nil { // else hashed at the end
+			c.Digest = "sha256:" + hex.EncodeToString(f.chunkHash.Sum(nil))
+		}
+		f.chunks = append(f.chunks, c)
 	}
 	f.frameStart = f.out.n
 	f.lastChunkEnd = f.consumed
@@ -634,7 +644,23 @@ func (f *frameWriter) finish(content []byte) (string, error) {
 	if err := f.cut(false); err != nil {
 		return "", err
 	}
+	if f.src != nil && len(f.chunks) == 1 { // the chunk is the content
+		d := f.known
+		if d == "" {
+			d = sha256Digest(f.src)
+		}
+		f.chunks[0].Digest = d
+		return d, nil
+	}
+	if f.src != nil {
+		for i := range f.chunks {
+			c := &f.chunks[i]
+			c.Digest = sha256Digest(f.src[c.ChunkOffset : c.ChunkOffset+c.Size])
+		}
+	}
 	switch {
+	case f.known != "":
+		return f.known, nil
 	case f.whole != nil:
 		return "sha256:" + hex.EncodeToString(f.whole.Sum(nil)), nil
 	case len(f.chunks) == 1:
@@ -643,6 +669,11 @@ func (f *frameWriter) finish(content []byte) (string, error) {
 		s := sha256.Sum256(content)
 		return "sha256:" + hex.EncodeToString(s[:]), nil
 	}
+}
+
+func sha256Digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
 }
 
 // rollSum is containers/storage's rolling checksum (bup's, over a 64-byte

@@ -2,19 +2,24 @@ package oci
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"go.podman.io/storage/pkg/chunked/compressor"
 
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/oci/chunked"
 	"github.com/mossfs/mossfs/oci/layer"
 	"github.com/mossfs/mossfs/tree"
 )
@@ -282,5 +287,111 @@ func TestRollSum(t *testing.T) {
 	}
 	if splits < 10 {
 		t.Fatalf("only %d splits in %d bytes", splits, len(data))
+	}
+}
+
+// bytesRanges serves a blob in memory to a partial pull.
+type bytesRanges []byte
+
+func (b bytesRanges) ReadRanges(_ context.Context, rs []chunked.Range, fn func(chunked.Range, io.Reader) error) error {
+	for _, r := range rs {
+		if err := fn(r, bytes.NewReader(b[r.Off:r.End()])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// noContents is a store with no contents: a partial pull fetches every
+// file and checks each against its TOC digest.
+type noContents struct{}
+
+func (noContents) HasSHA256([32]byte) bool { return false }
+func (noContents) OpenSHA256([32]byte) (io.ReadCloser, error) {
+	return nil, fs.ErrNotExist
+}
+
+// pullAll pulls a zstd:chunked layer partially from nothing (every file
+// fetched and checked against its TOC digest, the tar against the diff_id).
+func pullAll(t *testing.T, blob []byte, lb *LayerBlob) error {
+	t.Helper()
+	desc := chunked.Descriptor{Digest: fmt.Sprintf("sha256:%x", lb.Digest), Size: lb.Size, Annotations: lb.Annotations, DiffID: fmt.Sprintf("sha256:%x", lb.DiffID)}
+	l, err := chunked.Prepare(context.Background(), bytesRanges(blob), desc, noContents{}, chunked.Options{TempDir: t.TempDir()})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	_, err = io.Copy(io.Discard, l.Tar())
+	return err
+}
+
+// TestChunkedDigestsFromStoreRecord: the TOC digests the store records
+// (layerHooks.shas: state's object sha256 log) take the place of hashing:
+// with every content recorded, or some, the layer is byte for byte the one
+// written hashing every content, and a partial pull of it checks out. The
+// record is trusted: a wrong one becomes the file's TOC digest (for a
+// content of one chunk and of several alike), and a pull of that layer
+// fails on that file's digest rather than taking its content; state's
+// Verify reports such a record (TestObjectSHALog).
+func TestChunkedDigestsFromStoreRecord(t *testing.T) {
+	dir := t.TempDir()
+	root := chunkedTree(t, dir)
+	open := testObjects(t, filepath.Join(dir, "objects"))
+	want, wantLB := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{})
+	if err := pullAll(t, want, wantLB); err != nil {
+		t.Fatalf("pull of the layer hashed throughout: %v", err)
+	}
+	all := map[[32]byte][32]byte{}
+	var multi, single [32]byte // objects of contents of several chunks and of one
+	root.Walk(func(n *tree.Node) error {
+		d, ok := knownVerity(n)
+		if !ok {
+			return nil
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "objects", n.Payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		all[d] = sha256.Sum256(b)
+		switch n.Name {
+		case "random-3M":
+			multi = d
+		case "random-small":
+			single = d
+		}
+		return nil
+	})
+	if len(all) < 15 {
+		t.Fatalf("only %d contents in the tree", len(all))
+	}
+	some := map[[32]byte][32]byte{}
+	i := 0
+	for d, s := range all {
+		if i%2 == 0 {
+			some[d] = s
+		}
+		i++
+	}
+	for name, shas := range map[string]map[[32]byte][32]byte{"all": all, "some": some} {
+		for _, workers := range []int{1, 3} {
+			got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{shas: shas, workers: workers})
+			if !bytes.Equal(got, want) || fmt.Sprint(lb.Annotations) != fmt.Sprint(wantLB.Annotations) || lb.DiffID != wantLB.DiffID {
+				t.Errorf("%s recorded, workers=%d: the layer differs from the one hashed throughout", name, workers)
+			}
+		}
+	}
+	for name, d := range map[string][32]byte{"several chunks": multi, "one chunk": single} {
+		wrong := maps.Clone(all)
+		s := wrong[d]
+		s[0] ^= 1
+		wrong[d] = s
+		got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{shas: wrong})
+		if bytes.Equal(got, want) {
+			t.Fatalf("%s: a wrong record left the layer as it was (not used?)", name)
+		}
+		err := pullAll(t, got, lb)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("does not match its digest sha256:%x", s)) {
+			t.Errorf("%s: pull of a layer with a wrong TOC digest: %v, want a digest mismatch of sha256:%x", name, err, s)
+		}
 	}
 }

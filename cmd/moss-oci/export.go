@@ -171,12 +171,23 @@ func exportRequest(s *state.State, dest string) (oci.ExportRequest, *oci.ObjectD
 	if err != nil {
 		return oci.ExportRequest{}, nil, err
 	}
+	// The objects' sha256 as the store recorded them: zstd:chunked's TOC
+	// names each file by its sha256, and these spare hashing every
+	// content a second time. Without a record, a file is hashed.
+	var shas map[[32]byte][32]byte
+	if c := exportFlags.compression; c == "" || c == oci.CompressionZstdChunked {
+		if shas, err = s.ObjectSHA256s(); err != nil {
+			fmt.Fprintf(os.Stderr, "moss-compose: export: %v; hashing every file instead\n", err)
+			shas = nil
+		}
+	}
 	req := oci.ExportRequest{
-		Open:        objs.Open,
-		Compression: exportFlags.compression,
-		Dest:        dest,
-		Sys:         sys,
-		TempDir:     exportFlags.tmpdir,
+		Open:          objs.Open,
+		ContentSHA256: shas,
+		Compression:   exportFlags.compression,
+		Dest:          dest,
+		Sys:           sys,
+		TempDir:       exportFlags.tmpdir,
 	}
 	if !exportFlags.quiet && !exportFlags.json && cli.IsTerminal(os.Stderr) {
 		req.Report = os.Stderr

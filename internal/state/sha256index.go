@@ -86,7 +86,7 @@ func (s *State) IndexAdd(sha, verity [32]byte) error {
 		if err != nil {
 			return fmt.Errorf("sha256 index: %w", err)
 		}
-		return nil
+		return s.recordSHA(verity, sha)
 	}
 	if have, err := os.Readlink(path); err == nil && have == target {
 		return nil
@@ -100,7 +100,7 @@ func (s *State) IndexAdd(sha, verity [32]byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("sha256 index: %w", err)
 	}
-	return nil
+	return s.recordSHA(verity, sha)
 }
 
 // IndexLookup returns the object holding content sha, if the index links
@@ -241,14 +241,20 @@ type IndexReport struct {
 	Missing int      `json:"missing"`
 	Wrong   int      `json:"wrong"`
 	Strays  []string `json:"strays,omitempty"`
-	Rebuilt bool     `json:"rebuilt"`
+	// WrongSHA256Records: records of the object sha256 log (objectsha.go)
+	// that give an object another sha256 than its content's, or a log
+	// that cannot be read.
+	WrongSHA256Records int  `json:"wrong_sha256_records"`
+	Rebuilt            bool `json:"rebuilt"`
 }
 
 // OK reports whether every link of the index was right: none names a
 // missing object or another content. Objects without a link (Missing) are
 // not wrong: a gc interrupted after removing the links of its garbage
 // leaves such objects, which the next gc removes; a rebuild links them.
-func (r *IndexReport) OK() bool { return r.Wrong == 0 && len(r.Strays) == 0 }
+func (r *IndexReport) OK() bool {
+	return r.Wrong == 0 && len(r.Strays) == 0 && r.WrongSHA256Records == 0
+}
 
 // Complete reports whether every object had its link, too.
 func (r *IndexReport) Complete() bool { return r.OK() && r.Missing == 0 }
@@ -309,6 +315,25 @@ func (s *State) checkIndex(ctx context.Context, threads int, rebuild bool) (*Ind
 		return nil, err
 	}
 	rep := &IndexReport{Links: len(links), Strays: strays, Rebuilt: rebuild}
+	if err := s.flushSHALog(); err != nil {
+		return nil, err
+	}
+	if data, err := os.ReadFile(s.shaLogPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("object sha256 log: %w", err)
+	} else if recs, conflicts, err := parseSHALog(data, s.shaLogPath()); err != nil && data != nil {
+		rep.WrongSHA256Records++
+	} else {
+		rep.WrongSHA256Records += conflicts
+		shaOf := make(map[[32]byte][32]byte, len(objs))
+		for i, d := range objs {
+			shaOf[d] = want[i]
+		}
+		for d, sha := range recs {
+			if w, ok := shaOf[d]; ok && w != sha {
+				rep.WrongSHA256Records++
+			}
+		}
+	}
 	have := make(map[[32]byte]bool, len(links))
 	for _, l := range links {
 		if d, ok := expected[l.sha]; ok && l.ok && bytes.Equal(d[:], l.target[:]) {
@@ -334,6 +359,10 @@ func (s *State) checkIndex(ctx context.Context, threads int, rebuild bool) (*Ind
 		}
 	}
 	if rebuild {
+		// The log anew: every object's record, and only those.
+		if err := s.writeSHALog(objs, want); err != nil {
+			return nil, err
+		}
 		for _, p := range strays {
 			if err := os.RemoveAll(filepath.Join(s.root, p)); err != nil {
 				return nil, fmt.Errorf("sha256 index: %w", err)

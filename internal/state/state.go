@@ -16,6 +16,8 @@
 //	mounts/<name>.json          mount records, written by the mount helper
 //	pins/<name>                 gc roots: a transaction id or sha256:<image hex>
 //	known-content/              stone importer's XXH3-128 → fs-verity digest index
+//	sha256/objects/             the sha256 index (sha256index.go)
+//	sha256.log                  the sha256 of each indexed object, by object (objectsha.go)
 //	follows-moss                the moss installation root whose state ids are
 //	                            this root's transaction ids (moss-compose adopt)
 //
@@ -80,6 +82,8 @@ type State struct {
 	madePrivate []string
 	// indexFan marks the sha256 index's fan-out directories known to exist.
 	indexFan [256]atomic.Bool
+	// shaLog holds object sha256 records not yet appended (objectsha.go).
+	shaLog shaLog
 }
 
 type formatFile struct {
@@ -382,6 +386,9 @@ func (s *State) txLock() (*Lock, error) {
 // that the next gc does not re-hash the batch). Should cas/ be a different
 // file system, the state root is synced too.
 func (s *State) Sync() error {
+	if err := s.flushSHALog(); err != nil {
+		return err
+	}
 	if err := s.store.Sync(); err != nil {
 		return err
 	}
