@@ -331,11 +331,10 @@ func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan
 	first := map[*tree.Node]string{} // inode -> name written with its content
 	var pre bytes.Buffer
 	var items []tarItem
-	// One tar writer formats every header into pre; the contents it is
-	// told to expect go nowhere (they are the jobs'), and their padding
-	// reaches pre as the next header or the end of the archive is written.
-	sink := &headerSink{buf: &pre}
-	tw := tar.NewWriter(sink)
+	// One formatter writes every header into pre; the contents go
+	// nowhere (they are the jobs'), and their padding reaches pre as the
+	// next header or the end of the archive is written.
+	var tf tarFormatter
 	send := func(j *layerJob) error {
 		j.pre, j.items, j.done = getBuf(pre.Len()), items, make(chan struct{})
 		copy(j.pre, pre.Bytes())
@@ -376,14 +375,11 @@ func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan
 			}
 			if hdr != nil {
 				start := pre.Len()
-				if err := tw.WriteHeader(hdr); err != nil {
+				if err := tf.header(&pre, hdr); err != nil {
 					return fmt.Errorf("tar entry %s: %w", name, err)
 				}
 				items = append(items, tarItem{hdr: hdr, start: start, end: pre.Len()})
 				if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-					if err := sink.skip(tw, hdr.Size); err != nil {
-						return fmt.Errorf("tar entry %s: %w", name, err)
-					}
 					if err := send(&layerJob{ino: c.Inode(), node: c}); err != nil {
 						return err
 					}
@@ -400,38 +396,8 @@ func (w *layerWriter) produce(root *tree.Node, lb *LayerBlob, ordered, work chan
 	if err := walk(root, ""); err != nil {
 		return err
 	}
-	if err := tw.Close(); err != nil { // the last padding, the end of archive
-		return fmt.Errorf("tar: %w", err)
-	}
+	tf.end(&pre) // the last padding, the end of archive
 	return send(&layerJob{})
-}
-
-// headerSink is where produce's tar writer writes: headers and padding to
-// buf, contents nowhere.
-type headerSink struct {
-	buf     *bytes.Buffer
-	discard bool
-}
-
-func (s *headerSink) Write(p []byte) (int, error) {
-	if s.discard {
-		return len(p), nil
-	}
-	return s.buf.Write(p)
-}
-
-// skip has tw take n bytes of content without writing them.
-func (s *headerSink) skip(tw *tar.Writer, n int64) error {
-	s.discard = true
-	defer func() { s.discard = false }()
-	for n > 0 {
-		k, err := tw.Write(zeroBlock[:min(n, int64(len(zeroBlock)))])
-		if err != nil {
-			return err
-		}
-		n -= int64(k)
-	}
-	return nil
 }
 
 const blockSize = 512
