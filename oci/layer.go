@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
-	"hash/crc64"
 	"io"
 	"runtime"
 	"slices"
@@ -18,11 +17,11 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/sys/unix"
 
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/crc64iso"
 	"github.com/mossfs/mossfs/oci/layer"
 	"github.com/mossfs/mossfs/tree"
 )
@@ -539,9 +538,7 @@ func (w *layerWriter) prepare(j *layerJob, fw *frameWriter) error {
 	if w.meta == nil {
 		return nil
 	}
-	c := crc64.New(storage.CRCTable)
-	c.Write(j.content)
-	j.crc = c.Sum(nil)
+	j.crc = crc64iso.AppendSum(nil, crc64iso.Checksum(j.content)) // tar-split's storage.CRCTable
 	buf := &frameBuf{b: getBuf(len(j.pre) + len(j.content) + len(j.content)/64 + 256)[:0]}
 	fw.beginWhole(buf, j.pre, j.content, w.knownSHA256(j.ino))
 	if err := fw.feed(j.content); err != nil {
@@ -670,7 +667,7 @@ func (w *layerWriter) writeBig(j *layerJob) error {
 	}
 	defer r.Close()
 	var fw *frameWriter
-	var crc hash.Hash64
+	var crc uint64
 	if w.meta != nil {
 		if w.fw == nil {
 			w.fw = newFrameWriter()
@@ -682,7 +679,6 @@ func (w *layerWriter) writeBig(j *layerJob) error {
 		if fw.known = w.knownSHA256(j.ino); fw.known == "" {
 			fw.whole = sha256.New()
 		}
-		crc = crc64.New(storage.CRCTable)
 	}
 	known, hasKnown := knownVerity(j.ino)
 	var vh *fsverity.Hasher
@@ -705,7 +701,7 @@ func (w *layerWriter) writeBig(j *layerJob) error {
 			vh.Write(p)
 		}
 		if fw != nil {
-			crc.Write(p)
+			crc = crc64iso.Update(crc, p)
 			if err := fw.feed(p); err != nil {
 				return err
 			}
@@ -722,7 +718,7 @@ func (w *layerWriter) writeBig(j *layerJob) error {
 	if err != nil {
 		return err
 	}
-	j.crc, j.digest, j.chunks = crc.Sum(nil), d, slices.Clone(fw.chunks)
+	j.crc, j.digest, j.chunks = crc64iso.AppendSum(nil, crc), d, slices.Clone(fw.chunks)
 	j.start, j.end = fw.start, fw.out.n
 	return nil
 }

@@ -3,10 +3,15 @@ package oci
 import (
 	"archive/tar"
 	"bytes"
+	"hash/crc64"
 	"math/rand"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/mossfs/mossfs/internal/crc64iso"
 )
 
 // tarWriterHeader is what a fresh archive/tar Writer writes for hdr.
@@ -129,4 +134,13 @@ func FuzzTarFormatter(f *testing.F) {
 		}
 		checkHeader(t, h)
 	})
+}
+
+// TestTarSplitCRC: the crc64 tar-split records (its storage.CRCTable) is
+// the ISO one that crc64iso computes.
+func TestTarSplitCRC(t *testing.T) {
+	data := bytes.Repeat([]byte("tar-split payload "), 1000)
+	if got, want := crc64iso.Checksum(data), crc64.Checksum(data, storage.CRCTable); got != want {
+		t.Fatalf("crc64iso %x, tar-split's table %x", got, want)
+	}
 }
