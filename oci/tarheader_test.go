@@ -12,6 +12,8 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/mossfs/mossfs/internal/crc64iso"
+	"github.com/mossfs/mossfs/internal/gentree"
+	"github.com/mossfs/mossfs/tree"
 )
 
 // tarWriterHeader is what a fresh archive/tar Writer writes for hdr.
@@ -142,5 +144,83 @@ func TestTarSplitCRC(t *testing.T) {
 	data := bytes.Repeat([]byte("tar-split payload "), 1000)
 	if got, want := crc64iso.Checksum(data), crc64.Checksum(data, storage.CRCTable); got != want {
 		t.Fatalf("crc64iso %x, tar-split's table %x", got, want)
+	}
+}
+
+// discardContent is where BenchmarkTarHeaders's archive/tar Writer writes:
+// headers and padding kept, contents dropped (as the producer's sink was).
+type discardContent struct {
+	buf  *bytes.Buffer
+	skip bool
+}
+
+func (d *discardContent) Write(p []byte) (int, error) {
+	if d.skip {
+		return len(p), nil
+	}
+	return d.buf.Write(p)
+}
+
+// BenchmarkTarHeaders formats the headers of the generated tree (65k
+// entries with MOSSFS_BENCH_FULL=1) as the producer does, with archive/tar's
+// Writer (contents skipped through it) and with tarFormatter; the same
+// bytes.
+func BenchmarkTarHeaders(b *testing.B) {
+	root := gentree.Tree(gentree.FromEnv())
+	var hdrs []*tar.Header
+	first := map[*tree.Node]string{}
+	lb := &LayerBlob{}
+	var walk func(dir *tree.Node, prefix string)
+	walk = func(dir *tree.Node, prefix string) {
+		for _, c := range dir.Children {
+			h, err := entryHeader(c, prefix+c.Name, first, lb)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if h != nil {
+				hdrs = append(hdrs, h)
+			}
+			if c.LinkTo == nil && c.IsDir() {
+				walk(c, prefix+c.Name+"/")
+			}
+		}
+	}
+	walk(root, "")
+	var a, f bytes.Buffer
+	b.Run("archive-tar", func(b *testing.B) {
+		for b.Loop() {
+			a.Reset()
+			sink := &discardContent{buf: &a}
+			tw := tar.NewWriter(sink)
+			for _, h := range hdrs {
+				if err := tw.WriteHeader(h); err != nil {
+					b.Fatal(err)
+				}
+				if h.Typeflag == tar.TypeReg && h.Size > 0 {
+					sink.skip = true
+					for n := h.Size; n > 0; {
+						k, _ := tw.Write(zeroBlock[:min(n, int64(len(zeroBlock)))])
+						n -= int64(k)
+					}
+					sink.skip = false
+				}
+			}
+			tw.Close()
+		}
+	})
+	b.Run("formatter", func(b *testing.B) {
+		for b.Loop() {
+			f.Reset()
+			var tf tarFormatter
+			for _, h := range hdrs {
+				if err := tf.header(&f, h); err != nil {
+					b.Fatal(err)
+				}
+			}
+			tf.end(&f)
+		}
+	})
+	if !bytes.Equal(a.Bytes(), f.Bytes()) {
+		b.Fatalf("%d headers: the formatter's %d bytes differ from archive/tar's %d", len(hdrs), f.Len(), a.Len())
 	}
 }
