@@ -276,6 +276,12 @@ func (s *State) GC(opts GCOptions) (*GCResult, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
+	// The object sha256 log keeps the records of the objects that stay.
+	if len(dead) > 0 {
+		if err := s.compactSHALog(isLive); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+	}
 	return res, nil
 }
 

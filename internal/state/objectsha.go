@@ -28,7 +28,8 @@ import (
 // means the export hashes that file; a damaged record fails its checksum
 // and is passed over; a digest with two different records is trusted for
 // neither. Verify checks every record against the sha256 it computes of
-// each object, and a rebuild writes the log anew.
+// each object, and a rebuild writes the log anew; gc rewrites it with the
+// records of the objects that stay, so it does not grow with objects gone.
 //
 // Layout: an 8-byte header, then 72-byte records (fs-verity digest,
 // sha256, XXH3-64 of those 64 bytes), appended whole by one O_APPEND write
@@ -191,4 +192,26 @@ func (s *State) writeSHALog(objs, shas [][32]byte) error {
 	}
 	s.shaLog.buf = s.shaLog.buf[:0] // records of objects the new log has
 	return nil
+}
+
+// compactSHALog rewrites the log with the records of the objects keep
+// keeps (gc, under the exclusive lock: no writer appends meanwhile). A log
+// that cannot be read is replaced by an empty one.
+func (s *State) compactSHALog(keep func(d [32]byte) bool) error {
+	if err := s.flushSHALog(); err != nil {
+		return err
+	}
+	recs, err := s.ObjectSHA256s()
+	if err != nil {
+		recs = nil
+	} else if len(recs) == 0 {
+		return nil
+	}
+	var objs, shas [][32]byte
+	for d, sha := range recs {
+		if keep(d) {
+			objs, shas = append(objs, d), append(shas, sha)
+		}
+	}
+	return s.writeSHALog(objs, shas)
 }

@@ -183,3 +183,49 @@ func with(m map[[32]byte][32]byte, k, v [32]byte) map[[32]byte][32]byte {
 	}
 	return out
 }
+
+// TestObjectSHALogGC: gc keeps the records of the objects that stay and
+// drops those of the objects it removes.
+func TestObjectSHALogGC(t *testing.T) {
+	s := newState(t)
+	tx1 := compose(t, s, ComposeOptions{Add: []Fragment{treeFrag(t, s, "a", 10)}})
+	compose(t, s, ComposeOptions{Add: []Fragment{treeFrag(t, s, "b", 7)}})
+	if got, err := s.ObjectSHA256s(); err != nil || len(got) != 17 {
+		t.Fatalf("before gc: %d records, %v", len(got), err)
+	}
+	if err := s.Remove([]uint64{tx1.ID}, true); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.GC(GCOptions{})
+	if err != nil || res.ObjectsRemoved != 10 {
+		t.Fatalf("gc: %+v %v", res, err)
+	}
+	want := storeSHAs(t, s)
+	if got, err := s.ObjectSHA256s(); err != nil || len(want) != 7 || !sameSHAs(got, want) {
+		t.Fatalf("after gc: %d records (%v), want the %d objects left", len(got), err, len(want))
+	}
+}
+
+// treeFrag imports n files of distinct contents named by prefix.
+func treeFrag(t *testing.T, s *State, prefix string, n int) Fragment {
+	t.Helper()
+	src := t.TempDir()
+	for i := range n {
+		if err := os.WriteFile(filepath.Join(src, prefix+strconv.Itoa(i)), []byte(big(prefix+" content "+strconv.Itoa(i))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im, err := s.NewImporter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := im.Tree(context.Background(), src, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := im.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Input = Input{Kind: KindTree, Name: prefix}
+	return f
+}
