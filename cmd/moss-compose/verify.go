@@ -97,7 +97,7 @@ func runVerify(root string, tx uint64, noQuarantine, asJSON, quiet bool) error {
 			if ix.Rebuilt {
 				fixed = "rebuilt"
 			}
-			fmt.Printf("sha256 index: %d link(s), %d missing, %d wrong, %d stray entries: %s\n", ix.Links, ix.Missing, ix.Wrong, len(ix.Strays), fixed)
+			fmt.Printf("sha256 index: %d link(s), %d missing, %d wrong, %d stray entries, %d wrong record(s) in %s: %s\n", ix.Links, ix.Missing, ix.Wrong, len(ix.Strays), ix.WrongSHA256Records, state.SHALogFile, fixed)
 		}
 	}
 	if !res.OK() {
