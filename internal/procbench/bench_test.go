@@ -604,6 +604,11 @@ func newSwitchFixture(b *testing.B, f *fixture) *switchFixture {
 // process that does nothing; idle, and with 4 threads reading files of the
 // mounted tree in a loop.
 //
+// MOSSFS_BENCH_SWITCH_BASELINE=BIN times another mossfs binary (a build of
+// an older commit) the same way in the same rounds, on a state root and
+// target of its own, against its own --version, and logs its ROW first:
+// old and new then meet the same load. The readers then read both trees.
+//
 // The target is a scratch directory, not /usr, so the switch runs no system
 // triggers: those run only when /usr is switched, in a separate
 // `moss-compose triggers run --scope sys` process after the switch is done
@@ -617,6 +622,15 @@ func BenchmarkSwitch(b *testing.B) {
 	}
 	mustRun(b, f.mossfs, sw(1)...)
 	b.Cleanup(func() { unix.Unmount(s.target, unix.MNT_DETACH) })
+	targets := []*switchFixture{s}
+	oldBin := os.Getenv("MOSSFS_BENCH_SWITCH_BASELINE")
+	var old *switchFixture
+	if oldBin != "" {
+		old = newSwitchFixture(b, f)
+		mustRun(b, oldBin, "switch", "--root", old.root, "--target", old.target, "--driver", "overlay", "--bls-dir", old.entries, "1")
+		b.Cleanup(func() { unix.Unmount(old.target, unix.MNT_DETACH) })
+		targets = append(targets, old)
+	}
 	for _, busy := range []int{0, 4} {
 		b.Run(fmt.Sprintf("readers=%d", busy), func(b *testing.B) {
 			var stop atomic.Bool
@@ -629,7 +643,8 @@ func BenchmarkSwitch(b *testing.B) {
 					runtime.LockOSThread()
 					buf := make([]byte, 64<<10)
 					for i := r; !stop.Load(); i++ {
-						fd, err := unix.Open(filepath.Join(s.target, s.files[i%len(s.files)]), unix.O_RDONLY, 0)
+						t := targets[i%len(targets)]
+						fd, err := unix.Open(filepath.Join(t.target, t.files[i%len(t.files)]), unix.O_RDONLY, 0)
 						if err != nil {
 							continue // mid-switch; the next one opens
 						}
@@ -644,10 +659,11 @@ func BenchmarkSwitch(b *testing.B) {
 					}
 				}(r)
 			}
-			var p pairs
-			var cpuOurs, cpuBase []time.Duration
+			var p, pOld pairs
+			var cpuOurs, cpuBase, cpuOld, cpuOldBase []time.Duration
 			n := pairsPerOp(10, 200)
-			next := 2
+			next, nextOld := 2, 2
+			row := fmt.Sprintf("mossfs switch between 2k-entry transactions (no system triggers: target is not /usr), %d reader threads busy", busy)
 			b.ResetTimer()
 			for i := 0; i < b.N*n; i++ {
 				p.time(func() time.Duration {
@@ -655,6 +671,13 @@ func BenchmarkSwitch(b *testing.B) {
 					next = 3 - next
 					return d
 				}, func() time.Duration { return timeRunCPU(b, &cpuBase, f.mossfs, "--version") })
+				if old != nil {
+					pOld.time(func() time.Duration {
+						d := timeRunCPU(b, &cpuOld, oldBin, "switch", "--root", old.root, "--target", old.target, "--driver", "overlay", "--bls-dir", old.entries, strconv.Itoa(nextOld))
+						nextOld = 3 - nextOld
+						return d
+					}, func() time.Duration { return timeRunCPU(b, &cpuOldBase, oldBin, "--version") })
+				}
 			}
 			b.StopTimer()
 			stop.Store(true)
@@ -662,7 +685,12 @@ func BenchmarkSwitch(b *testing.B) {
 			if busy > 0 && reads.Load() == 0 {
 				b.Fatal("the readers read nothing")
 			}
-			p.report(b, fmt.Sprintf("mossfs switch between 2k-entry transactions (no system triggers: target is not /usr), %d reader threads busy", busy), "switch", "version", "≤ 3 ms (median)", false)
+			if old != nil {
+				// First, so that the metrics reported last are ours.
+				pOld.report(b, row+", baseline binary "+oldBin, "baseline-switch", "baseline-version", "≤ 3 ms (median)", false)
+				logCPU(b, "baseline switch", "baseline version", cpuOld, cpuOldBase)
+			}
+			p.report(b, row, "switch", "version", "≤ 3 ms (median)", false)
 			logCPU(b, "switch", "version", cpuOurs, cpuBase)
 		})
 	}
