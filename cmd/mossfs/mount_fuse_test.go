@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,6 +77,7 @@ func TestMountCommandFUSEForeground(t *testing.T) {
 	}
 	s := newStateRoot(t)
 	target := scratchTarget(t)
+	listening := controlListeners(t)
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := run("mount", "--root", s.root, "--foreground", "2", target)
@@ -114,4 +116,38 @@ func TestMountCommandFUSEForeground(t *testing.T) {
 	if _, ok, _ := mountrec.Get(s.root, target); ok {
 		t.Fatal("record left after the foreground server ended")
 	}
+	// Its control socket went with it: left open, it would answer for the
+	// next mount given the same device number (the kernel hands the number
+	// out again at once) in place of that mount's own daemon.
+	if l := controlListeners(t); len(l) > len(listening) {
+		t.Errorf("control sockets %v still listening after the foreground server ended (before it: %v)", l, listening)
+	}
+}
+
+// controlListeners returns the names of the FUSE daemons' control sockets
+// (see internal/fusefs) that this process listens on.
+func controlListeners(t *testing.T) []string {
+	t.Helper()
+	ours := map[string]bool{}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(l, "socket:[") {
+			ours[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	data, err := os.ReadFile("/proc/self/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	// Num RefCount Protocol Flags Type St Inode Path; Flags 00010000: listening.
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 8 && f[3] == "00010000" && ours[f[6]] && strings.HasPrefix(f[7], "@mossfs-fuse/") {
+			names = append(names, f[7])
+		}
+	}
+	return names
 }

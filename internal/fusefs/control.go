@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,6 +49,11 @@ type response struct {
 	Status *Status `json:"status,omitempty"`
 }
 
+// controlTakeover is how long a daemon waits for the control socket name
+// of its device number to be let go by the daemon of an unmounted file
+// system that had the same number (a variable for tests).
+var controlTakeover = 10 * time.Second
+
 type controlServer struct {
 	l    *net.UnixListener
 	once sync.Once
@@ -55,8 +61,20 @@ type controlServer struct {
 
 // listenControl starts answering requests for s. Only root and the user
 // running the daemon may talk to it.
+//
+// The name comes from the mount's device number, which the kernel hands
+// out again as soon as a file system is gone: the daemon that served the
+// last mount with this number may not yet have seen its connection end and
+// closed its socket (a loaded machine, or a request still being answered).
+// Only such a daemon can hold the name (a live mount keeps its number), so
+// a name in use is tried again until it lets go, for up to controlTakeover.
 func listenControl(s *Server) (*controlServer, error) {
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: controlName(s.dev), Net: "unix"})
+	addr := &net.UnixAddr{Name: controlName(s.dev), Net: "unix"}
+	l, err := net.ListenUnix("unix", addr)
+	for deadline := time.Now().Add(controlTakeover); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		l, err = net.ListenUnix("unix", addr)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -117,7 +117,11 @@ type Server struct {
 	target   string
 	dev      uint64
 	rootless bool
+	// ctlM guards ctl and ended: the control socket is set up after the
+	// serve loop has started, and the loop closes it when it ends.
+	ctlM     sync.Mutex
 	ctl      *controlServer
+	ended    bool
 	done     chan struct{}
 	unmountM sync.Mutex
 	closed   bool
@@ -193,13 +197,21 @@ func Mount(opts Options) (*Server, error) {
 		}
 	}
 	if opts.Daemon {
-		tuneRuntime()
+		tuneOnce.Do(tuneRuntime)
 	}
 	ctl, err := listenControl(s)
 	if err != nil {
 		fs.logger.Printf("control socket: %v (switching this mount from outside will not work)", err)
 	} else {
-		s.ctl = ctl
+		s.ctlM.Lock()
+		ended := s.ended
+		if !ended {
+			s.ctl = ctl
+		}
+		s.ctlM.Unlock()
+		if ended {
+			ctl.close() // unmounted already: nothing to control
+		}
 	}
 	return s, nil
 }
@@ -230,6 +242,14 @@ func tuneRuntime() {
 		hugeheap.Grow(daemonHugeHeap)
 	}
 }
+
+// tuneOnce runs tuneRuntime for the first daemon mount of the process
+// only: run again (a process serving one mount after another in the
+// foreground, as cmd/mossfs's tests do) it would double GOMAXPROCS each
+// time, and go-fuse's readers with it (at the 13th, 8,192 readers: the
+// unmount took over 30 s to end the serve loop, then the process ran out
+// of threads).
+var tuneOnce sync.Once
 
 const (
 	daemonHeapFloor = 64 << 20
@@ -333,8 +353,12 @@ func (s *Server) mountAsRoot(opts Options, mo *fuse.MountOptions) (err error) {
 
 func (s *Server) serve() {
 	s.srv.Serve()
-	if s.ctl != nil {
-		s.ctl.close()
+	s.ctlM.Lock()
+	s.ended = true
+	ctl := s.ctl
+	s.ctlM.Unlock()
+	if ctl != nil {
+		ctl.close()
 	}
 	s.fs.closeAll()
 	close(s.done)
