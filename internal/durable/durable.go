@@ -48,9 +48,12 @@
 // can read the next content or a mix (the inode it holds is being
 // rewritten); readers that read a file right after opening it (mossfs's own
 // do) do not. The swap file is used only if it is a regular file of the
-// caller's with one link; otherwise it is removed and made anew. Where the
-// file system cannot exchange names, the swap file is renamed over the
-// target as a temporary file would be.
+// caller's with one link; otherwise it is removed and made anew. It is
+// locked (flock) from before it is written until it has been exchanged;
+// a writer of the same file that finds it locked (writers of one file need
+// not share a lock) takes a temporary file instead, so two never mix their
+// contents. Where the file system cannot exchange names, the swap file is
+// renamed over the target as a temporary file would be.
 //
 // The files are handled with bare system calls (openat, write, fsync and
 // renameat relative to each directory's descriptor): os.File costs five
@@ -183,30 +186,25 @@ func (b *Batch) add(fl File) error {
 	// A second file for the same target in this batch takes a temporary
 	// file: the swap file is the first one's.
 	if fl.Swap && !b.swapping(d, base) {
-		p.swap = true
-		p.tmp = SwapName(base)
-		if err := b.reuseSwap(p, fl.Data, perm); err != nil {
+		if err := b.swapFile(p, fl.Data, perm); err != nil {
 			return err
 		}
-		if p.fd >= 0 {
+		if p.swap {
 			return b.startSync(p)
 		}
-	} else {
-		// Hold the file being replaced: the rename then only unlinks it,
-		// and freeing its inode and blocks (two thirds of a rename's cost
-		// here) happens when Commit lets go of it, beside the directory
-		// fsyncs instead of before them.
-		if old, err := unix.Openat(d.fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
-			d.olds = append(d.olds, old)
-		}
+	}
+	// Hold the file being replaced: the rename then only unlinks it, and
+	// freeing its inode and blocks (two thirds of a rename's cost here)
+	// happens when Commit lets go of it, beside the directory fsyncs
+	// instead of before them.
+	if old, err := unix.Openat(d.fd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		d.olds = append(d.olds, old)
 	}
 	var err error
 	for range 100 {
-		if !p.swap {
-			p.tmp = ".tmp-" + base + "-" + strconv.FormatUint(uint64(rand.Uint32()), 10)
-		}
+		p.tmp = ".tmp-" + base + "-" + strconv.FormatUint(uint64(rand.Uint32()), 10)
 		p.fd, err = unix.Openat(d.fd, p.tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
-		if err != unix.EEXIST || p.swap {
+		if err != unix.EEXIST {
 			break
 		}
 	}
@@ -237,48 +235,75 @@ func (b *Batch) swapping(d *dir, base string) bool {
 	return false
 }
 
-// reuseSwap opens p's swap file and writes data over its content, leaving
-// p.fd open for the fsync; if there is no swap file fit for reuse it
-// leaves p.fd at -1 (and an unfit one removed) for the caller to create
-// one.
-func (b *Batch) reuseSwap(p *pending, data []byte, perm os.FileMode) error {
-	// O_NONBLOCK: a FIFO put there must not block the open.
-	fd, err := unix.Openat(p.d.fd, p.tmp, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	if err == unix.ENOENT {
-		return nil
-	}
-	var st unix.Stat_t
-	if err == nil {
-		err = unix.Fstat(fd, &st)
-		if err == nil && (st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 || int(st.Uid) != os.Geteuid()) {
-			err = unix.EEXIST
+// swapFile takes p's swap file for the new content: it opens it (or
+// creates it), locks it and writes data over what it holds, and sets
+// p.swap, with p.fd open (and locked) until Commit has exchanged it. It
+// leaves p.swap false when p takes a temporary file instead: the swap file
+// is another writer's at the moment (writers of one file need not share a
+// lock: mossfs bls beside a switch), or unfit and could not be replaced.
+//
+// The swap file is locked (flock) from before it is written until after
+// it is exchanged, and a writer that finds it locked does not wait: two
+// writers never write into one swap file, nor into a file that has
+// become the target meanwhile (checked once the lock is held).
+func (b *Batch) swapFile(p *pending, data []byte, perm os.FileMode) error {
+	name := SwapName(p.base)
+	for attempt := 0; attempt < 2; attempt++ {
+		created := false
+		// O_NONBLOCK: a FIFO put there must not block the open.
+		fd, err := unix.Openat(p.d.fd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err == unix.ENOENT {
+			fd, err = unix.Openat(p.d.fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+			if err == unix.EEXIST {
+				return nil // another writer's, just made
+			}
+			if err != nil {
+				return fmt.Errorf("write %s: %w", p.dst, &os.PathError{Op: "create", Path: filepath.Join(p.d.path, name), Err: err})
+			}
+			created = true
+		}
+		var st unix.Stat_t
+		if err == nil {
+			if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) != nil {
+				unix.Close(fd)
+				return nil // in another writer's hands
+			}
+			var cur unix.Stat_t
+			if unix.Fstat(fd, &st) != nil || unix.Fstatat(p.d.fd, name, &cur, unix.AT_SYMLINK_NOFOLLOW) != nil || cur.Dev != st.Dev || cur.Ino != st.Ino {
+				unix.Close(fd)
+				return nil // exchanged by another writer meanwhile: not the swap file now
+			}
+			if !created && (st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 || int(st.Uid) != os.Geteuid()) {
+				unix.Close(fd)
+				err = unix.EEXIST
+			}
 		}
 		if err != nil {
-			unix.Close(fd)
+			// Not ours to write into (a link to another file, someone
+			// else's, not a regular file): a new one replaces it.
+			if uerr := unix.Unlinkat(p.d.fd, name, 0); uerr != nil && uerr != unix.ENOENT {
+				return fmt.Errorf("write %s: %w", p.dst, &os.PathError{Op: "remove", Path: filepath.Join(p.d.path, name), Err: uerr})
+			}
+			continue
 		}
-	}
-	if err != nil {
-		// Not ours to write into (a link to another file, someone else's,
-		// not a regular file): a new one replaces it.
-		if uerr := unix.Unlinkat(p.d.fd, p.tmp, 0); uerr != nil && uerr != unix.ENOENT {
-			return fmt.Errorf("write %s: %w", p.dst, &os.PathError{Op: "remove", Path: filepath.Join(p.d.path, p.tmp), Err: uerr})
+		p.swap, p.tmp, p.fd = true, name, fd
+		b.files = append(b.files, p)
+		if err := p.writeAt(data); err != nil {
+			return err
+		}
+		if st.Size != int64(len(data)) {
+			if err := unix.Ftruncate(fd, int64(len(data))); err != nil {
+				return fmt.Errorf("write %s: truncate: %w", filepath.Join(p.d.path, p.tmp), err)
+			}
+		}
+		// A new swap file was created 0600 (before the umask), as
+		// os.CreateTemp does; the target gets exactly perm.
+		if os.FileMode(st.Mode).Perm() != perm || st.Mode&(unix.S_ISUID|unix.S_ISGID|unix.S_ISVTX) != 0 {
+			if err := unix.Fchmod(fd, uint32(perm)); err != nil {
+				return fmt.Errorf("write %s: chmod: %w", filepath.Join(p.d.path, p.tmp), err)
+			}
 		}
 		return nil
-	}
-	p.fd = fd
-	b.files = append(b.files, p)
-	if err := p.writeAt(data); err != nil {
-		return err
-	}
-	if st.Size != int64(len(data)) {
-		if err := unix.Ftruncate(fd, int64(len(data))); err != nil {
-			return fmt.Errorf("write %s: truncate: %w", filepath.Join(p.d.path, p.tmp), err)
-		}
-	}
-	if os.FileMode(st.Mode).Perm() != perm || st.Mode&(unix.S_ISUID|unix.S_ISGID|unix.S_ISVTX) != 0 {
-		if err := unix.Fchmod(fd, uint32(perm)); err != nil {
-			return fmt.Errorf("write %s: chmod: %w", filepath.Join(p.d.path, p.tmp), err)
-		}
 	}
 	return nil
 }
@@ -314,6 +339,11 @@ func (b *Batch) startSync(p *pending) error {
 			if err := unix.Fsync(p.fd); err != nil {
 				p.syncErr = fmt.Errorf("write %s: fsync: %w", filepath.Join(p.d.path, p.tmp), err)
 			}
+		}
+		// A swap file stays open, and locked, until Commit has exchanged
+		// it (see swapFile).
+		if p.swap {
+			return
 		}
 		if err := unix.Close(p.fd); err != nil && p.syncErr == nil {
 			p.syncErr = fmt.Errorf("write %s: close: %w", filepath.Join(p.d.path, p.tmp), err)
@@ -353,6 +383,7 @@ func (b *Batch) Commit() error {
 		}
 		p.renamed = true
 	}
+	b.closeSwaps()
 	if testSkip.dirSync {
 		return nil
 	}
@@ -399,10 +430,21 @@ func (d *dir) closeOld() {
 	d.olds = nil
 }
 
+// closeSwaps lets go of the batch's swap files (and their locks).
+func (b *Batch) closeSwaps() {
+	for _, p := range b.files {
+		if p.swap && p.fd >= 0 {
+			unix.Close(p.fd)
+			p.fd = -1
+		}
+	}
+}
+
 func (b *Batch) removeTemps() {
 	for _, p := range b.files {
 		if p.fd >= 0 {
-			// Begin failed after creating it, before its fsync started.
+			// Begin failed after creating it, before its fsync started;
+			// or a swap file, open until its exchange.
 			unix.Close(p.fd)
 			p.fd = -1
 		}
