@@ -72,7 +72,7 @@ export MOSSFS_KVM_GUEST=1 MOSSFS_KVM_DISK=/mnt/disk MOSSFS_KVM_DEV=/dev/vda
 		}
 		if trial == 0 {
 			body += `MOSSFS_CAS_CRASH_DIR=/mnt/cas/store /bin/cas.test -test.v -test.run '^TestCrashWriter$' >/tmp/cas.out 2>&1 &
-n=0; until grep -q CAS-CRASH-WRITTEN /tmp/cas.out || [ $n -ge 1200 ]; do sleep 0.1; n=$((n+1)); done
+n=0; until grep -q CAS-CRASH-WRITTEN /tmp/cas.out || [ $n -ge 6000 ]; do sleep 0.1; n=$((n+1)); done
 cat /tmp/cas.out >&3
 `
 		}

@@ -158,7 +158,7 @@ type Boot struct {
 	Files  map[string][]byte // extra initramfs files (path → content, mode 0644)
 	Disks  []string          // raw disk images, /dev/vda first
 	Append string            // extra kernel command line
-	// Timeout per boot (default 5 minutes).
+	// Timeout per boot (default DefaultTimeout).
 	Timeout time.Duration
 	Watch   func(results string) bool
 }

@@ -44,6 +44,13 @@ type Result struct {
 	Results  string // ttyS1: what the guest's tests wrote, \r stripped
 }
 
+// DefaultTimeout is how long a boot may take unless it says otherwise.
+// Under TCG everything in the guest runs several times slower than on the
+// host, and several times slower again when the host is busy: with the
+// host at load 9-11 the longest default boot (the first power-cut boot)
+// took 90 s. The timeout only catches a guest that hangs.
+const DefaultTimeout = 15 * time.Minute
+
 // QEMUPath returns the qemu-system-x86_64 binary or an error saying it is missing.
 func QEMUPath() (string, error) { return exec.LookPath("qemu-system-x86_64") }
 
@@ -54,7 +61,7 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	if m.Timeout == 0 {
-		m.Timeout = 5 * time.Minute
+		m.Timeout = DefaultTimeout
 	}
 	if m.MemMB == 0 {
 		m.MemMB = 1024
