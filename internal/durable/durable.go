@@ -37,10 +37,15 @@
 // overwritten by the next replacement. No inode is allocated or freed. On
 // ext4 that cuts the CPU time and the wait of a switch's batch by a third or
 // more: BenchmarkSwitchBatch (its four files, root file system of the
-// development machine, ext4 without a journal; three runs of 300 alternating
-// batches at load 6-9) took 0.89-1.31 ms of CPU per batch against 1.35-2.27
-// ms with new temporary files, Begin 0.32-0.34 against 0.49-1.01 ms, Commit
-// 0.76-3.0 against 1.3-4.5 ms. Making a new file and freeing the one it
+// development machine, ext4 without a journal; two runs of 300 alternating
+// batches at load 10, with the lock below) took 1.01-1.05 ms of CPU per
+// batch against 1.68-1.74 ms with new temporary files, Begin 0.28-0.31
+// against 0.54-0.97 ms, Commit 1.33-1.96 against 1.57-4.08 ms. End to end,
+// mossfs switch over mossfs --version (BenchmarkSwitch with the binary
+// before this as its baseline, three runs of 200 pairs at load 10-17, the
+// last with the lock) cost 5.7, 3.4, 6.5 ms of wall time idle against 6.0,
+// 4.2, 11.1; its CPU time was within the noise of that machine (2.7, 2.3,
+// 3.0 ms against 3.4, 2.2, 3.8). Making a new file and freeing the one it
 // replaces is what costs there (in a trial, a temporary file made with
 // O_TMPFILE cost as much). A crash leaves the target old or new, as before
 // (TestCrashKeepsBatch). The price: a program that opened the target before
@@ -49,9 +54,9 @@
 // rewritten); readers that read a file right after opening it (mossfs's own
 // do) do not. The swap file is used only if it is a regular file of the
 // caller's with one link; otherwise it is removed and made anew. It is
-// locked (flock) from before it is written until it has been exchanged;
-// a writer of the same file that finds it locked (writers of one file need
-// not share a lock) takes a temporary file instead, so two never mix their
+// locked (flock) from before it is written until it has been exchanged; a
+// writer of the same file that finds it locked (writers of one file need not
+// share a lock) takes a temporary file instead, so two never mix their
 // contents. Where the file system cannot exchange names, the swap file is
 // renamed over the target as a temporary file would be.
 //
