@@ -134,6 +134,10 @@ type fileSystem struct {
 	reads, stores atomic.Int64
 	// lastMiss is when (UnixNano) a read last reached the daemon.
 	lastMiss atomic.Int64
+	// readingWindow (ns) is readingWindow unless a test sets it: a test of
+	// what a listing does while files are read cannot bound the time
+	// between its read and its listing on a loaded machine.
+	readingWindow atomic.Int64
 	// stored holds the node IDs whose whole content the prefetcher handed
 	// to the page cache.
 	stored sync.Map
@@ -169,6 +173,7 @@ func newFileSystem(opts Options, g *generation) *fileSystem {
 		logger:        opts.Logger,
 		handles:       map[uint64]*handle{},
 	}
+	f.readingWindow.Store(int64(readingWindow))
 	f.objs = newRefCache(maxObjFiles, func(file *os.File) { file.Close() })
 	f.backing = newRefCache(maxBacking, f.unregisterBacking)
 	if f.logger == nil {

@@ -84,7 +84,7 @@ func (f *fileSystem) prefetchAfter(g *generation, nid uint64) {
 // files of each directory in the page cache. Listings alone (find, ls -l)
 // read nothing.
 func (f *fileSystem) prefetchListed(g *generation, ents []Dirent) {
-	if !f.noOpen || time.Now().UnixNano()-f.lastMiss.Load() > int64(readingWindow) {
+	if !f.noOpen || time.Now().UnixNano()-f.lastMiss.Load() > f.readingWindow.Load() {
 		return
 	}
 	f.prefetchWindow(g, ents, -1, true)
