@@ -140,7 +140,7 @@ func pullPartialWithAuth(t *testing.T, reg *ocitest.Registry, authFile bool) *st
 	if p := res.Partial; p == nil || p.PartialLayers != 2 || p.WholeLayers != 0 {
 		t.Fatalf("partial totals %+v, want both layers read partially", res.Partial)
 	}
-	reg.Settle()
+	reg.Settle(t)
 	var unauthorized int
 	ranged := map[string]int{}
 	for _, a := range reg.Accesses(t) {

@@ -39,7 +39,7 @@ func BenchmarkPullBAfterA(b *testing.B) {
 		}
 		return res
 	}
-	served := func() int64 { reg.Settle(); return reg.Served(b).BlobBytes }
+	served := func() int64 { reg.Settle(b); return reg.Served(b).BlobBytes }
 	var partialT, wholeT time.Duration
 	var partialB, wholeB int64
 	b.ResetTimer()

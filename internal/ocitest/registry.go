@@ -5,7 +5,8 @@
 // every address).
 //
 // Registry: Debian's docker-registry on 127.0.0.1 at a free port with its own
-// configuration file and storage, its access log enabled:
+// configuration file and storage, its access log enabled (and its debug
+// server on another port: Settle reads its goroutine dumps):
 //
 //	reg := ocitest.StartRegistry(t)      // stopped by t.Cleanup
 //	reg.Host                             // "127.0.0.1:PORT"
@@ -13,7 +14,7 @@
 //	reg.Name("app:1")                    // "127.0.0.1:PORT/app:1", as podman spells it
 //	reg.Accesses(t)                      // parsed access log: method, path, status, bytes
 //	reg.BlobBytes(t, "app", "sha256:…")  // bytes served for GETs of one blob (settles first)
-//	reg.Settle(); reg.Served(t)          // totals: requests, blob GETs, blob bytes
+//	reg.Settle(t); reg.Served(t)         // totals: requests, blob GETs, blob bytes
 //
 // With RegistryOptions.Users, StartRegistryWith turns on the registry's
 // htpasswd authentication (bcrypt entries written by the test): every
@@ -83,6 +84,7 @@ type Registry struct {
 	LogPath string // the access log (the registry's stdout)
 	// Token is the token server (RegistryOptions.Token), else nil.
 	Token *TokenServer
+	debug string // the registry's debug server (goroutine dumps)
 }
 
 // RegistryOptions changes how StartRegistryWith configures the registry.
@@ -133,9 +135,11 @@ func StartRegistryWith(t testing.TB, o RegistryOptions) *Registry {
 		}
 		auth = fmt.Sprintf("auth: {htpasswd: {realm: mossfs-test, path: %q}}\n", path)
 	}
-	// The port is free when chosen; the registry binds it a moment later.
-	// Another process taking it in between makes the start fail below, and
-	// we try another port.
+	// The ports are free when chosen; the registry binds them a moment
+	// later (it cannot take a listener from us). Another process taking one
+	// in between makes the registry exit, or answer nothing, or leaves the
+	// other process answering in its place: startRegistry checks that the
+	// listening sockets are the registry's own, and we try other ports.
 	for attempt := 0; ; attempt++ {
 		r, err := startRegistry(t, bin, dir, auth, attempt)
 		if err == nil {
@@ -148,23 +152,39 @@ func StartRegistryWith(t testing.TB, o RegistryOptions) *Registry {
 	}
 }
 
+// freeAddrs picks n free loopback addresses, all different (tests replace
+// it).
+var freeAddrs = func(n int) ([]string, error) {
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
+}
+
 func startRegistry(t testing.TB, bin, dir, auth string, attempt int) (*Registry, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs, err := freeAddrs(2)
 	if err != nil {
 		return nil, err
 	}
-	addr := l.Addr().String()
-	l.Close()
+	addr, debug := addrs[0], addrs[1]
 	cfg := filepath.Join(dir, fmt.Sprintf("config-%d.yml", attempt))
+	// The debug server serves the Go runtime's goroutine dumps, which
+	// Settle reads to see which requests are still being logged.
 	conf := fmt.Sprintf(`version: 0.1
 log: {level: warn, accesslog: {disabled: false}}
 storage: {filesystem: {rootdirectory: %q}, delete: {enabled: true}}
-http: {addr: %q}
-`, filepath.Join(dir, "data"), addr) + auth
+http: {addr: %q, debug: {addr: %q}}
+`, filepath.Join(dir, "data"), addr, debug) + auth
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	r := &Registry{Host: addr, Dir: dir, LogPath: filepath.Join(dir, fmt.Sprintf("access-%d.log", attempt))}
+	r := &Registry{Host: addr, Dir: dir, LogPath: filepath.Join(dir, fmt.Sprintf("access-%d.log", attempt)), debug: debug}
 	out, err := os.Create(r.LogPath)
 	if err != nil {
 		return nil, err
@@ -190,6 +210,24 @@ http: {addr: %q}
 		errLog.Close()
 	}
 	client := &http.Client{Timeout: 2 * time.Second}
+	answers := func(url string, ok ...int) bool {
+		resp, err := client.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		for _, code := range ok {
+			if resp.StatusCode == code {
+				return true
+			}
+		}
+		return false
+	}
+	// With authentication, /v2/ asks for credentials once ready.
+	ready := []int{http.StatusOK}
+	if auth != "" {
+		ready = append(ready, http.StatusUnauthorized)
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		select {
@@ -200,21 +238,68 @@ http: {addr: %q}
 			return nil, fmt.Errorf("docker-registry exited (%v): %s", err, msg)
 		default:
 		}
-		resp, err := client.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			// With authentication, /v2/ asks for credentials once ready.
-			if resp.StatusCode == http.StatusOK || (auth != "" && resp.StatusCode == http.StatusUnauthorized) {
-				t.Cleanup(stop)
-				return r, nil
+		if answers("http://"+addr+"/v2/", ready...) &&
+			answers("http://"+debug+"/debug/pprof/", http.StatusOK) {
+			// Whatever answered may be another process that took a port
+			// before the registry could: only its own sockets will do.
+			if err := listensOn(cmd.Process.Pid, addr, debug); err != nil {
+				stop()
+				return nil, err
 			}
+			t.Cleanup(stop)
+			return r, nil
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return nil, fmt.Errorf("docker-registry on %s did not answer: %v", addr, err)
+			return nil, fmt.Errorf("docker-registry on %s (debug %s) did not answer", addr, debug)
 		}
 		time.Sleep(30 * time.Millisecond)
 	}
+}
+
+// listensOn checks that process pid holds the listening TCP sockets of
+// addrs (127.0.0.1:PORT): /proc/net/tcp gives each listening socket's
+// inode, and the process's descriptors name the inodes of its sockets.
+func listensOn(pid int, addrs ...string) error {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return err
+	}
+	inodes := map[string]string{} // "0100007F:PPPP" → inode, listening only
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) >= 10 && f[3] == "0A" {
+			inodes[f[1]] = f[9]
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return err
+	}
+	own := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil {
+			own[l] = true
+		}
+	}
+	for _, a := range addrs {
+		_, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return err
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return fmt.Errorf("%s: %w", a, err)
+		}
+		ino, ok := inodes[fmt.Sprintf("0100007F:%04X", p)]
+		if !ok {
+			return fmt.Errorf("nothing listens on %s", a)
+		}
+		if !own["socket:["+ino+"]"] {
+			return fmt.Errorf("another process than docker-registry (pid %d) listens on %s", pid, a)
+		}
+	}
+	return nil
 }
 
 // Ref is the docker:// reference of repository:tag (or repository@digest)
@@ -233,7 +318,7 @@ type Access struct {
 }
 
 // Accesses parses the access log. Lines are written after each response,
-// so a caller that just got one may need WaitAccesses.
+// so a caller that just got one calls Settle first.
 func (r *Registry) Accesses(t testing.TB) []Access {
 	t.Helper()
 	f, err := os.Open(r.LogPath)
@@ -323,27 +408,62 @@ func (r *Registry) Served(t testing.TB) Traffic {
 	return tr
 }
 
-// Settle waits until the access log stops growing (the registry writes a
-// line after each response), at most 2 s.
-func (r *Registry) Settle() {
-	var last int64 = -1
-	for i := 0; i < 40; i++ {
-		fi, err := os.Stat(r.LogPath)
-		if err != nil {
+// Settle waits until every request the registry has begun to answer is in
+// its access log. The registry writes a request's line after the response
+// has gone out, and a client may have read all of it before that (a blob is
+// sent with sendfile): waiting for the log to stop growing for a while
+// missed lines on a loaded machine. The line is written inside the HTTP
+// server's handler, so a goroutine dump of the registry (its debug server)
+// in which no goroutine is in the handler of the registry's server means
+// that every response a client has received is logged.
+func (r *Registry) Settle(t testing.TB) {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		busy, err := r.answering(client)
+		if err == nil && busy == 0 {
 			return
 		}
-		if fi.Size() == last {
-			return
+		if time.Now().After(deadline) {
+			t.Fatalf("registry: %d requests still being answered after 60 s (%v)", busy, err)
 		}
-		last = fi.Size()
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// answering counts the registry's goroutines in a handler of its server
+// (not the debug server's goroutine dump that counts them).
+func (r *Registry) answering(client *http.Client) (int, error) {
+	resp, err := client.Get("http://" + r.debug + "/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("goroutine dump: %s", resp.Status)
+	}
+	busy := 0
+	for _, g := range strings.Split(string(b), "\n\n") {
+		if strings.Contains(g, "net/http/pprof.") {
+			continue
+		}
+		// A stack too deep to print whole may hide the handler: count it.
+		if strings.Contains(g, "net/http.serverHandler.ServeHTTP") || strings.Contains(g, "additional frames elided") {
+			busy++
+		}
+	}
+	return busy, nil
 }
 
 // BlobBytes sums the bytes sent for GETs of one blob of a repository.
 func (r *Registry) BlobBytes(t testing.TB, repo, digest string) (bytes int64, requests int) {
 	t.Helper()
-	r.Settle()
+	r.Settle(t)
 	p := "/v2/" + repo + "/blobs/" + digest
 	for _, a := range r.Accesses(t) {
 		if a.Method == http.MethodGet && a.Path == p {

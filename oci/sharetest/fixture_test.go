@@ -346,7 +346,7 @@ func layerOf(tb testing.TB, reg *ocitest.Registry, sys *types.SystemContext, nam
 // the access log's first `from` lines.
 func blobBytes(tb testing.TB, reg *ocitest.Registry, from int, digest string) (int64, int) {
 	tb.Helper()
-	reg.Settle()
+	reg.Settle(tb)
 	var n int64
 	var reqs int
 	for _, a := range reg.Accesses(tb)[from:] {
@@ -360,6 +360,6 @@ func blobBytes(tb testing.TB, reg *ocitest.Registry, from int, digest string) (i
 
 // mark is the access log's length now.
 func mark(tb testing.TB, reg *ocitest.Registry) int {
-	reg.Settle()
+	reg.Settle(tb)
 	return len(reg.Accesses(tb))
 }
