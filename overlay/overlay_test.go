@@ -578,3 +578,38 @@ func TestFirstObject(t *testing.T) {
 		t.Errorf("firstObject = %q, want %q", got, obj)
 	}
 }
+
+// TestMountKeepImageMount: with KeepImageMount the image's detached EROFS
+// mount comes back open (Info.ImageMount) for the caller to close, and the
+// overlay stays whole after it is closed; without, it is closed (-1).
+func TestMountKeepImageMount(t *testing.T) {
+	testenv.RequireMountNS(t)
+	f := newFixture(t, t.TempDir(), "A", mkfsBuild)
+	fd, info, err := Mount(Options{Image: f.image, ObjectsDir: f.objects, KeepImageMount: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ImageMount < 0 {
+		unix.Close(fd)
+		t.Fatalf("KeepImageMount: Info.ImageMount %d", info.ImageMount)
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(info.ImageMount, &st); err != nil || st.Type != unix.EROFS_SUPER_MAGIC_V1 {
+		t.Errorf("Info.ImageMount %d: statfs type %#x, %v; want the image's EROFS mount", info.ImageMount, st.Type, err)
+	}
+	dir := attach(t, fd)
+	unix.Close(fd)
+	if err := unix.Close(info.ImageMount); err != nil {
+		t.Errorf("closing the image's mount: %v", err)
+	}
+	overlaytest.Compare(t, dir, f.tx)
+
+	fd, info, err = Mount(Options{Image: f.image, ObjectsDir: f.objects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	if info.ImageMount != -1 {
+		t.Errorf("without KeepImageMount: Info.ImageMount %d, want -1", info.ImageMount)
+	}
+}
