@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -183,17 +184,22 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 		}
 		return fmt.Errorf("switch: mounted, but recording the active transaction failed: %w", err)
 	}
-	fmt.Fprintf(cmd.ErrOrStderr(), "switched %s to transaction %d (%s, verity %s)\n", t, id, rec.Driver, orDash(rec.Verity))
+	// What the switch says goes out in one write: each write to a pipe
+	// wakes its reader (the parent waiting for the switch), and on busy
+	// cores each wake-up waits for a time slice, as the switch does.
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "switched %s to transaction %d (%s, verity %s)\n", t, id, rec.Driver, orDash(rec.Verity))
 	if bootErr == nil {
 		for _, d := range dirs {
-			fmt.Fprintf(cmd.ErrOrStderr(), "boot default in %s: transaction %d\n", d, id)
+			fmt.Fprintf(&out, "boot default in %s: transaction %d\n", d, id)
 		}
 	}
 	// id is live: its system triggers run even if the boot entry could not
 	// follow.
 	if !skipTriggers {
-		runSysTriggers(cmd, root, id, t)
+		runSysTriggers(cmd, &out, root, id, t)
 	}
+	cmd.ErrOrStderr().Write(out.Bytes())
 	if bootErr != nil {
 		return fmt.Errorf("switch: switched to transaction %d, but the next boot would not start it: %w", id, bootErr)
 	}
@@ -206,12 +212,17 @@ func switchTo(cmd *cobra.Command, root string, id uint64, target, pubkey, driver
 // say, with paths under /usr, so only when /usr itself was switched.
 // Nothing here fails the switch: it is done, and a failing trigger is a
 // warning, as in moss.
-func runSysTriggers(cmd *cobra.Command, root string, id uint64, target string) {
-	log := cmd.ErrOrStderr()
+//
+// out holds what the switch has to say so far: a line is added to it, or,
+// before the triggers run, it is written out (and emptied) ahead of theirs.
+func runSysTriggers(cmd *cobra.Command, out *bytes.Buffer, root string, id uint64, target string) {
 	if target != "/usr" {
-		fmt.Fprintf(log, "system triggers not run: they run only when /usr is switched (target %s)\n", target)
+		fmt.Fprintf(out, "system triggers not run: they run only when /usr is switched (target %s)\n", target)
 		return
 	}
+	log := cmd.ErrOrStderr()
+	log.Write(out.Bytes())
+	out.Reset()
 	mc, err := cli.Sibling("moss-compose")
 	if err != nil {
 		fmt.Fprintf(log, "warning: system triggers of transaction %d not run: %v\n", id, err)
