@@ -32,3 +32,49 @@ func BenchmarkFrameWriter(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRawFrame: 64 KiB frames of random bytes (the average
+// zstd:chunked chunk), each from another place of 64 MiB as a layer's
+// are, written raw, against the encoder's EncodeAll. Each frame is read
+// through first, as the rolling sum reads it before its frame is written.
+func BenchmarkRawFrame(b *testing.B) {
+	const frame = 64 << 10
+	all := make([]byte, 64<<20)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range all {
+		all[i] = byte(r.Uint32())
+	}
+	dst := make([]byte, 0, 2*frame)
+	b.Run("raw", func(b *testing.B) {
+		var raw rawFramer
+		b.SetBytes(frame)
+		i := 0
+		for b.Loop() {
+			in := all[i*frame:][:frame]
+			i = (i + 1) % (len(all) / frame)
+			touch(in)
+			raw.appendFrame(dst[:0], in) // a rare frame is refused
+		}
+	})
+	b.Run("encoder", func(b *testing.B) {
+		enc := newFrameEncoder()
+		b.SetBytes(frame)
+		i := 0
+		for b.Loop() {
+			in := all[i*frame:][:frame]
+			i = (i + 1) % (len(all) / frame)
+			touch(in)
+			enc.EncodeAll(in, dst[:0])
+		}
+	})
+}
+
+var touched byte
+
+func touch(b []byte) {
+	var x byte
+	for i := 0; i < len(b); i += 64 {
+		x += b[i]
+	}
+	touched += x
+}

@@ -287,6 +287,7 @@ type fileChunk struct {
 // content) into zstd frames the way containers/storage's writer does.
 type frameWriter struct {
 	enc *zstd.Encoder
+	raw rawFramer
 	out countWriter
 	rs  rollSum
 
@@ -364,8 +365,22 @@ func (f *frameWriter) closeFrame() error {
 // runs (encodeAll, from a reset state): EncodeAll appends the same bytes
 // to the job's buffer without the copies in and out of the encoder's own.
 // Not so for an empty frame, which the two spell differently (a content
-// size or a checksum): that one is streamed.
+// size or a checksum): that one is streamed. A frame the encoder would
+// write as raw blocks (contents that do not compress) is written without
+// it, in the same bytes (rawframe.go).
 func (f *frameWriter) frame(in []byte) error {
+	if len(in) > 0 {
+		// Raw blocks (rawframe.go): at most 3 bytes of block header per
+		// block, 14 of frame header and checksum.
+		dst := f.out.w.(*frameBuf)
+		n := len(dst.b)
+		dst.grow(len(in) + 3*(len(in)/frameBlock+1) + 14)
+		var ok bool
+		if dst.b, ok = f.raw.appendFrame(dst.b, in); ok {
+			f.out.n += int64(len(dst.b) - n)
+			return nil
+		}
+	}
 	if len(in) > 0 && len(in) < frameBlock {
 		dst := f.out.w.(*frameBuf)
 		n := len(dst.b)
