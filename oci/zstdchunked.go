@@ -576,9 +576,23 @@ func (f *frameWriter) rollRun(p []byte, i, z int, seg *int) error {
 		in := p[head:z]
 		out := p[head-rollWindow : z-rollWindow]
 		out = out[:len(in)]
-		for j, b := range in {
+		// Eight bytes at a time where the CPU can (rollScan; the sums
+		// are then right in their low 16 bits only, all a split reads),
+		// then what is left a byte at a time.
+		j := 0
+		for {
+			k, n1, n2, found := rollScan(in[j:], out[j:], s1, s2)
+			s1, s2, j = n1, n2, j+k
+			if !found {
+				break
+			}
+			if err := f.split(p, head+j-1, seg); err != nil {
+				return err
+			}
+		}
+		for ; j < len(in); j++ {
 			drop := uint32(out[j])
-			s1 += uint32(b) - drop
+			s1 += uint32(in[j]) - drop
 			s2 += s1 - rollWindow*(drop+rollCharOffset)
 			if s2&rollSplitMask == rollSplitMask {
 				if err := f.split(p, head+j, seg); err != nil {
