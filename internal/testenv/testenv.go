@@ -63,6 +63,10 @@ const nsEnv = "MOSSFS_TEST_IN_MOUNTNS"
 // running in its own mount namespace.
 func InPrivateMountNS() bool { return os.Getenv(nsEnv) == "1" }
 
+// Runner is what MainInMountNS runs: a *testing.M, or one wrapped to
+// clean up after its tests (m.Run returns before the process exits).
+type Runner interface{ Run() int }
+
 // MainInMountNS is called from TestMain of packages whose tests mount things.
 // As root it re-executes the test binary in a new mount namespace whose
 // mounts are all private (Go remounts / MS_REC|MS_PRIVATE after CLONE_NEWNS),
@@ -70,7 +74,7 @@ func InPrivateMountNS() bool { return os.Getenv(nsEnv) == "1" }
 // the namespace and everything mounted in it die with the child. Not as root,
 // or when unsharing is not permitted, the tests run directly and mount tests
 // skip themselves through RequireRoot.
-func MainInMountNS(m *testing.M) {
+func MainInMountNS(m Runner) {
 	if InPrivateMountNS() || os.Geteuid() != 0 {
 		os.Exit(m.Run())
 	}

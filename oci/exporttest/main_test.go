@@ -1,6 +1,7 @@
 package exporttest
 
 import (
+	"os"
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/testenv"
@@ -14,5 +15,16 @@ func TestMain(m *testing.M) {
 	if oci.ReexecInit() {
 		return
 	}
-	testenv.MainInMountNS(m)
+	testenv.MainInMountNS(removeBinaries{m})
+}
+
+// removeBinaries runs the tests, then removes the binaries they built.
+type removeBinaries struct{ m *testing.M }
+
+func (r removeBinaries) Run() int {
+	code := r.m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	return code
 }
