@@ -3,6 +3,8 @@ package oci
 import (
 	"encoding/binary"
 	"math/bits"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // This file writes, without running zstd's encoder, the frames that the
@@ -52,7 +54,7 @@ func (r *rawFramer) appendFrame(dst, in []byte) ([]byte, bool) {
 	if len(in) == 0 || !r.distinct(in) {
 		return dst, false
 	}
-	sum := xxhash64(in)
+	sum := xxhash.Sum64(in)                   // zstd's frame checksum: XXH64, seed 0
 	dst = append(dst, 0x28, 0xb5, 0x2f, 0xfd) // magic
 	n := len(in)
 	if n < frameBlock {

@@ -119,15 +119,3 @@ func TestRawFrames(t *testing.T) {
 }
 
 func head(b []byte) []byte { return b[:min(len(b), 48)] }
-
-func TestXXHash64(t *testing.T) {
-	for in, want := range map[string]uint64{
-		"":  0xef46db3751d8e999,
-		"a": 0xd24ec4f1a98c6e5b,
-		"Nobody inspects the spammish repetition": 0xfbcea83c8a378bf1,
-	} {
-		if got := xxhash64([]byte(in)); got != want {
-			t.Errorf("xxhash64(%q) = %x, want %x", in, got, want)
-		}
-	}
-}
