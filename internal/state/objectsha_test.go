@@ -59,24 +59,7 @@ func TestObjectSHALog(t *testing.T) {
 	if m, err := s.ObjectSHA256s(); err != nil || len(m) != 0 {
 		t.Fatalf("no log: %d records, %v", len(m), err)
 	}
-	src := t.TempDir()
-	for i := range 40 {
-		if err := os.WriteFile(filepath.Join(src, "f"+strconv.Itoa(i)), []byte(big("content "+strconv.Itoa(i))), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	im, err := s.NewImporter()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := im.Tree(context.Background(), src, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := im.Close(); err != nil {
-		t.Fatal(err)
-	}
-	f.Input = Input{Kind: KindTree, Name: "t"}
+	f := treeFrag(t, s, "f", 40)
 	compose(t, s, ComposeOptions{Add: []Fragment{f}})
 	want := storeSHAs(t, s)
 	if len(want) != 40 {
