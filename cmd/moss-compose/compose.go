@@ -12,6 +12,7 @@ import (
 	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/hugeheap"
 	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
@@ -189,7 +190,7 @@ func runCompose(cmd *cobra.Command, args []string) error {
 			return fmt.Errorf("compose --from: %w", err)
 		}
 	}
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		return err
 	}

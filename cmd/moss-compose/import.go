@@ -8,6 +8,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/spf13/cobra"
 )
 
@@ -153,7 +154,7 @@ func runImport(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer lk.Unlock()
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		return err
 	}

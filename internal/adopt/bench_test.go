@@ -16,6 +16,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/mossfs/mossfs/tree"
 	"github.com/zeebo/xxh3"
 )
@@ -247,7 +248,7 @@ func BenchmarkAdopt(b *testing.B) {
 		fromStones += timed(func() {
 			lk, _ := s2.Lock()
 			defer lk.Unlock()
-			im, err := s2.NewImporter()
+			im, err := s2.NewImporter(stone.Format{})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/mossfs/mossfs/fsverity"
 	"github.com/mossfs/mossfs/internal/gentree"
 	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/internal/stone"
 	mtree "github.com/mossfs/mossfs/tree"
 )
 
@@ -95,7 +96,7 @@ func importTree(b *testing.B, s *state.State, tree string) *state.Transaction {
 		b.Fatal(err)
 	}
 	defer lk.Unlock()
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -136,7 +137,7 @@ func BenchmarkImport(b *testing.B) {
 		s := newBenchState(b, root, tree, false)
 		ours += timed(func() {
 			lk, _ := s.Lock()
-			im, err := s.NewImporter()
+			im, err := s.NewImporter(stone.Format{})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -18,7 +18,7 @@ import (
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/dirimport"
 	"github.com/mossfs/mossfs/erofs"
-	"github.com/mossfs/mossfs/internal/stone"
+	"github.com/mossfs/mossfs/internal/stoneapi"
 	"github.com/mossfs/mossfs/tree"
 )
 
@@ -26,8 +26,9 @@ import (
 // as fragments ready for Compose. The caller holds Lock (shared) from the
 // first import until Compose returns, so gc cannot take the new objects.
 type Importer struct {
-	s     *State
-	known *stone.KnownIndex
+	s      *State
+	stones stoneapi.Format       // nil: no stones
+	known  stoneapi.KnownContent // nil without stones
 	// Progress, if set, is called as tree files are stored.
 	Progress func(files, bytes int64)
 	// XattrNamespaces, if not empty, keeps only the xattrs of these
@@ -36,70 +37,69 @@ type Importer struct {
 	XattrNamespaces []string
 }
 
-// NewImporter opens the known-content index under the state root.
-func (s *State) NewImporter() (*Importer, error) {
-	k, err := stone.NewKnownIndex(s.KnownContentPath())
-	if err != nil {
-		return nil, err
+// NewImporter returns an importer into the state's store. stones reads
+// .stone packages (stone.Format; nil for a program that imports none): its
+// known-content index under the state root is opened here.
+func (s *State) NewImporter(stones stoneapi.Format) (*Importer, error) {
+	im := &Importer{s: s, stones: stones}
+	if stones != nil {
+		k, err := stones.OpenKnown(s.KnownContentPath())
+		if err != nil {
+			return nil, err
+		}
+		im.known = k
 	}
-	return &Importer{s: s, known: k}, nil
+	return im, nil
 }
 
 // Close closes the known-content index.
-func (im *Importer) Close() error { return im.known.Close() }
+func (im *Importer) Close() error {
+	if im.known == nil {
+		return nil
+	}
+	return im.known.Close()
+}
 
 // Sync makes the imported objects and the known-content index durable.
 func (im *Importer) Sync() error {
-	if err := im.known.Sync(); err != nil {
-		return err
+	if im.known != nil {
+		if err := im.known.Sync(); err != nil {
+			return err
+		}
 	}
 	return im.s.Sync()
+}
+
+// errNoStones is the error of stone imports by an Importer made without a
+// stone reader.
+func errNoStones(file string) error {
+	return fmt.Errorf("stone %s: this program reads no .stone packages (state.NewImporter got no stone reader)", file)
 }
 
 // Stone imports a .stone package: its contents go to the store (those the
 // known-content index maps to an object still present are not even
 // decompressed), its layout becomes the fragment.
 func (im *Importer) Stone(ctx context.Context, file string) (Fragment, error) {
-	p, root, err := stone.Import(ctx, file, im.s.IndexedSink(), im.known)
+	if im.stones == nil {
+		return Fragment{}, errNoStones(file)
+	}
+	p, root, err := im.stones.Import(ctx, file, im.s.IndexedSink(), im.known)
 	if err != nil {
 		return Fragment{}, err
 	}
 	return Fragment{Input: stoneInput(p, file), Root: root}, nil
 }
 
-func stoneInput(p *stone.Package, file string) Input {
-	m := p.Meta
-	in := Input{Kind: KindStone, Name: m.Name, Version: fmt.Sprintf("%s-%d-%d", m.Version, m.Release, m.BuildRelease), Source: absPath(file)}
-	for _, d := range m.Provides {
-		in.Provides = append(in.Provides, d.String())
-	}
-	for _, d := range m.Conflicts {
-		in.Conflicts = append(in.Conflicts, d.String())
-	}
-	return in
+func stoneInput(p stoneapi.Package, file string) Input {
+	return Input{Kind: KindStone, Name: p.Name, Version: p.Version, Source: absPath(file), Provides: p.Provides, Conflicts: p.Conflicts}
 }
 
-// StoneInput reads only a package's metadata (no content is decompressed
-// or stored), as the Input that importing it would give.
-func StoneInput(file string) (Input, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return Input{}, fmt.Errorf("stone: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return Input{}, fmt.Errorf("stone: %w", err)
-	}
-	p, err := stone.Open(f, st.Size(), file)
+// StoneInput reads only a package's metadata and layout (no content is
+// decompressed or stored), as the Input that importing it would give.
+func StoneInput(stones stoneapi.Format, file string) (Input, error) {
+	p, _, err := stones.Read(file, func([16]byte) [32]byte { return [32]byte{} })
 	if err != nil {
 		return Input{}, err
-	}
-	if p.Meta == nil {
-		return Input{}, fmt.Errorf("stone %s: no Meta payload", file)
-	}
-	if err := p.Meta.Validate(); err != nil {
-		return Input{}, fmt.Errorf("stone %s: meta: %w", file, err)
 	}
 	return stoneInput(p, file), nil
 }
@@ -167,40 +167,17 @@ func (im *Importer) PreCheck(ctx context.Context, from uint64, remove []string, 
 		frags = append(frags, fr)
 	}
 	for _, file := range stoneFiles {
-		f, err := os.Open(file)
-		if err != nil {
-			return fmt.Errorf("stone: %w", err)
+		if im.stones == nil {
+			return errNoStones(file)
 		}
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("stone: %w", err)
-		}
-		p, err := stone.Open(f, st.Size(), file)
-		f.Close() // the content is not read
-		if err != nil {
-			return err
-		}
-		if p.Meta == nil {
-			return fmt.Errorf("stone %s: no Meta payload", file)
-		}
-		if err := p.Meta.Validate(); err != nil {
-			return fmt.Errorf("stone %s: meta: %w", file, err)
-		}
-		digests := map[stone.XXH128][32]byte{}
-		for _, e := range p.Layout {
-			if e.Type != stone.LayoutRegular || e.Digest == stone.EmptyXXH128 {
-				continue
+		p, root, err := im.stones.Read(file, func(xxh [16]byte) [32]byte {
+			if d, ok := im.known.Lookup(xxh); ok && s.store.Has(d) {
+				return d
 			}
-			if d, ok := im.known.Lookup(e.Digest); ok && s.store.Has(d) {
-				digests[e.Digest] = d
-				continue
-			}
-			d := sha256.Sum256(append([]byte("mossfs pending content "), e.Digest[:]...))
-			digests[e.Digest] = d
+			d := sha256.Sum256(append([]byte("mossfs pending content "), xxh[:]...))
 			pending[hex.EncodeToString(d[:])] = true
-		}
-		root, err := p.Tree(digests)
+			return d
+		})
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mossfs/mossfs/internal/nodefile"
+	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/mossfs/mossfs/tree"
 )
 
@@ -197,7 +198,7 @@ func TestPreCheckApartFromBase(t *testing.T) {
 			}
 		}
 	}
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +227,7 @@ func TestPreCheckApartConflict(t *testing.T) {
 	s := newState(t)
 	base := compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, Input{Kind: KindTree, Name: "/srv/t"},
 		file{path: "opt/file", content: "a file where a directory is wanted"})}})
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}

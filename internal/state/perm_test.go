@@ -19,6 +19,7 @@ import (
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/internal/durable"
+	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/mossfs/mossfs/internal/testenv"
 )
 
@@ -118,7 +119,7 @@ func TestOthersReadOnlyPublicRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mossfs/mossfs/internal/stone"
 )
 
 // indexResolves checks, independently of the index code, that the link of
@@ -46,7 +48,7 @@ func TestSHA256Index(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +140,7 @@ func TestIndexAfterRecovery(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			im, err := s.NewImporter()
+			im, err := s.NewImporter(stone.Format{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -216,7 +218,7 @@ func TestSHA256IndexInline(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}

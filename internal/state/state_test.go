@@ -17,6 +17,7 @@ import (
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/tree"
 )
@@ -500,7 +501,7 @@ func TestMountRecords(t *testing.T) {
 func TestStonesAndEarlyConflicts(t *testing.T) {
 	stones := testenv.SharedPath(t, "testdata", "stones")
 	s := newState(t)
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,7 +532,7 @@ func TestStonesAndEarlyConflicts(t *testing.T) {
 	if files != 474+2 || links != 271 { // + pienapple and .stateID
 		t.Errorf("%d files, %d symlinks, want 476 and 271", files, links)
 	}
-	pizza, err := StoneInput(filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"))
+	pizza, err := StoneInput(stone.Format{}, filepath.Join(stones, "italian-pizza-1-1-1-x86_64.stone"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -608,7 +609,7 @@ func TestPreCheck(t *testing.T) {
 	s := newState(t)
 	// A base whose tree has a regular file where bash-completion has a directory.
 	compose(t, s, ComposeOptions{Add: []Fragment{frag(t, s, Input{Kind: KindTree, Name: "/srv/t"}, file{path: "share/bash-completion", content: "x"})}})
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -817,7 +818,7 @@ func TestDumpImport(t *testing.T) {
 		}
 		return p
 	}
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}

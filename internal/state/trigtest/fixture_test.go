@@ -20,6 +20,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/sandbox"
 	"github.com/mossfs/mossfs/internal/state"
+	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"github.com/mossfs/mossfs/overlay"
 	"github.com/mossfs/mossfs/tree"
@@ -264,7 +265,7 @@ func newState(t testing.TB) *state.State {
 
 func importTree(t testing.TB, s *state.State, dir string) state.Fragment {
 	t.Helper()
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}
