@@ -5,12 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc64"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
-
-	"github.com/zeebo/xxh3"
 )
 
 // The object sha256 log (sha256.log) is the sha256 index read backwards:
@@ -32,13 +32,31 @@ import (
 // records of the objects that stay, so it does not grow with objects gone.
 //
 // Layout: an 8-byte header, then 72-byte records (fs-verity digest,
-// sha256, XXH3-64 of those 64 bytes), appended whole by one O_APPEND write
-// per batch, so that writers never interleave within a record.
+// sha256, CRC-64/ECMA of those 64 bytes), appended whole by one O_APPEND
+// write per batch, so that writers never interleave within a record.
+//
+// Version 1 logs checked their records with XXH3-64 (zeebo/xxh3): that
+// library's CPU probes at start cost every mossfs process 0.27 ms, and
+// mossfs links this package (see package stoneapi). A version 1 log reads
+// as empty (the exports hash those files), the first append of a process
+// replaces it with an empty log of this version, and gc and verify's
+// rebuild rewrite it (verify's rebuild with every object's record).
 
 // SHALogFile is the log's name under the state root.
 const SHALogFile = "sha256.log"
 
-var shaLogHeader = [8]byte{'m', 'o', 's', 's', 'v', 's', '1', '\n'}
+var (
+	shaLogHeader   = [8]byte{'m', 'o', 's', 's', 'v', 's', '2', '\n'}
+	shaLogHeaderV1 = [8]byte{'m', 'o', 's', 's', 'v', 's', '1', '\n'}
+)
+
+// errSHALogV1 is parseSHALog's error for a version 1 log.
+var errSHALogV1 = errors.New("a version 1 log (XXH3-64 checksums), which this version does not read: moss-compose verify rebuilds it")
+
+// shaLogSum is a record's checksum. The table is looked up at each call,
+// not kept in a variable set at start: crc64 builds its tables on first
+// use, and every process of mossfs would pay for them at start.
+func shaLogSum(rec []byte) uint64 { return crc64.Checksum(rec, crc64.MakeTable(crc64.ECMA)) }
 
 const shaLogRecord = 32 + 32 + 8
 
@@ -49,6 +67,9 @@ const shaLogFlush = 64 << 10
 type shaLog struct {
 	mu  sync.Mutex
 	buf []byte
+	// checked: the log's header was found to be this version's (or the
+	// log replaced) before this process first appended to it.
+	checked bool
 }
 
 func (s *State) shaLogPath() string { return filepath.Join(s.root, SHALogFile) }
@@ -57,7 +78,7 @@ func shaLogAppend(b []byte, verity, sha [32]byte) []byte {
 	n := len(b)
 	b = append(b, verity[:]...)
 	b = append(b, sha[:]...)
-	return binary.BigEndian.AppendUint64(b, xxh3.Hash(b[n:]))
+	return binary.BigEndian.AppendUint64(b, shaLogSum(b[n:]))
 }
 
 // recordSHA queues a record (written at the next flush: a full batch or
@@ -86,6 +107,12 @@ func (s *State) flushSHALogLocked() error {
 		return nil
 	}
 	path := s.shaLogPath()
+	if !l.checked {
+		if err := s.replaceOldSHALog(); err != nil {
+			return fmt.Errorf("object sha256 log %s: %w", path, err)
+		}
+		l.checked = true
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = s.createSHALog(); err == nil {
@@ -104,6 +131,27 @@ func (s *State) flushSHALogLocked() error {
 	}
 	l.buf = l.buf[:0]
 	return nil
+}
+
+// replaceOldSHALog replaces a log of an earlier version (another header)
+// with an empty one of this version, so that records are never appended
+// under a header that says another format. (Records another process
+// appends to the old log meanwhile are lost: it is a cache.)
+func (s *State) replaceOldSHALog() error {
+	f, err := os.Open(s.shaLogPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var hdr [len(shaLogHeader)]byte
+	_, err = io.ReadFull(f, hdr[:])
+	f.Close()
+	if err == nil && hdr == shaLogHeader {
+		return nil
+	}
+	return writeFileAtomic(s.shaLogPath(), shaLogHeader[:], 0o600, false)
 }
 
 // createSHALog puts an empty log (its header) in place unless one is
@@ -142,12 +190,18 @@ func (s *State) ObjectSHA256s() (map[[32]byte][32]byte, error) {
 		return nil, fmt.Errorf("object sha256 log: %w", err)
 	}
 	m, _, err := parseSHALog(data, s.shaLogPath())
+	if errors.Is(err, errSHALogV1) {
+		return map[[32]byte][32]byte{}, nil
+	}
 	return m, err
 }
 
 // parseSHALog returns the records of a log and the number of digests with
 // conflicting records (left out).
 func parseSHALog(data []byte, path string) (map[[32]byte][32]byte, int, error) {
+	if len(data) >= len(shaLogHeaderV1) && bytes.Equal(data[:len(shaLogHeaderV1)], shaLogHeaderV1[:]) {
+		return map[[32]byte][32]byte{}, 0, fmt.Errorf("object sha256 log %s: %w", path, errSHALogV1)
+	}
 	if len(data) < len(shaLogHeader) || !bytes.Equal(data[:len(shaLogHeader)], shaLogHeader[:]) {
 		return nil, 0, fmt.Errorf("object sha256 log %s: not an object sha256 log (bad header)", path)
 	}
@@ -155,7 +209,7 @@ func parseSHALog(data []byte, path string) (map[[32]byte][32]byte, int, error) {
 	var conflict map[[32]byte]bool
 	for off := len(shaLogHeader); off+shaLogRecord <= len(data); {
 		r := data[off : off+shaLogRecord]
-		if xxh3.Hash(r[:64]) != binary.BigEndian.Uint64(r[64:]) {
+		if shaLogSum(r[:64]) != binary.BigEndian.Uint64(r[64:]) {
 			off++ // damaged (a write a crash tore): look for the next record
 			continue
 		}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/mossfs/mossfs/internal/stone"
 )
 
 // storeSHAs hashes every object of the store from its file: the oracle
@@ -198,7 +200,7 @@ func treeFrag(t *testing.T, s *State, prefix string, n int) Fragment {
 			t.Fatal(err)
 		}
 	}
-	im, err := s.NewImporter()
+	im, err := s.NewImporter(stone.Format{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,4 +213,42 @@ func treeFrag(t *testing.T, s *State, prefix string, n int) Fragment {
 	}
 	f.Input = Input{Kind: KindTree, Name: prefix}
 	return f
+}
+
+// TestObjectSHALogV1: a log of version 1 (XXH3-64 checksums) reads as no
+// records, without an error; the next import replaces it with a log of
+// this version holding its records; verify reports a version 1 log and its
+// rebuild writes every object's record.
+func TestObjectSHALogV1(t *testing.T) {
+	s := newState(t)
+	v1 := append(shaLogHeaderV1[:], make([]byte, shaLogRecord)...)
+	if err := os.WriteFile(s.shaLogPath(), v1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.ObjectSHA256s(); err != nil || len(m) != 0 {
+		t.Fatalf("version 1 log: %d records, %v; want none and no error", len(m), err)
+	}
+	compose(t, s, ComposeOptions{Add: []Fragment{treeFrag(t, s, "f", 5)}})
+	want := storeSHAs(t, s)
+	data, err := os.ReadFile(s.shaLogPath())
+	if err != nil || len(data) < len(shaLogHeader) || [8]byte(data[:8]) != shaLogHeader {
+		t.Fatalf("log after an import over a version 1 log: %q…, %v; want this version's header", data[:min(len(data), 8)], err)
+	}
+	if got, err := s.ObjectSHA256s(); err != nil || !sameSHAs(got, want) {
+		t.Fatalf("after the import: %d records (%v), want the %d objects'", len(got), err, len(want))
+	}
+
+	if err := os.WriteFile(s.shaLogPath(), v1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Verify(VerifyOptions{NoQuarantine: true})
+	if err != nil || res.Index.WrongSHA256Records == 0 || res.OK() {
+		t.Fatalf("verify of a version 1 log: %+v %v; want it reported", res.Index, err)
+	}
+	if res, err = s.Verify(VerifyOptions{}); err != nil || !res.OK() {
+		t.Fatalf("verify rebuilding: %+v %v", res.Index, err)
+	}
+	if got, err := s.ObjectSHA256s(); err != nil || !sameSHAs(got, want) {
+		t.Fatalf("after the rebuild: %d records (%v), want the %d objects'", len(got), err, len(want))
+	}
 }
