@@ -11,8 +11,8 @@ import (
 // TestLinksNoStoneReader keeps the stone reader and what it needs out of
 // mossfs (see package stoneapi): their package initialisation (CPU probes
 // that trap to the hypervisor on a virtual machine, CRC tables) cost every
-// mossfs process 0.45 ms at start, a third of what mossfs --version spent
-// over an empty Go program.
+// mossfs process 0.3 ms of CPU at start, a fifth of what mossfs --version
+// spent over an empty Go program.
 func TestLinksNoStoneReader(t *testing.T) {
 	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
 	out, err := exec.Command(gobin, "list", "-deps", ".").CombinedOutput()

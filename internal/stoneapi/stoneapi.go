@@ -1,13 +1,13 @@
 // Package stoneapi is what the state package needs of a reader of moss's
 // .stone packages (package stone implements it as stone.Format), in a
 // package of its own: the state package imports this one and not the
-// reader, so that programs that never read a stone (mossfs, moss-oci) do
-// not link the reader and its dependencies. Every process of a program
-// that links them pays their package initialisation at start:
-// klauspost/cpuid's CPUID probes (each one a trap to the hypervisor on a
-// virtual machine) and klauspost/compress's CRC tables cost mossfs 0.45 ms
-// of CPU per start on the development VM (GODEBUG=inittrace=1), where the
-// whole start of an empty Go program takes 1.1–1.5 ms.
+// reader, so that a program that never reads a stone (mossfs) does not
+// link the reader and its dependencies, whose package initialisation every
+// process pays at start. GODEBUG=inittrace put 0.27 ms on klauspost/cpuid
+// (its CPU probes trap to the hypervisor on a virtual machine, and it came
+// through zeebo/xxh3) and 0.17 ms on klauspost/compress's CRC tables;
+// without them mossfs --version takes 0.3 ms less CPU (2.8 ms, against
+// 1.3-1.5 ms for an empty Go program on the development VM).
 package stoneapi
 
 import (
