@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/progress"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/spf13/cobra"
 )
@@ -55,8 +56,8 @@ func init() {
 }
 
 func runGC(s *state.State, dryRun, wait, quiet bool) (*state.GCResult, error) {
-	prog := cli.NewProgress(quiet)
-	var bar *cli.Bar
+	prog := progress.New(quiet)
+	var bar *progress.Bar
 	var last int
 	res, err := s.GC(state.GCOptions{DryRun: dryRun, Wait: wait, Progress: func(done, total int) {
 		if bar == nil {

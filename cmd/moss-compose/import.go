@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/progress"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/stone"
 	"github.com/spf13/cobra"
@@ -83,7 +84,7 @@ func splitInputs(args []string, in state.NewInputs) state.NewInputs {
 func importAll(ctx context.Context, im *state.Importer, in state.NewInputs, objects string, quiet bool) ([]state.Fragment, error) {
 	stones, trees := in.Stones, in.Trees
 	var frags []state.Fragment
-	prog := cli.NewProgress(quiet)
+	prog := progress.New(quiet)
 	defer prog.Wait()
 	if len(stones) > 0 {
 		bar := prog.AddBar("stones", int64(len(stones)), false)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/mossfs/mossfs/cas"
 	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/progress"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/spf13/cobra"
 )
@@ -47,8 +48,8 @@ func runVerify(root string, tx uint64, noQuarantine, asJSON, quiet bool) error {
 	if err != nil {
 		return err
 	}
-	prog := cli.NewProgress(quiet || asJSON)
-	var bar *cli.Bar
+	prog := progress.New(quiet || asJSON)
+	var bar *progress.Bar
 	var last int64
 	res, err := s.Verify(state.VerifyOptions{Tx: tx, NoQuarantine: noQuarantine, Progress: func(p cas.VerifyProgress) {
 		if bar == nil {

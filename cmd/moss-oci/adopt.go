@@ -9,6 +9,7 @@ import (
 
 	"github.com/mossfs/mossfs/internal/adopt"
 	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/progress"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/spf13/cobra"
 )
@@ -151,7 +152,7 @@ func runAdopt(cmd *cobra.Command, args []string) error {
 	defer lk.Unlock()
 	out := adoptOutput{Results: []*adopt.Result{}}
 	for _, id := range ids {
-		prog := cli.NewProgress(quiet)
+		prog := progress.New(quiet)
 		bar := prog.AddBar(fmt.Sprintf("moss state %d", id), 0, false)
 		var last int
 		res, err := in.State(ctx, s, id, adopt.Options{NoExtras: f.noExtras,

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/mossfs/mossfs/internal/cli"
+	"github.com/mossfs/mossfs/internal/progress"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/oci"
 	"github.com/mossfs/mossfs/oci/layer"
@@ -112,7 +113,7 @@ func runPull(cmd *cobra.Command, ref string) error {
 	if err != nil {
 		return err
 	}
-	prog := cli.NewProgress(imageFlags.quiet || imageFlags.json)
+	prog := progress.New(imageFlags.quiet || imageFlags.json)
 	var fetcher ocipull.LayerFetcher = ocipull.WholeLayers{}
 	if imageFlags.partial {
 		fetcher = &ocipull.PartialLayers{State: st, Sys: sys, AllowUnverified: imageFlags.unverified}
@@ -150,7 +151,7 @@ func runPull(cmd *cobra.Command, ref string) error {
 	return nil
 }
 
-type barProgress struct{ p *cli.Progress }
+type barProgress struct{ p *progress.Progress }
 
 func (b barProgress) Layer(digest string, size int64) (func(int64), func()) {
 	short := strings.TrimPrefix(digest, "sha256:")

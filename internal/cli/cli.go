@@ -1,5 +1,5 @@
 // Package cli holds what the mossfs commands share: the version string, JSON
-// output, and progress bars that show on a terminal and stay quiet in pipes.
+// output, finding sibling programs. Progress bars are in package progress.
 package cli
 
 import (
@@ -12,8 +12,6 @@ import (
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
-	"github.com/vbauerster/mpb/v8"
-	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
 )
 
@@ -49,61 +47,6 @@ func PrintJSON(w io.Writer, v any) error {
 
 // IsTerminal reports whether f is a terminal.
 func IsTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
-
-// Progress is a progress display for long work. On a terminal (stderr) it
-// draws mpb bars; otherwise every method does nothing.
-type Progress struct {
-	p *mpb.Progress
-}
-
-// NewProgress returns a Progress drawing on stderr if it is a terminal and
-// quiet is false.
-func NewProgress(quiet bool) *Progress {
-	if quiet || !IsTerminal(os.Stderr) {
-		return &Progress{}
-	}
-	return &Progress{p: mpb.New(mpb.WithOutput(os.Stderr), mpb.WithAutoRefresh())}
-}
-
-// Bar is one progress bar; a nil *Bar (quiet mode) accepts every call.
-type Bar struct{ b *mpb.Bar }
-
-// AddBar adds a bar with a name and a total. bytes selects byte units.
-func (p *Progress) AddBar(name string, total int64, bytes bool) *Bar {
-	if p == nil || p.p == nil {
-		return nil
-	}
-	counter := decor.CountersNoUnit("%d / %d")
-	if bytes {
-		counter = decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")
-	}
-	b := p.p.AddBar(total,
-		mpb.PrependDecorators(decor.Name(name, decor.WCSyncSpaceR), counter),
-		mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace)),
-	)
-	return &Bar{b: b}
-}
-
-// Add advances the bar by n.
-func (b *Bar) Add(n int64) {
-	if b != nil {
-		b.b.IncrInt64(n)
-	}
-}
-
-// SetTotal changes the total; complete marks the bar done.
-func (b *Bar) SetTotal(total int64, complete bool) {
-	if b != nil {
-		b.b.SetTotal(total, complete)
-	}
-}
-
-// Wait finishes drawing. Call it once all bars are complete or aborted.
-func (p *Progress) Wait() {
-	if p != nil && p.p != nil {
-		p.p.Shutdown()
-	}
-}
 
 // Sibling finds the mossfs program name beside this executable (as make
 // install puts them, or in a build directory), else on $PATH.
