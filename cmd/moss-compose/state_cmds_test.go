@@ -25,6 +25,16 @@ var (
 	mcErr  error
 )
 
+// TestMain runs the tests, then removes the moss-compose they built (each
+// run left a moss-compose-test-* in /tmp).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if mcBin != "" {
+		os.RemoveAll(filepath.Dir(mcBin))
+	}
+	os.Exit(code)
+}
+
 // mossCompose builds the command once per test binary.
 func mossCompose(t *testing.T) string {
 	t.Helper()
