@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/mossfs/mossfs/internal/testenv"
 )
 
 // TestOnlyOCILinksContainersImage keeps containers/image and
@@ -15,11 +17,7 @@ import (
 func TestOnlyOCILinksContainersImage(t *testing.T) {
 	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
 	for _, cmd := range []string{"../cmd/mossfs", "../cmd/moss-compose"} {
-		out, err := exec.Command(gobin, "list", "-deps", cmd).CombinedOutput()
-		if err != nil {
-			t.Fatalf("go list -deps %s: %v\n%s", cmd, err, out)
-		}
-		for _, dep := range strings.Fields(string(out)) {
+		for _, dep := range testenv.Deps(t, cmd) {
 			if strings.HasPrefix(dep, "go.podman.io/") || strings.HasPrefix(dep, "github.com/mossfs/mossfs/oci") || dep == "github.com/mossfs/mossfs/internal/ocipull" {
 				t.Errorf("%s links %s", cmd, dep)
 			}

@@ -1,11 +1,10 @@
 package main
 
 import (
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/mossfs/mossfs/internal/testenv"
 )
 
 // TestLinksNoStartupWeight keeps out of mossfs packages it does not use
@@ -17,12 +16,7 @@ import (
 //   - mpb, the progress bars (see package progress): its dependencies
 //     compile regular expressions and tables at start.
 func TestLinksNoStartupWeight(t *testing.T) {
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	out, err := exec.Command(gobin, "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list -deps: %v\n%s", err, out)
-	}
-	for _, dep := range strings.Fields(string(out)) {
+	for _, dep := range testenv.Deps(t, ".") {
 		if dep == "github.com/mossfs/mossfs/internal/stone" || dep == "github.com/mossfs/mossfs/internal/progress" ||
 			strings.HasPrefix(dep, "github.com/klauspost/") || strings.HasPrefix(dep, "github.com/zeebo/") ||
 			strings.HasPrefix(dep, "github.com/vbauerster/") {

@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -66,6 +68,36 @@ func InPrivateMountNS() bool { return os.Getenv(nsEnv) == "1" }
 // Runner is what MainInMountNS runs: a *testing.M, or one wrapped to
 // clean up after its tests (m.Run returns before the process exits).
 type Runner interface{ Run() int }
+
+// ThenRemove runs m's tests, then removes the directory *dir names (if
+// any): what a package's tests built once for all of them, in /tmp. A
+// pointer, because the tests set it while they run.
+func ThenRemove(m Runner, dir *string) Runner { return thenRemove{m, dir} }
+
+type thenRemove struct {
+	m   Runner
+	dir *string
+}
+
+func (r thenRemove) Run() int {
+	code := r.m.Run()
+	if *r.dir != "" {
+		os.RemoveAll(*r.dir)
+	}
+	return code
+}
+
+// Deps returns the import paths of everything the package pkg (a path as
+// the go command takes it) links, as go list -deps prints them.
+func Deps(t testing.TB, pkg string) []string {
+	t.Helper()
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	out, err := exec.Command(gobin, "list", "-deps", pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
+	}
+	return strings.Fields(string(out))
+}
 
 // MainInMountNS is called from TestMain of packages whose tests mount things.
 // As root it re-executes the test binary in a new mount namespace whose

@@ -1,7 +1,6 @@
 package exporttest
 
 import (
-	"os"
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/testenv"
@@ -15,16 +14,6 @@ func TestMain(m *testing.M) {
 	if oci.ReexecInit() {
 		return
 	}
-	testenv.MainInMountNS(removeBinaries{m})
-}
-
-// removeBinaries runs the tests, then removes the binaries they built.
-type removeBinaries struct{ m *testing.M }
-
-func (r removeBinaries) Run() int {
-	code := r.m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	return code
+	// Then the binaries the tests built go.
+	testenv.MainInMountNS(testenv.ThenRemove(m, &binDir))
 }

@@ -29,19 +29,9 @@ import (
 
 func TestMain(m *testing.M) {
 	sandbox.Init() // the containers' init is this test binary
-	testenv.MainInMountNS(removeFixture{m})
-}
-
-// removeFixture runs the tests, then removes the host /usr they built
-// (each run left a mossfs-trig-usr-* in /tmp).
-type removeFixture struct{ m *testing.M }
-
-func (r removeFixture) Run() int {
-	code := r.m.Run()
-	if fixtureDir != "" {
-		os.RemoveAll(fixtureDir)
-	}
-	return code
+	// Then the host /usr the tests built goes (each run left a
+	// mossfs-trig-usr-* in /tmp).
+	testenv.MainInMountNS(testenv.ThenRemove(m, &fixtureDir))
 }
 
 func requireRoot(t testing.TB) {
