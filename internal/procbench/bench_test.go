@@ -634,6 +634,15 @@ func BenchmarkSwitch(b *testing.B) {
 	}
 	for _, busy := range []int{0, 4} {
 		b.Run(fmt.Sprintf("readers=%d", busy), func(b *testing.B) {
+			// Each reader is locked to its thread and needs a P of its
+			// own, and so does the goroutine that starts and waits for
+			// the processes timed: with GOMAXPROCS at the 2 CPUs, at most
+			// two readers ran at a time, and a finished process was
+			// noticed only when the Go scheduler preempted a reader (up
+			// to 10 ms later), which added as much to both sides of a
+			// pair. With a P each, the 4 threads are busy as the row
+			// says and the kernel alone shares the CPUs among them.
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), busy+2)))
 			var stop atomic.Bool
 			var wg sync.WaitGroup
 			var reads atomic.Int64
