@@ -23,6 +23,15 @@ var rootCmd = &cobra.Command{
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "fuse-serve" {
+		// The FUSE daemon serves reads for as long as the mount lives,
+		// and is started by a mount command that runs with the short slice.
+		cli.SetSlice(0)
+	} else {
+		// Every other command is short, and a switch or a mount blocks
+		// and wakes often: see cli.ShortSlice.
+		cli.SetSlice(cli.ShortSlice)
+	}
 	cli.SkipCompletionCommand(rootCmd, os.Args[1:])
 	stopProfile := cli.Profile()
 	err := rootCmd.Execute()

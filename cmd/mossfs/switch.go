@@ -228,6 +228,9 @@ func runSysTriggers(cmd *cobra.Command, out *bytes.Buffer, root string, id uint6
 		fmt.Fprintf(log, "warning: system triggers of transaction %d not run: %v\n", id, err)
 		return
 	}
+	// The triggers' commands run with the default time slice, not the
+	// switch's (the switch is done by now).
+	cli.SetSlice(0)
 	c := exec.Command(mc, "triggers", "run", "--scope", "sys", "--root", root, "--usr", target, "--tx", strconv.FormatUint(id, 10))
 	c.Stdout, c.Stderr = log, log
 	if err := c.Run(); err != nil {
