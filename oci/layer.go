@@ -93,6 +93,10 @@ type blobWrite struct {
 	release func([]byte)
 }
 
+// errBlobWriter is what writes return once the writer goroutine has
+// failed; its own error, which names the cause, comes from wait.
+var errBlobWriter = errors.New("writing the layer blob failed")
+
 // blobQueue is how many pieces may wait for the writer goroutine: a job's
 // frames each (a few KiB on average in the 65k-entry tree), so that the
 // ordered writer runs ahead of it by a bounded amount of memory.
@@ -161,7 +165,7 @@ func (hw *hashingWriter) writeLarge(p []byte, release func([]byte)) error {
 		return err
 	}
 	if hw.failed.Load() {
-		return errors.New("writing the layer failed")
+		return errBlobWriter // wait returns the error itself
 	}
 	hw.n += int64(len(p))
 	hw.queue <- blobWrite{p: p, release: release}
@@ -347,7 +351,7 @@ func writeLayer(out io.Writer, root *tree.Node, compression string, open Content
 	if werr == nil && meta != nil {
 		werr = meta.finish(blob, blob.n, lb.Annotations)
 	}
-	if err := blob.wait(); werr == nil {
+	if err := blob.wait(); err != nil && (werr == nil || errors.Is(werr, errBlobWriter)) {
 		werr = err
 	}
 	if werr == nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -392,6 +393,39 @@ func TestChunkedDigestsFromStoreRecord(t *testing.T) {
 		err := pullAll(t, got, lb)
 		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("does not match its digest sha256:%x", s)) {
 			t.Errorf("%s: pull of a layer with a wrong TOC digest: %v, want a digest mismatch of sha256:%x", name, err, s)
+		}
+	}
+}
+
+// failAfter accepts n bytes, then fails every write with err.
+type failAfter struct {
+	n   int
+	err error
+}
+
+func (f *failAfter) Write(p []byte) (int, error) {
+	if len(p) > f.n {
+		k := f.n
+		f.n = 0
+		return k, f.err
+	}
+	f.n -= len(p)
+	return len(p), nil
+}
+
+// TestZstdChunkedWriteError: when the blob's writer (its own goroutine in
+// zstd:chunked) fails, the layer's error is that writer's, not a note that
+// something failed, wherever in the layer the failure comes.
+func TestZstdChunkedWriteError(t *testing.T) {
+	dir := t.TempDir()
+	root := chunkedTree(t, dir)
+	open := testObjects(t, filepath.Join(dir, "objects"))
+	full, _ := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{})
+	errDisk := errors.New("no space left on the test's device")
+	for _, n := range []int{0, 4096, len(full) / 2, len(full) - 100} {
+		_, err := writeLayer(&failAfter{n: n, err: errDisk}, root, CompressionZstdChunked, open, layerHooks{})
+		if !errors.Is(err, errDisk) {
+			t.Errorf("failing after %d of %d bytes: error %v, want the writer's", n, len(full), err)
 		}
 	}
 }
