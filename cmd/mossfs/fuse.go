@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/fusefs"
 	"github.com/spf13/cobra"
 )
@@ -104,7 +105,8 @@ func (o fuseServeOpts) startDaemon() error {
 	// of it, so that callers reading our output do not wait for it.
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	// Not boosted as a switch is: the daemon outlives it.
+	if err := cli.StartUnboosted(cmd); err != nil {
 		w.Close()
 		return fmt.Errorf("fuse mount: starting the daemon: %w", err)
 	}

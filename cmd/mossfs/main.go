@@ -24,13 +24,20 @@ var rootCmd = &cobra.Command{
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "fuse-serve" {
-		// The FUSE daemon serves reads for as long as the mount lives,
-		// and is started by a mount command that runs with the short slice.
-		cli.SetSlice(0)
+		// The FUSE daemon serves reads for as long as the mount lives:
+		// the kernel's default slice (a mount command starts it with
+		// StartUnboosted, so it has it already unless run by hand).
+		cli.SetSched(cli.Sched{})
 	} else {
 		// Every other command is short, and a switch or a mount blocks
-		// and wakes often: see cli.ShortSlice.
-		cli.SetSlice(cli.ShortSlice)
+		// and wakes often: see cli.ShortSlice. A switch, which the
+		// update that runs it waits on, also gets a larger share of busy
+		// CPUs: see cli.SwitchBoost.
+		s := cli.Sched{Slice: cli.ShortSlice}
+		if c, _, err := rootCmd.Find(os.Args[1:]); err == nil && (c == switchCmd || c == rollbackCmd) {
+			s.Boost = cli.SwitchBoost
+		}
+		cli.SetSched(s)
 	}
 	cli.SkipCompletionCommand(rootCmd, os.Args[1:])
 	stopProfile := cli.Profile()

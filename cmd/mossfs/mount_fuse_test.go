@@ -2,10 +2,14 @@ package main
 
 import (
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/fusefs"
 	"github.com/mossfs/mossfs/internal/mountrec"
 	"github.com/mossfs/mossfs/internal/testenv"
@@ -47,8 +51,14 @@ func TestMountCommandFUSEDriver(t *testing.T) {
 	if st, err := fusefs.Query(target); err != nil || st.Passthrough {
 		t.Fatalf("default FUSE mount: %+v %v, want no passthrough", st, err)
 	}
+	// Boosted as main boosts a switch (cli.SwitchBoost): the daemon the
+	// switch starts must not be, it serves long after.
+	nice, _ := cli.StartNice()
+	cli.SetSched(cli.Sched{Slice: cli.ShortSlice, Boost: cli.SwitchBoost})
 	mustRun(t, "switch", "--root", s.root, "--target", target, "--driver", "fuse", "--fuse-passthrough", "2")
+	cli.SetSched(cli.Sched{})
 	overlaytest.Compare(t, target, s.txs[2])
+	checkDaemonSched(t, target, nice)
 	if st, err := fusefs.Query(target); err != nil || !st.Passthrough {
 		t.Errorf("FUSE mount with --fuse-passthrough: %+v %v, want passthrough", st, err)
 	}
@@ -150,4 +160,37 @@ func controlListeners(t *testing.T) []string {
 		}
 	}
 	return names
+}
+
+// checkDaemonSched: every thread of the FUSE daemon serving target runs at
+// nice value nice and the kernel's default slice.
+func checkDaemonSched(t *testing.T, target string, nice int) {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	found := 0
+	for _, c := range procs {
+		b, err := os.ReadFile(c)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+		if len(args) < 2 || args[1] != "fuse-serve" || !slices.Contains(args, target) {
+			continue
+		}
+		tasks, _ := filepath.Glob(filepath.Join(filepath.Dir(c), "task", "*"))
+		for _, task := range tasks {
+			tid, _ := strconv.Atoi(filepath.Base(task))
+			a, err := unix.SchedGetAttr(tid, 0)
+			if err != nil {
+				continue
+			}
+			found++
+			if int(a.Nice) != nice || a.Runtime == cli.ShortSlice {
+				t.Errorf("FUSE daemon thread %d: nice %d, slice %d ns; want nice %d and the default slice", tid, a.Nice, a.Runtime, nice)
+			}
+		}
+	}
+	if found == 0 {
+		t.Errorf("no FUSE daemon (fuse-serve … %s) found", target)
+	}
 }

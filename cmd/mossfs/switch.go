@@ -40,7 +40,11 @@ When TARGET is /usr, the system triggers of TX (usr/share/moss/triggers/sys.d)
 run afterwards through moss-compose triggers run --scope sys, one line per
 command; a failing trigger is a warning and does not undo the switch.
 --skip-triggers leaves them out (mossfs-triggers.service then runs them at
-the next boot).`,
+the next boot).
+
+The switch runs at a nice value 10 below the one it was started with (when it
+may: root), so that busy CPUs delay it little; the triggers and a FUSE daemon
+it starts run as it was started.`,
 	Args: cobra.ExactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		f := switchFlags
@@ -228,9 +232,9 @@ func runSysTriggers(cmd *cobra.Command, out *bytes.Buffer, root string, id uint6
 		fmt.Fprintf(log, "warning: system triggers of transaction %d not run: %v\n", id, err)
 		return
 	}
-	// The triggers' commands run with the default time slice, not the
-	// switch's (the switch is done by now).
-	cli.SetSlice(0)
+	// The triggers' commands run as the switch was started (nice value,
+	// default time slice), not boosted as the switch is (it is done by now).
+	cli.SetSched(cli.Sched{})
 	c := exec.Command(mc, "triggers", "run", "--scope", "sys", "--root", root, "--usr", target, "--tx", strconv.FormatUint(id, 10))
 	c.Stdout, c.Stderr = log, log
 	if err := c.Run(); err != nil {

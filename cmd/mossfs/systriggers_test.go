@@ -9,11 +9,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/mossfs/mossfs/internal/bls"
+	"github.com/mossfs/mossfs/internal/cli"
 	"github.com/mossfs/mossfs/internal/state"
 	"github.com/mossfs/mossfs/internal/testenv"
 	"golang.org/x/sys/unix"
@@ -22,8 +24,21 @@ import (
 // sysTriggerFiles are real system triggers from AerynOS's recipes (see
 // ../shared/reference/triggers.md), their commands and patterns mapped to
 // Debian's paths, plus two that must fail: vlc_cache_gen writes into /usr
-// (read-only: the transaction's image), ibus_components' program is absent.
+// (read-only: the transaction's image), ibus_components' program is absent;
+// and one of our own, mossfstest_sched, which copies its /proc/self/sched to
+// /run: the scheduling the triggers' programs run with.
 var sysTriggerFiles = map[string]string{
+	"mossfstest_sched.yaml": `name: mossfstest_sched
+description: Record the scheduling the triggers run with
+after: systemd_tmpfiles
+handlers:
+  sched:
+    run: /usr/bin/cp
+    args: ["/proc/self/sched", "/run/mossfstest-sched"]
+paths:
+  /usr/share/mossfstest/hello:
+    handlers: [sched]
+`,
 	"systemd_machine_id.yaml": `name: systemd_machine_id
 description: Generate a machine id
 before: systemd_etcfiles
@@ -132,7 +147,7 @@ func sysTriggerTree(t *testing.T, dir string) {
 		}
 		return strings.TrimPrefix(p, "/")
 	}
-	for _, prog := range []string{"/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles", "/usr/bin/systemd-machine-id-setup", "/usr/sbin/ldconfig", "/usr/bin/touch"} {
+	for _, prog := range []string{"/usr/bin/systemd-sysusers", "/usr/bin/systemd-tmpfiles", "/usr/bin/systemd-machine-id-setup", "/usr/sbin/ldconfig", "/usr/bin/touch", "/usr/bin/cp"} {
 		if _, err := os.Stat(prog); err != nil {
 			t.Fatalf("%s (Debian's systemd, libc-bin, coreutils): %v", prog, err)
 		}
@@ -327,8 +342,32 @@ func sysTrigChild(t *testing.T, cfgJSON string) {
 	}
 	chain := []string{"systemd_machine_id", "systemd_etcfiles", "systemd_sysusers", "systemd_tmpfiles"}
 	if len(order) != len(sysTriggerFiles) || !slices.Equal(order[:4], chain) {
-		t.Errorf("trigger lines in order %v, want %v then the other three", order, chain)
+		t.Errorf("trigger lines in order %v, want %v then the other four", order, chain)
 	}
+	// The triggers run as the switch was started, not as the switch runs
+	// (cli.SwitchBoost, cli.ShortSlice): the nice value of this process,
+	// the kernel's default slice.
+	checkSched := func(after string) {
+		t.Helper()
+		sched, err := os.ReadFile("/run/mossfstest-sched")
+		os.Remove("/run/mossfstest-sched")
+		if err != nil {
+			t.Fatalf("%s: mossfstest_sched recorded nothing: %v", after, err)
+		}
+		raw, _ := unix.Getpriority(unix.PRIO_PROCESS, 0) // 20-nice
+		nice := 20 - raw
+		field := func(name string) string {
+			m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\s*:\s*(\d+)$`).FindStringSubmatch(string(sched))
+			if m == nil {
+				t.Fatalf("%s: no %s in the trigger's /proc/self/sched:\n%s", after, name, sched)
+			}
+			return m[1]
+		}
+		if p, sl := field("prio"), field("se.slice"); p != strconv.Itoa(120+nice) || sl == strconv.Itoa(cli.ShortSlice) {
+			t.Errorf("%s: a system trigger ran at prio %s with slice %s ns; want prio %d (nice %d, as the switch was started) and not the switch's %d ns slice", after, p, sl, 120+nice, nice, cli.ShortSlice)
+		}
+	}
+	checkSched("switch")
 	rec := record()
 	var names []string
 	exits := map[string]int{}
@@ -408,7 +447,7 @@ func sysTrigChild(t *testing.T, cfgJSON string) {
 		}
 		return string(o)
 	}
-	if o := bootUnit(); !strings.Contains(o, "system trigger 3/7 systemd_sysusers") || record().Tx != 2 {
+	if o := bootUnit(); !strings.Contains(o, fmt.Sprintf("system trigger 3/%d systemd_sysusers", len(sysTriggerFiles))) || record().Tx != 2 {
 		t.Errorf("--booted after a switch with --skip-triggers: record tx %d\n%s", record().Tx, o)
 	}
 	first := record().Finished
@@ -422,13 +461,14 @@ func sysTrigChild(t *testing.T, cfgJSON string) {
 	}
 	// Rollback goes to 1 and runs its triggers.
 	out = mossfs("rollback")
-	if !strings.Contains(out, "system trigger 3/7 systemd_sysusers") || record().Tx != 1 {
+	if !strings.Contains(out, fmt.Sprintf("system trigger 3/%d systemd_sysusers", len(sysTriggerFiles))) || record().Tx != 1 {
 		t.Errorf("rollback: record tx %d\n%s", record().Tx, out)
 	}
+	checkSched("rollback")
 	// mossfs status shows the record.
 	so, err := exec.Command(filepath.Join(cfg.Bin, "mossfs"), "status", "--json", "--root", cfg.Root).Output()
 	var rep statusReport
-	if err != nil || json.Unmarshal(so, &rep) != nil || rep.SysTriggers == nil || rep.SysTriggers.Tx != 1 || len(rep.SysTriggers.Triggers) != 7 {
+	if err != nil || json.Unmarshal(so, &rep) != nil || rep.SysTriggers == nil || rep.SysTriggers.Tx != 1 || len(rep.SysTriggers.Triggers) != len(sysTriggerFiles) {
 		t.Errorf("mossfs status --json: %v\n%s", err, so)
 	}
 }
