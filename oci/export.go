@@ -263,7 +263,7 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	var descs []v1.Descriptor
 	var diffIDs []digest.Digest
 	for i, l := range req.Layers {
-		lb, err := writeLayerBlob(stage, l, req.Compression, req.Open, req.ContentSHA256, cfs, fmt.Sprintf("%d", i+1))
+		lb, err := writeLayerBlob(stage, l, req.Compression, req.Open, req.ContentSHA256, cfs, fmt.Sprintf("%d", i+1), ociDir != "")
 		if err != nil {
 			return nil, fmt.Errorf("export: layer %d: %w", i+1, err)
 		}
@@ -433,11 +433,18 @@ func linkBlobs(stage, dir string, descs []v1.Descriptor) {
 func sha(d [32]byte) digest.Digest { return digest.NewDigestFromBytes(digest.SHA256, d[:]) }
 
 // writeLayerBlob writes one layer into the staging layout's blobs; its
-// uncompressed tar also goes through cfs, beside the compressor.
-func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener, shas map[[32]byte][32]byte, cfs *composefsOf, name string) (*LayerBlob, error) {
+// uncompressed tar also goes through cfs, beside the compressor. With
+// durable (an oci: layout, which keeps the blob) the blob is durable before
+// it gets its name, as containers/image makes the blobs it writes there.
+func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener, shas map[[32]byte][32]byte, cfs *composefsOf, name string, durable bool) (*LayerBlob, error) {
 	f, err := os.CreateTemp(filepath.Join(stage, "blobs", "sha256"), ".layer-")
 	if err != nil {
 		return nil, err
+	}
+	var out io.Writer = f
+	wb := newWriteback(f)
+	if durable {
+		out = wb
 	}
 	feed := newEntryFeed()
 	applied := make(chan error, 1)
@@ -448,10 +455,13 @@ func writeLayerBlob(stage string, root *tree.Node, compression string, open Cont
 		}
 		applied <- err
 	}()
-	lb, err := writeLayer(f, root, compression, open, layerHooks{entries: feed, shas: shas})
+	lb, err := writeLayer(out, root, compression, open, layerHooks{entries: feed, shas: shas})
 	feed.close()
 	if aerr := <-applied; err == nil && aerr != nil {
 		err = fmt.Errorf("composefs image of the layer: %w", aerr)
+	}
+	if err == nil && durable {
+		err = wb.sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
