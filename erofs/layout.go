@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/mossfs/mossfs/tree"
 )
@@ -605,19 +604,15 @@ func (b *layoutBuilder) computeXattrs() error {
 	hashes := make([]uint64, len(l.xattrs))
 	workers := min(runtime.GOMAXPROCS(0), len(l.inodes)/parallelWriteInodes+1)
 	per := (len(l.inodes) + workers - 1) / workers
-	var wg sync.WaitGroup
-	for lo := 0; lo < len(l.inodes); lo += per {
-		wg.Go(func() {
-			var buf []byte
-			for i := lo; i < min(lo+per, len(l.inodes)); i++ {
-				in := &l.inodes[i]
-				for j := in.xattrStart; j < in.xattrStart+in.nXattrs; j++ {
-					hashes[j], buf = st.hash(l, in, &l.xattrs[j], buf)
-				}
+	inParallel(len(l.inodes), per, func(lo, hi int) {
+		var buf []byte
+		for i := lo; i < hi; i++ {
+			in := &l.inodes[i]
+			for j := in.xattrStart; j < in.xattrStart+in.nXattrs; j++ {
+				hashes[j], buf = st.hash(l, in, &l.xattrs[j], buf)
 			}
-		})
-	}
-	wg.Wait()
+		}
+	})
 	for i := range l.inodes {
 		in := &l.inodes[i]
 		for j := in.xattrStart; j < in.xattrStart+in.nXattrs; j++ {

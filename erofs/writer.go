@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"sync"
 
 	"github.com/mossfs/mossfs/tree"
 )
@@ -147,12 +146,8 @@ func (l *layout) write(buf []byte) {
 		l.writeInodes(buf, 0, len(l.inodes))
 		return
 	}
-	var wg sync.WaitGroup
 	per := (len(l.inodes) + workers - 1) / workers
-	for lo := 0; lo < len(l.inodes); lo += per {
-		wg.Go(func() { l.writeInodes(buf, lo, min(lo+per, len(l.inodes))) })
-	}
-	wg.Wait()
+	inParallel(len(l.inodes), per, func(lo, hi int) { l.writeInodes(buf, lo, hi) })
 }
 
 // writeHeader puts the composefs header and the superblock into buf, the

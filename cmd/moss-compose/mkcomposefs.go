@@ -290,9 +290,10 @@ func (o *imageOutput) abort() {
 // stays until the process ends. For the 65k-entry dump of the benchmark
 // (12.8 MB) reading cost about 3,100 page faults and a copy, the mapping
 // about 200 faults. If the file is truncated while the tree is in use, the
-// build (parse, layout and the streamed write all run in this goroutine)
-// ends with an error instead of a crash (SetPanicOnFault, recovered by the
-// caller).
+// build ends with an error instead of a crash (SetPanicOnFault, recovered by
+// the caller): parse, layout and the streamed write run in this goroutine,
+// and the goroutines the layout of a large tree starts hand their faults
+// back to it (erofs.inParallel).
 //
 // A pipe (how containers/storage runs mkcomposefs: --from-file - -) is
 // read whole first, see readPipe.
