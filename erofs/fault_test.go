@@ -61,3 +61,50 @@ func TestWriteImageFaultInWorker(t *testing.T) {
 	err = WriteImage(io.Discard, root, DefaultWriteOptions())
 	t.Fatalf("the image was written from a truncated mapping (err %v)", err)
 }
+
+// TestParseDumpFaultInHalves: the same for a mapped dump parsed in two
+// halves (parseLines) and truncated before: the fault, in whichever half
+// meets it first, reaches the caller as a panic it can recover.
+func TestParseDumpFaultInHalves(t *testing.T) {
+	defer func(n int) { parallelParseMin = n }(parallelParseMin)
+	parallelParseMin = 1
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	var dump []byte
+	dump = append(dump, "/ 0 40755 2 0 0 0 0.0 - - -\n"...)
+	for i := 0; len(dump) < 6*os.Getpagesize(); i++ {
+		dump = fmt.Appendf(dump, "/f%06d 0 100644 1 0 0 0 0.0 - - -\n", i)
+	}
+	p := filepath.Join(t.TempDir(), "dump")
+	if err := os.WriteFile(p, dump, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, len(dump), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	// Truncated once the whole dump has been checked for NUL bytes (which
+	// would meet the fault in this goroutine), to 4 of its 6 pages: the
+	// first half (and the count of its lines) stays whole, the goroutine
+	// of the second half meets the fault.
+	testParseLinesHook = func() {
+		if err := os.Truncate(p, int64(4*os.Getpagesize())); err != nil {
+			panic(err)
+		}
+	}
+	defer func() { testParseLinesHook = nil }()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		r := recover()
+		if _, ok := r.(interface{ Addr() uintptr }); !ok {
+			t.Fatalf("recovered %v, want the memory fault", r)
+		}
+	}()
+	_, err = ParseDumpBytes(m, DumpOptions{Name: p})
+	t.Fatalf("a truncated mapped dump was parsed (err %v)", err)
+}
