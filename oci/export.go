@@ -325,11 +325,19 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 		return nil, err
 	}
 	defer policy.Destroy()
-	copied, err := copy.Image(ctx, policy, destRef, srcRef, &copy.Options{
+	archive, err := newArchiveDest(destRef)
+	if err != nil {
+		return nil, fmt.Errorf("export to %s: %w", req.Dest, err)
+	}
+	copied, err := copy.Image(ctx, policy, archive.ref, srcRef, &copy.Options{
 		ReportWriter:   req.Report,
 		SourceCtx:      &types.SystemContext{},
 		DestinationCtx: req.Sys,
 	})
+	if err == nil {
+		err = archive.commit()
+	}
+	archive.cleanup()
 	if err != nil {
 		return nil, fmt.Errorf("export to %s: %w", req.Dest, err)
 	}
@@ -567,6 +575,86 @@ func rebaseConfig(orig []byte, diffIDs []digest.Digest, composefs string) ([]byt
 
 // parseExportDest parses a containers-transport reference (TRANSPORT:REST,
 // as podman and skopeo spell them) among the transports package oci links.
+// archiveDest is where copy.Image writes an export: for an oci-archive:
+// or docker-archive: file (containers/image writes those in place, without
+// a sync, and removes a docker archive whose write failed), a temporary
+// file beside it, which commit makes durable and renames over the file; so
+// the file is either what it was or the whole new archive, and a failed
+// export leaves an archive that was there as it was. Other destinations
+// are written as they are.
+type archiveDest struct {
+	ref      types.ImageReference
+	tmp, dst string // "" when the destination is not an archive file
+}
+
+func newArchiveDest(ref types.ImageReference) (*archiveDest, error) {
+	name := ref.Transport().Name()
+	if name != "oci-archive" && name != "docker-archive" {
+		return &archiveDest{ref: ref}, nil
+	}
+	within := ref.StringWithinTransport()
+	dst, rest, hasRest := strings.Cut(within, ":")
+	if st, err := os.Stat(dst); dst == "" || err == nil && (!st.Mode().IsRegular() ||
+		// containers/image refuses to add to a docker archive: let it say so.
+		name == "docker-archive" && st.Size() > 0) {
+		return &archiveDest{ref: ref}, nil // a pipe, a device: as it is
+	}
+	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".moss-export-")
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
+	tmpWithin := f.Name()
+	if hasRest {
+		tmpWithin += ":" + rest
+	}
+	tmpRef, err := ref.Transport().ParseReference(tmpWithin)
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return &archiveDest{ref: tmpRef, tmp: f.Name(), dst: dst}, nil
+}
+
+// commit makes the written archive durable and gives it its name.
+func (a *archiveDest) commit() error {
+	if a.tmp == "" {
+		return nil
+	}
+	f, err := os.Open(a.tmp)
+	if err != nil {
+		return err
+	}
+	err = unix.Fdatasync(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", a.tmp, err)
+	}
+	if err := os.Chmod(a.tmp, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(a.tmp, a.dst); err != nil {
+		return err
+	}
+	a.tmp = ""
+	d, err := os.Open(filepath.Dir(a.dst))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", filepath.Dir(a.dst), err)
+	}
+	return nil
+}
+
+// cleanup removes the temporary archive of an export that did not commit.
+func (a *archiveDest) cleanup() {
+	if a.tmp != "" {
+		os.Remove(a.tmp)
+	}
+}
+
 func parseExportDest(ref string) (types.ImageReference, error) {
 	name, rest, ok := strings.Cut(ref, ":")
 	if !ok {

@@ -1,10 +1,12 @@
 package exporttest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -327,6 +329,29 @@ func TestExportRoundTrip(t *testing.T) {
 	}
 	if raw.Config.Labels[oci.LabelComposefs] != wantDigest {
 		t.Errorf("docker-archive label %v", raw.Config.Labels)
+	}
+	// An archive is written beside its name and renamed over it once
+	// whole: exporting another image (gzip layers) over a1.tar replaces it
+	// and leaves nothing else; containers/image still refuses to add to a
+	// docker archive, and the one there stays as it was.
+	gz := export(t, bin, root, "oci-archive:"+filepath.Join(out, "a1.tar"), "--compression", "gzip")
+	var seen struct{ Digest string }
+	if err := json.Unmarshal([]byte(run(t, nil, "skopeo", "inspect", "oci-archive:"+filepath.Join(out, "a1.tar"))), &seen); err != nil || seen.Digest != gz.ManifestDigest || gz.ManifestDigest == a1.ManifestDigest {
+		t.Errorf("oci-archive over an existing archive: skopeo sees %s (%v), the export wrote %s, the old one was %s", seen.Digest, err, gz.ManifestDigest, a1.ManifestDigest)
+	}
+	d1Before, err := os.ReadFile(filepath.Join(out, "d1.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(bin, "moss-compose"), "export", "--root", root, "1", "docker-archive:"+filepath.Join(out, "d1.tar"))
+	if msg, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(msg), "doesn't support modifying existing images") {
+		t.Errorf("docker-archive over an existing archive: %v\n%s", err, msg)
+	}
+	if d1After, err := os.ReadFile(filepath.Join(out, "d1.tar")); err != nil || !bytes.Equal(d1After, d1Before) {
+		t.Errorf("the docker archive changed after a refused export (%v)", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(out, ".*moss-export-*")); len(left) > 0 {
+		t.Errorf("temporary archives left: %v", left)
 	}
 
 	// --usr-only: the /usr tree at the root.
