@@ -30,6 +30,7 @@ import (
 
 	"github.com/mossfs/mossfs/erofs"
 	"github.com/mossfs/mossfs/fsverity"
+	"github.com/mossfs/mossfs/internal/durable"
 	"github.com/mossfs/mossfs/oci/layer"
 	"github.com/mossfs/mossfs/tree"
 )
@@ -442,16 +443,17 @@ func sha(d [32]byte) digest.Digest { return digest.NewDigestFromBytes(digest.SHA
 
 // writeLayerBlob writes one layer into the staging layout's blobs; its
 // uncompressed tar also goes through cfs, beside the compressor. With
-// durable (an oci: layout, which keeps the blob) the blob is durable before
+// kept (an oci: layout, which keeps the blob) the blob is durable before
 // it gets its name, as containers/image makes the blobs it writes there.
-func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener, shas map[[32]byte][32]byte, cfs *composefsOf, name string, durable bool) (*LayerBlob, error) {
+func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener, shas map[[32]byte][32]byte, cfs *composefsOf, name string, kept bool) (*LayerBlob, error) {
 	f, err := os.CreateTemp(filepath.Join(stage, "blobs", "sha256"), ".layer-")
 	if err != nil {
 		return nil, err
 	}
 	var out io.Writer = f
-	wb := newWriteback(f)
-	if durable {
+	var wb *writeback
+	if kept {
+		wb = newWriteback(f)
 		out = wb
 	}
 	feed := newEntryFeed()
@@ -468,7 +470,7 @@ func writeLayerBlob(stage string, root *tree.Node, compression string, open Cont
 	if aerr := <-applied; err == nil && aerr != nil {
 		err = fmt.Errorf("composefs image of the layer: %w", aerr)
 	}
-	if err == nil && durable {
+	if err == nil && kept {
 		err = wb.sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -637,15 +639,7 @@ func (a *archiveDest) commit() error {
 		return err
 	}
 	a.tmp = ""
-	d, err := os.Open(filepath.Dir(a.dst))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", filepath.Dir(a.dst), err)
-	}
-	return nil
+	return durable.SyncDir(filepath.Dir(a.dst))
 }
 
 // cleanup removes the temporary archive of an export that did not commit.
