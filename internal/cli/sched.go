@@ -104,10 +104,25 @@ func (s Sched) attr() (unix.SchedAttr, error) {
 // slice; any error (a seccomp filter, a policy the caller may not keep)
 // leaves the threads concerned as they were and is returned for tests
 // only: scheduling is a hint.
+//
+// A thread whose start had begun before the thread starting it was set,
+// and that shows in the process's thread list only after SetSched's last
+// look, keeps what it inherited: the kernel copies the scheduling at the
+// start of clone and lists the thread at its end, and nothing tells a
+// process which of its threads are inside clone. The Go runtime starts
+// threads on its own (SetSched's own system calls can make it), so this
+// happens; such a thread only runs with the default slice.
 func SetSched(s Sched) error {
+	_, err := setSched(s)
+	return err
+}
+
+// setSched is SetSched, also returning the threads it has set: those of
+// its last listing, which is what it can vouch for.
+func setSched(s Sched) (map[int]bool, error) {
 	attr, err := s.attr()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Threads that start while this runs inherit the attributes of the
 	// thread that starts them, which may not have been set yet: list them
@@ -117,7 +132,7 @@ func SetSched(s Sched) error {
 	for {
 		tids, err := threads()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		fresh := 0
 		for _, tid := range tids {
@@ -132,7 +147,7 @@ func SetSched(s Sched) error {
 				// No right to a lower nice value: the rest, unboosted.
 				s.Boost = 0
 				if attr, err = s.attr(); err != nil {
-					return err
+					return nil, err
 				}
 				a = attr
 				err = unix.SchedSetAttr(tid, &a, 0)
@@ -143,7 +158,7 @@ func SetSched(s Sched) error {
 			}
 		}
 		if fresh == 0 {
-			return first
+			return done, first
 		}
 	}
 }
