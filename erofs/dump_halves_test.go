@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/mossfs/mossfs/tree"
 )
 
 // TestParseDumpHalves: a dump parsed in two halves at the same time
@@ -15,21 +17,8 @@ import (
 // with one line broken, in either half, in the ways a dump can be wrong
 // before, at and after the line's place in the tree.
 func TestParseDumpHalves(t *testing.T) {
-	defer func(n int) { parallelParseMin = n }(parallelParseMin)
 	parse := func(dump string, opts DumpOptions, halves bool) string {
-		parallelParseMin = 1 << 62
-		if halves {
-			parallelParseMin = 1
-		}
-		root, err := ParseDump(strings.NewReader(dump), opts)
-		if err != nil {
-			return "error: " + err.Error()
-		}
-		var b bytes.Buffer
-		if err := WriteDump(&b, root); err != nil {
-			return "dump error: " + err.Error()
-		}
-		return b.String()
+		return dumpOrError(parseAs([]byte(dump), opts, halves))
 	}
 	positive, negative := composefsAssets(t)
 	r := rand.New(rand.NewPCG(7, 7))
@@ -98,4 +87,28 @@ func TestParseDumpHalves(t *testing.T) {
 			}
 		}
 	}
+}
+
+// parseAs parses data in two halves at the same time (parseLines), or line
+// after line, whatever its size.
+func parseAs(data []byte, opts DumpOptions, halves bool) (*tree.Node, error) {
+	defer func(n int) { parallelParseMin = n }(parallelParseMin)
+	parallelParseMin = 1 << 62
+	if halves {
+		parallelParseMin = 1
+	}
+	return ParseDump(bytes.NewReader(data), opts)
+}
+
+// dumpOrError is what a parse gave, to compare: the tree as a dump, or the
+// error.
+func dumpOrError(root *tree.Node, err error) string {
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var b bytes.Buffer
+	if err := WriteDump(&b, root); err != nil {
+		return "dump error: " + err.Error()
+	}
+	return b.String()
 }

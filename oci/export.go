@@ -575,8 +575,6 @@ func rebaseConfig(orig []byte, diffIDs []digest.Digest, composefs string) ([]byt
 	return json.Marshal(raw)
 }
 
-// parseExportDest parses a containers-transport reference (TRANSPORT:REST,
-// as podman and skopeo spell them) among the transports package oci links.
 // archiveDest is where copy.Image writes an export: for an oci-archive:
 // or docker-archive: file (containers/image writes those in place, without
 // a sync, and removes a docker archive whose write failed), a temporary
@@ -649,6 +647,8 @@ func (a *archiveDest) cleanup() {
 	}
 }
 
+// parseExportDest parses a containers-transport reference (TRANSPORT:REST,
+// as podman and skopeo spell them) among the transports package oci links.
 func parseExportDest(ref string) (types.ImageReference, error) {
 	name, rest, ok := strings.Cut(ref, ":")
 	if !ok {
