@@ -83,6 +83,9 @@ type ExportRequest struct {
 	ContentSHA256 map[[32]byte][32]byte
 	// Compression of the layers (CompressionZstdChunked if "").
 	Compression string
+	// Chunks is how zstd:chunked layers cut contents (ChunkFiles if "");
+	// other compressions have no chunks and must leave it "".
+	Chunks Chunking
 	// Dest is a containers-transport reference (oci:DIR:TAG, docker://…).
 	Dest string
 	// Sys is the destination's system context (auth, TLS); may be nil.
@@ -232,6 +235,13 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	if len(req.Layers) == 0 {
 		return nil, errors.New("export: no layers")
 	}
+	if c := req.Compression; req.Chunks != "" && c != "" && c != CompressionZstdChunked {
+		return nil, fmt.Errorf("export: chunking %q is for zstd:chunked layers, not %s", req.Chunks, c)
+	}
+	chunks, err := ParseChunking(string(req.Chunks))
+	if err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
 	// An oci: destination is staged in its own directory, as
 	// containers/image stages its blobs there: the layer blobs are then
 	// hard-linked into its blobs (copy.Image finds them and copies nothing).
@@ -264,7 +274,7 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 	var descs []v1.Descriptor
 	var diffIDs []digest.Digest
 	for i, l := range req.Layers {
-		lb, err := writeLayerBlob(stage, l, req.Compression, req.Open, req.ContentSHA256, cfs, fmt.Sprintf("%d", i+1), ociDir != "")
+		lb, err := writeLayerBlob(stage, l, req.Compression, chunks, req.Open, req.ContentSHA256, cfs, fmt.Sprintf("%d", i+1), ociDir != "")
 		if err != nil {
 			return nil, fmt.Errorf("export: layer %d: %w", i+1, err)
 		}
@@ -445,7 +455,7 @@ func sha(d [32]byte) digest.Digest { return digest.NewDigestFromBytes(digest.SHA
 // uncompressed tar also goes through cfs, beside the compressor. With
 // kept (an oci: layout, which keeps the blob) the blob is durable before
 // it gets its name, as containers/image makes the blobs it writes there.
-func writeLayerBlob(stage string, root *tree.Node, compression string, open ContentOpener, shas map[[32]byte][32]byte, cfs *composefsOf, name string, kept bool) (*LayerBlob, error) {
+func writeLayerBlob(stage string, root *tree.Node, compression string, chunks Chunking, open ContentOpener, shas map[[32]byte][32]byte, cfs *composefsOf, name string, kept bool) (*LayerBlob, error) {
 	f, err := os.CreateTemp(filepath.Join(stage, "blobs", "sha256"), ".layer-")
 	if err != nil {
 		return nil, err
@@ -465,7 +475,7 @@ func writeLayerBlob(stage string, root *tree.Node, compression string, open Cont
 		}
 		applied <- err
 	}()
-	lb, err := writeLayer(out, root, compression, open, layerHooks{entries: feed, shas: shas})
+	lb, err := writeLayer(out, root, compression, open, layerHooks{entries: feed, shas: shas, chunking: chunks})
 	feed.close()
 	if aerr := <-applied; err == nil && aerr != nil {
 		err = fmt.Errorf("composefs image of the layer: %w", aerr)

@@ -8,7 +8,7 @@ import (
 
 // BenchmarkFrameWriter: one worker's cutting, hashing and compressing of
 // a file's content into zstd:chunked frames (random bytes with runs of
-// zeros, 1 MiB per op).
+// zeros, 1 MiB per op), in each Chunking.
 func BenchmarkFrameWriter(b *testing.B) {
 	content := make([]byte, 1<<20)
 	r := rand.New(rand.NewPCG(1, 2))
@@ -18,18 +18,22 @@ func BenchmarkFrameWriter(b *testing.B) {
 	for i := 0; i < len(content); i += 50_000 {
 		clear(content[i : i+min(3000, len(content)-i)])
 	}
-	fw := newFrameWriter()
-	b.SetBytes(int64(len(content)))
-	for b.Loop() {
-		if err := fw.begin(io.Discard, nil); err != nil {
-			b.Fatal(err)
-		}
-		if err := fw.feed(content); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := fw.finish(content); err != nil {
-			b.Fatal(err)
-		}
+	for _, c := range []Chunking{ChunkFiles, ChunkRolling} {
+		b.Run(string(c), func(b *testing.B) {
+			fw := newFrameWriter(c)
+			b.SetBytes(int64(len(content)))
+			for b.Loop() {
+				if err := fw.begin(io.Discard, nil); err != nil {
+					b.Fatal(err)
+				}
+				if err := fw.feed(content); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := fw.finish(content); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -220,6 +220,8 @@ type layerHooks struct {
 	// digest (ExportRequest.ContentSHA256): a zstd:chunked TOC digest
 	// found there is not computed.
 	shas map[[32]byte][32]byte
+	// chunking of a zstd:chunked layer ("": ChunkFiles).
+	chunking Chunking
 }
 
 // entryFeed hands the layer to the composefs applier on its own goroutine
@@ -303,7 +305,7 @@ func writeLayer(out io.Writer, root *tree.Node, compression string, open Content
 	var err error
 	switch compression {
 	case CompressionZstdChunked, "":
-		meta, err = newChunkedMeta()
+		meta, err = newChunkedMeta(hooks.chunking)
 		lb.MediaType = mediaTypeLayerZstd
 	case CompressionZstd:
 		// One stream; its encoder overlaps a block's compression with the
@@ -399,7 +401,7 @@ func (w *layerWriter) run(root *tree.Node, lb *LayerBlob) error {
 	})
 	for range workers {
 		wg.Go(func() {
-			fw := newFrameWriter()
+			fw := newFrameWriter(w.hooks.chunking)
 			for j := range work {
 				if j.err = w.ctx.Err(); j.err == nil {
 					j.err = w.prepare(j, fw)
@@ -680,7 +682,7 @@ func (w *layerWriter) write(j *layerJob) error {
 	if w.meta != nil && !j.big {
 		if j.ino == nil { // the last job: its headers and the end of archive in one frame
 			if w.fw == nil {
-				w.fw = newFrameWriter()
+				w.fw = newFrameWriter(w.hooks.chunking)
 			}
 			if err := w.fw.begin(w.blob, j.pre); err != nil {
 				return err
@@ -770,7 +772,7 @@ func (w *layerWriter) writeBig(j *layerJob) error {
 	var crc uint64
 	if w.meta != nil {
 		if w.fw == nil {
-			w.fw = newFrameWriter()
+			w.fw = newFrameWriter(w.hooks.chunking)
 		}
 		fw = w.fw
 		if err := fw.begin(w.blob, j.pre); err != nil {

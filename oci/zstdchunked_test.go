@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -13,10 +14,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"go.podman.io/storage/pkg/chunked/compressor"
 
 	"github.com/mossfs/mossfs/fsverity"
@@ -146,11 +149,12 @@ func writeLayerBytes(t testing.TB, root *tree.Node, compression string, open Con
 	return out.Bytes(), lb
 }
 
-// TestZstdChunkedAsContainersStorage: our parallel zstd:chunked writer
-// writes, byte for byte, the blob and annotations that containers/storage's
-// own compressor (compressor.ZstdCompressor at the same level) writes from
-// our uncompressed tar, whatever the number of workers; the diff_id is the
-// tar's sha256.
+// TestZstdChunkedAsContainersStorage: our parallel zstd:chunked writer,
+// with ChunkRolling, writes byte for byte the blob and annotations that
+// containers/storage's own compressor (compressor.ZstdCompressor at the
+// same level) writes from our uncompressed tar, whatever the number of
+// workers; the diff_id is the tar's sha256. (TestZstdChunkedFiles holds
+// ChunkFiles to this layer.)
 func TestZstdChunkedAsContainersStorage(t *testing.T) {
 	// containers/storage writes modification times in the local zone.
 	defer func(l *time.Location) { time.Local = l }(time.Local)
@@ -177,7 +181,7 @@ func TestZstdChunkedAsContainersStorage(t *testing.T) {
 		t.Fatal("uncompressed layer: digest or diff_id is not the tar's sha256")
 	}
 	for _, workers := range []int{1, 2, 5} {
-		got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{workers: workers})
+		got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{workers: workers, chunking: ChunkRolling})
 		if !bytes.Equal(got, want.Bytes()) {
 			n := 0
 			for n < min(len(got), want.Len()) && got[n] == want.Bytes()[n] {
@@ -329,7 +333,8 @@ func pullAll(t *testing.T, blob []byte, lb *LayerBlob) error {
 // TestChunkedDigestsFromStoreRecord: the TOC digests the store records
 // (layerHooks.shas: state's object sha256 log) take the place of hashing:
 // with every content recorded, or some, the layer is byte for byte the one
-// written hashing every content, and a partial pull of it checks out. The
+// written hashing every content, and a partial pull of it checks out, in
+// either Chunking. The
 // record is trusted: a wrong one becomes the file's TOC digest (for a
 // content of one chunk and of several alike), and a pull of that layer
 // fails on that file's digest rather than taking its content; state's
@@ -338,12 +343,8 @@ func TestChunkedDigestsFromStoreRecord(t *testing.T) {
 	dir := t.TempDir()
 	root := chunkedTree(t, dir)
 	open := testObjects(t, filepath.Join(dir, "objects"))
-	want, wantLB := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{})
-	if err := pullAll(t, want, wantLB); err != nil {
-		t.Fatalf("pull of the layer hashed throughout: %v", err)
-	}
 	all := map[[32]byte][32]byte{}
-	var multi, single [32]byte // objects of contents of several chunks and of one
+	var multi, single [32]byte // objects of contents of several chunks (in both chunkings) and of one
 	root.Walk(func(n *tree.Node) error {
 		d, ok := knownVerity(n)
 		if !ok {
@@ -355,7 +356,7 @@ func TestChunkedDigestsFromStoreRecord(t *testing.T) {
 		}
 		all[d] = sha256.Sum256(b)
 		switch n.Name {
-		case "random-3M":
+		case "hole-middle":
 			multi = d
 		case "random-small":
 			single = d
@@ -373,28 +374,182 @@ func TestChunkedDigestsFromStoreRecord(t *testing.T) {
 		}
 		i++
 	}
-	for name, shas := range map[string]map[[32]byte][32]byte{"all": all, "some": some} {
-		for _, workers := range []int{1, 3} {
-			got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{shas: shas, workers: workers})
-			if !bytes.Equal(got, want) || fmt.Sprint(lb.Annotations) != fmt.Sprint(wantLB.Annotations) || lb.DiffID != wantLB.DiffID {
-				t.Errorf("%s recorded, workers=%d: the layer differs from the one hashed throughout", name, workers)
+	for _, c := range []Chunking{ChunkFiles, ChunkRolling} {
+		want, wantLB := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{chunking: c})
+		if err := pullAll(t, want, wantLB); err != nil {
+			t.Fatalf("%s: pull of the layer hashed throughout: %v", c, err)
+		}
+		for name, shas := range map[string]map[[32]byte][32]byte{"all": all, "some": some} {
+			for _, workers := range []int{1, 3} {
+				got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{shas: shas, workers: workers, chunking: c})
+				if !bytes.Equal(got, want) || fmt.Sprint(lb.Annotations) != fmt.Sprint(wantLB.Annotations) || lb.DiffID != wantLB.DiffID {
+					t.Errorf("%s: %s recorded, workers=%d: the layer differs from the one hashed throughout", c, name, workers)
+				}
+			}
+		}
+		for name, d := range map[string][32]byte{"several chunks": multi, "one chunk": single} {
+			wrong := maps.Clone(all)
+			s := wrong[d]
+			s[0] ^= 1
+			wrong[d] = s
+			got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{shas: wrong, chunking: c})
+			if bytes.Equal(got, want) {
+				t.Fatalf("%s, %s: a wrong record left the layer as it was (not used?)", c, name)
+			}
+			err := pullAll(t, got, lb)
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("does not match its digest sha256:%x", s)) {
+				t.Errorf("%s, %s: pull of a layer with a wrong TOC digest: %v, want a digest mismatch of sha256:%x", c, name, err, s)
 			}
 		}
 	}
-	for name, d := range map[string][32]byte{"several chunks": multi, "one chunk": single} {
-		wrong := maps.Clone(all)
-		s := wrong[d]
-		s[0] ^= 1
-		wrong[d] = s
-		got, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{shas: wrong})
-		if bytes.Equal(got, want) {
-			t.Fatalf("%s: a wrong record left the layer as it was (not used?)", name)
-		}
-		err := pullAll(t, got, lb)
-		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("does not match its digest sha256:%x", s)) {
-			t.Errorf("%s: pull of a layer with a wrong TOC digest: %v, want a digest mismatch of sha256:%x", name, err, s)
+}
+
+// TestZstdChunkedFiles: a ChunkFiles layer differs from containers/storage's
+// (ChunkRolling's, which TestZstdChunkedAsContainersStorage checks) only in
+// its chunks and its compressed bytes: the whole blob decompresses to the
+// same tar; the tar-split is the same JSON; the TOC has the same entries in
+// the same order, with the same digests, and its contents are cut only
+// around runs of zeros (a "zeros" chunk is such a run, no two other chunks
+// meet, and each chunk's frames decompress to its bytes, of its digest);
+// each file's range of frames decompresses to its content; the bytes do
+// not depend on the workers; and a partial pull of it checks out.
+func TestZstdChunkedFiles(t *testing.T) {
+	dir := t.TempDir()
+	root := chunkedTree(t, dir)
+	open := testObjects(t, filepath.Join(dir, "objects"))
+	plain, _ := writeLayerBytes(t, root, CompressionNone, open, layerHooks{})
+	rolling, rollingLB := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{chunking: ChunkRolling})
+	files, lb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{workers: 1})
+	for _, workers := range []int{2, 5} {
+		got, glb := writeLayerBytes(t, root, CompressionZstdChunked, open, layerHooks{workers: workers, chunking: ChunkFiles})
+		if !bytes.Equal(got, files) || fmt.Sprint(glb.Annotations) != fmt.Sprint(lb.Annotations) {
+			t.Fatalf("workers=%d: the layer differs from one worker's", workers)
 		}
 	}
+	if bytes.Equal(files, rolling) {
+		t.Fatal("the files layer is the rolling one")
+	}
+	if lb.DiffID != rollingLB.DiffID || lb.Digest != sha256.Sum256(files) || lb.Size != int64(len(files)) {
+		t.Fatal("diff_id, digest or size wrong")
+	}
+	if got := zstdDecode(t, files); !bytes.Equal(got, plain) {
+		t.Fatalf("the blob decompresses to %d bytes that are not the tar's %d", len(got), len(plain))
+	}
+	contents := map[string][]byte{}
+	tr := tar.NewReader(bytes.NewReader(plain))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if contents[h.Name], err = io.ReadAll(tr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	toc, split := chunkedMetaOf(t, files, lb)
+	rtoc, rsplit := chunkedMetaOf(t, rolling, rollingLB)
+	if !bytes.Equal(split, rsplit) {
+		t.Error("the tar-split differs from containers/storage's")
+	}
+	// The entries but their places and chunks.
+	files2 := func(toc *chunked.TOC) (out []chunked.Entry, chunks map[string][]chunked.Entry) {
+		chunks = map[string][]chunked.Entry{}
+		for _, e := range toc.Entries {
+			chunks[e.Name] = append(chunks[e.Name], e)
+			if e.Type == chunked.TypeChunk {
+				continue
+			}
+			e.Offset, e.EndOffset, e.ChunkOffset, e.ChunkSize, e.ChunkDigest, e.ChunkType = 0, 0, 0, 0, "", ""
+			out = append(out, e)
+		}
+		return out, chunks
+	}
+	got, chunks := files2(toc)
+	want, rchunks := files2(rtoc)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("TOC entries differ from containers/storage's:\n%v\n%v", got, want)
+	}
+	holes, multi := 0, 0
+	for _, e := range toc.Entries {
+		if e.Type != chunked.TypeReg || e.Size == 0 {
+			continue
+		}
+		c := contents[e.Name]
+		if d := zstdDecode(t, files[e.Offset:e.EndOffset]); !bytes.Equal(d, c) {
+			t.Errorf("%s: its frames decompress to %d bytes that are not its %d", e.Name, len(d), len(c))
+		}
+		if len(rchunks[e.Name]) > 1 {
+			multi++
+		}
+		cs := chunks[e.Name]
+		if len(cs) == 1 {
+			continue
+		}
+		for i, ch := range cs {
+			b := c[ch.ChunkOffset : ch.ChunkOffset+ch.ChunkSize]
+			end := e.EndOffset
+			if i+1 < len(cs) {
+				end = cs[i+1].Offset
+			}
+			if d := zstdDecode(t, files[ch.Offset:end]); !bytes.Equal(d, b) || ch.ChunkDigest != fmt.Sprintf("sha256:%x", sha256.Sum256(b)) {
+				t.Errorf("%s: chunk %d: frames or digest wrong", e.Name, i)
+			}
+			zeros := len(b) >= chunkedHolesThreshold && !slices.ContainsFunc(b, func(x byte) bool { return x != 0 })
+			if (ch.ChunkType == "zeros") != zeros {
+				t.Errorf("%s: chunk %d of %d bytes: type %q, all zeros %v", e.Name, i, len(b), ch.ChunkType, zeros)
+			}
+			if zeros {
+				holes++
+			} else if i > 0 && cs[i-1].ChunkType != "zeros" {
+				t.Errorf("%s: chunks %d and %d meet without a run of zeros", e.Name, i-1, i)
+			}
+		}
+	}
+	if holes < 5 || multi < 5 {
+		t.Errorf("%d holes cut, %d files of several chunks in the rolling layer: the tree does not test the cuts", holes, multi)
+	}
+	if err := pullAll(t, files, lb); err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+}
+
+// zstdDecode decompresses b whole (skippable frames are skipped).
+func zstdDecode(t *testing.T, b []byte) []byte {
+	t.Helper()
+	d, err := zstd.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	out, err := io.ReadAll(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// chunkedMetaOf reads a zstd:chunked layer's TOC and its tar-split's JSON.
+func chunkedMetaOf(t *testing.T, blob []byte, lb *LayerBlob) (*chunked.TOC, []byte) {
+	t.Helper()
+	l, err := chunked.LayoutOf(lb.Annotations, lb.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	piece := func(p chunked.Position) []byte {
+		b := zstdDecode(t, blob[p.Offset:p.Offset+p.Length])
+		if int64(len(b)) != p.Uncompressed {
+			t.Fatalf("%d bytes, the annotation says %d", len(b), p.Uncompressed)
+		}
+		return b
+	}
+	toc, err := chunked.ParseTOC(piece(l.TOC), chunked.Limits{ContentEnd: l.TOC.Offset})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return toc, piece(l.TarSplit)
 }
 
 // failAfter accepts n bytes, then fails every write with err.

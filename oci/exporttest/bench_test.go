@@ -16,6 +16,8 @@ import (
 // entries with MOSSFS_BENCH_FULL=1, gentree.Small otherwise) composed into
 // a transaction:
 //   - moss-export: "moss-compose export TX oci:DIR" end to end (zstd:chunked);
+//   - moss-export-rolling: the same with --chunks rolling (containers/storage's
+//     own chunks and bytes);
 //   - moss-export-zstd, moss-export-gzip: the same with zstd or gzip layers;
 //   - tar-zstd: "tar -c | zstd -3 -T0" of the tree (the baseline; goal ≤ 1.5×);
 //   - skopeo-copy: "skopeo copy oci:A oci:B --dest-compress-format zstd" of
@@ -77,6 +79,11 @@ func BenchmarkExport(b *testing.B) {
 	export := func() { sh(filepath.Join(bin, "moss-compose"), "export", "-q", "--root", root, "1", "oci:"+out+":x") }
 	tarZstd := func() { sh("bash", "-c", "tar -C "+src+" -cf - . | zstd -q -3 -T0 -o "+out) }
 	b.Run("moss-export", func(b *testing.B) { run(b, export) })
+	b.Run("moss-export-rolling", func(b *testing.B) {
+		run(b, func() {
+			sh(filepath.Join(bin, "moss-compose"), "export", "-q", "--root", root, "--chunks", "rolling", "1", "oci:"+out+":x")
+		})
+	})
 	b.Run("moss-export-zstd", func(b *testing.B) {
 		run(b, func() {
 			sh(filepath.Join(bin, "moss-compose"), "export", "-q", "--root", root, "--compression", "zstd", "1", "oci:"+out+":x")
