@@ -56,10 +56,10 @@ A zstd:chunked layer has a chunk per file (--chunks files, the default: a pull
 fetches the files it does not have); --chunks rolling also cuts files where a
 rolling checksum says, as containers/storage's own writer does, byte for byte,
 so that podman can reuse the unchanged parts of a changed file (the export then
-takes some 20% longer). The
-same transaction gives the same manifest digest on every run for oci:,
-oci-archive: and docker://; docker-archive: and containers-storage: convert the
-manifest, so there only the layers' diff_ids are stable.
+takes 20-25% longer). The same transaction gives the same manifest digest on
+every run for oci:, oci-archive: and docker://; docker-archive: and
+containers-storage: convert the manifest, so there only the layers' diff_ids
+are stable.
 
 The config carries the label containers.composefs.fsverity (the fs-verity
 digest of the composefs image that "image pull" composes from the layers) and
