@@ -237,7 +237,7 @@ func extractWithTar(t *testing.T, blob, dir string, filter string) {
 
 // TestExportRoundTrip exports a transaction (the bash-completion stone plus
 // a generated tree) to oci:, oci-archive: and docker-archive: in every
-// compression, and checks: the manifest digest is the same on a second
+// compression (zstd:chunked with either chunking), and checks: the manifest digest is the same on a second
 // run; GNU tar extracts the layer to the transaction's tree (modes,
 // owners, mtimes, xattrs, hardlinks, devices, contents); the composefs
 // image of the extraction has the digest the config's label carries.
@@ -250,18 +250,30 @@ func TestExportRoundTrip(t *testing.T) {
 	wantDigest := composefsDigest(t, want)
 	out := t.TempDir()
 
-	for _, comp := range []struct{ name, filter, media string }{
-		{"zstd:chunked", "zstd", "application/vnd.oci.image.layer.v1.tar+zstd"},
-		{"zstd", "zstd", "application/vnd.oci.image.layer.v1.tar+zstd"},
-		{"gzip", "gzip", "application/vnd.oci.image.layer.v1.tar+gzip"},
+	layerOf := map[string]string{} // test name -> layer digest
+	for _, comp := range []struct {
+		name, filter, media string
+		chunks              string
+	}{
+		{"zstd:chunked", "zstd", "application/vnd.oci.image.layer.v1.tar+zstd", ""},
+		{"zstd:chunked", "zstd", "application/vnd.oci.image.layer.v1.tar+zstd", "rolling"},
+		{"zstd", "zstd", "application/vnd.oci.image.layer.v1.tar+zstd", ""},
+		{"gzip", "gzip", "application/vnd.oci.image.layer.v1.tar+gzip", ""},
 	} {
-		t.Run(strings.ReplaceAll(comp.name, ":", "-"), func(t *testing.T) {
-			base := filepath.Join(out, strings.ReplaceAll(comp.name, ":", "-"))
-			r1 := export(t, bin, root, "oci:"+base+"-a:latest", "--compression", comp.name)
-			r2 := export(t, bin, root, "oci:"+base+"-b:v2", "--compression", comp.name)
+		name := strings.ReplaceAll(comp.name, ":", "-")
+		args := []string{"--compression", comp.name}
+		if comp.chunks != "" {
+			name += "-" + comp.chunks
+			args = append(args, "--chunks", comp.chunks)
+		}
+		t.Run(name, func(t *testing.T) {
+			base := filepath.Join(out, name)
+			r1 := export(t, bin, root, "oci:"+base+"-a:latest", args...)
+			r2 := export(t, bin, root, "oci:"+base+"-b:v2", args...)
 			if r1.ManifestDigest != r2.ManifestDigest {
 				t.Errorf("two exports: manifest %s vs %s", r1.ManifestDigest, r2.ManifestDigest)
 			}
+			layerOf[name] = r1.Layers[0]
 			if r1.Composefs != wantDigest {
 				t.Errorf("label %s, composefs image of the transaction's root filesystem %s", r1.Composefs, wantDigest)
 			}
@@ -305,6 +317,29 @@ func TestExportRoundTrip(t *testing.T) {
 				t.Errorf("composefs digest of the extraction %s, label %s", g, r1.Composefs)
 			}
 		})
+	}
+	// The chunkings are two layers of one tar.
+	if f, r := layerOf["zstd-chunked"], layerOf["zstd-chunked-rolling"]; f == "" || f == r {
+		t.Errorf("zstd:chunked layers %q (files) and %q (rolling): want two layers", f, r)
+	}
+	// A chunking that is not one, or for a compression without chunks, is
+	// refused with its name, before anything is written.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--chunks", "bytes"}, `unknown zstd:chunked chunking "bytes"`},
+		{[]string{"--compression", "gzip", "--chunks", "rolling"}, `chunking "rolling" is for zstd:chunked layers, not gzip`},
+	} {
+		dest := filepath.Join(out, "refused")
+		cmd := exec.Command(filepath.Join(bin, "moss-compose"), append([]string{"export", "-q", "--root", root, "1", "oci:" + dest}, c.args...)...)
+		msg, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(msg), c.want) {
+			t.Errorf("export %v: %v, %s; want an error saying %s", c.args, err, msg, c.want)
+		}
+		if _, err := os.Stat(filepath.Join(dest, "index.json")); err == nil {
+			t.Errorf("export %v: refused, but wrote a layout", c.args)
+		}
 	}
 
 	// oci-archive: reproducible; docker-archive: the same diff_ids.
