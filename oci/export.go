@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -336,17 +337,17 @@ func Export(ctx context.Context, req ExportRequest) (*ExportResult, error) {
 		return nil, err
 	}
 	defer policy.Destroy()
-	archive, err := newArchiveDest(destRef)
+	archive, err := newArchiveDest(destRef, req.Sys)
 	if err != nil {
 		return nil, fmt.Errorf("export to %s: %w", req.Dest, err)
 	}
 	copied, err := copy.Image(ctx, policy, archive.ref, srcRef, &copy.Options{
 		ReportWriter:   req.Report,
 		SourceCtx:      &types.SystemContext{},
-		DestinationCtx: req.Sys,
+		DestinationCtx: archive.sys,
 	})
 	if err == nil {
-		err = archive.commit()
+		err = archive.commit(copied)
 	}
 	archive.cleanup()
 	if err != nil {
@@ -585,29 +586,48 @@ func rebaseConfig(orig []byte, diffIDs []digest.Digest, composefs string) ([]byt
 	return json.Marshal(raw)
 }
 
-// archiveDest is where copy.Image writes an export: for an oci-archive:
-// or docker-archive: file (containers/image writes those in place, without
-// a sync, and removes a docker archive whose write failed), a temporary
-// file beside it, which commit makes durable and renames over the file; so
-// the file is either what it was or the whole new archive, and a failed
-// export leaves an archive that was there as it was. Other destinations
-// are written as they are.
+// archiveDest is where copy.Image writes an export, so that what was
+// there is either kept or replaced whole, once what replaces it is durable.
+// containers/image writes archive files and an oci: layout's index.json in
+// place, without a sync (and removes a docker archive whose write failed):
+// a crash or a failure there lost the archive, or the index of every image
+// in the layout.
+//   - An oci-archive: or docker-archive: file is written to a temporary
+//     file beside it, which commit makes durable and renames over it.
+//   - An oci: layout's index.json and oci-layout file are written in a
+//     directory of their own in the layout (with a copy of the index that
+//     was there), its blobs into the layout's blobs
+//     (OCISharedBlobDirPath); commit makes the new blobs durable, then the
+//     index, and renames it over the layout's. The layout is locked
+//     (flock) meanwhile, so two exports into it do not lose each other's
+//     tag.
+//
+// Other destinations are written as they are.
 type archiveDest struct {
 	ref      types.ImageReference
-	tmp, dst string // "" when the destination is not an archive file
+	sys      *types.SystemContext // the destination's, for copy.Image
+	tmp, dst string               // an archive file: the temporary file and its name
+
+	// An oci: layout: its directory, the directory its index is written
+	// in, and the lock held on the layout ("" and -1 otherwise).
+	layout, index string
+	lock          int
 }
 
-func newArchiveDest(ref types.ImageReference) (*archiveDest, error) {
+func newArchiveDest(ref types.ImageReference, sys *types.SystemContext) (*archiveDest, error) {
 	name := ref.Transport().Name()
+	if name == "oci" {
+		return newLayoutDest(ref, sys)
+	}
 	if name != "oci-archive" && name != "docker-archive" {
-		return &archiveDest{ref: ref}, nil
+		return &archiveDest{ref: ref, sys: sys, lock: -1}, nil
 	}
 	within := ref.StringWithinTransport()
 	dst, rest, hasRest := strings.Cut(within, ":")
 	if st, err := os.Stat(dst); dst == "" || err == nil && (!st.Mode().IsRegular() ||
 		// containers/image refuses to add to a docker archive: let it say so.
 		name == "docker-archive" && st.Size() > 0) {
-		return &archiveDest{ref: ref}, nil // a pipe, a device: as it is
+		return &archiveDest{ref: ref, sys: sys, lock: -1}, nil // a pipe, a device: as it is
 	}
 	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".moss-export-")
 	if err != nil {
@@ -623,11 +643,63 @@ func newArchiveDest(ref types.ImageReference) (*archiveDest, error) {
 		os.Remove(f.Name())
 		return nil, err
 	}
-	return &archiveDest{ref: tmpRef, tmp: f.Name(), dst: dst}, nil
+	return &archiveDest{ref: tmpRef, sys: sys, tmp: f.Name(), dst: dst, lock: -1}, nil
 }
 
-// commit makes the written archive durable and gives it its name.
-func (a *archiveDest) commit() error {
+// newLayoutDest sets up the export to an oci: layout (archiveDest).
+func newLayoutDest(ref types.ImageReference, sys *types.SystemContext) (a *archiveDest, err error) {
+	dir, tag, hasTag := strings.Cut(ref.StringWithinTransport(), ":")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	a = &archiveDest{layout: dir, lock: -1}
+	defer func() {
+		if err != nil {
+			a.cleanup()
+		}
+	}()
+	if a.lock, err = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+		a.lock = -1
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	if err := unix.Flock(a.lock, unix.LOCK_EX); err != nil {
+		return nil, &os.PathError{Op: "lock", Path: dir, Err: err}
+	}
+	// Named as a staging directory not yet locked: sweepStages removes
+	// one that a killed export left, once an hour old.
+	if a.index, err = os.MkdirTemp(dir, stageNewPrefix); err != nil {
+		return nil, err
+	}
+	old, err := os.ReadFile(filepath.Join(dir, v1.ImageIndexFile))
+	switch {
+	case err == nil:
+		if err := os.WriteFile(filepath.Join(a.index, v1.ImageIndexFile), old, 0o644); err != nil {
+			return nil, err
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	}
+	within := a.index
+	if hasTag {
+		within += ":" + tag
+	}
+	if a.ref, err = ref.Transport().ParseReference(within); err != nil {
+		return nil, err
+	}
+	a.sys = &types.SystemContext{}
+	if sys != nil {
+		*a.sys = *sys
+	}
+	a.sys.OCISharedBlobDirPath = filepath.Join(dir, v1.ImageBlobsDir)
+	return a, nil
+}
+
+// commit makes the written archive, or the layout's new blobs and index,
+// durable and gives it its name; manifest is the image's manifest.
+func (a *archiveDest) commit(manifest []byte) error {
+	if a.index != "" {
+		return a.commitLayout(manifest)
+	}
 	if a.tmp == "" {
 		return nil
 	}
@@ -650,10 +722,58 @@ func (a *archiveDest) commit() error {
 	return durable.SyncDir(filepath.Dir(a.dst))
 }
 
-// cleanup removes the temporary archive of an export that did not commit.
+// commitLayout: containers/image synced the blobs it wrote but the
+// manifest, and none of their names; the index and oci-layout files are
+// synced before they replace the layout's.
+func (a *archiveDest) commitLayout(manifest []byte) error {
+	blobs := filepath.Join(a.layout, v1.ImageBlobsDir, digest.Canonical.String())
+	files := []string{
+		filepath.Join(blobs, digest.FromBytes(manifest).Encoded()),
+		filepath.Join(a.index, v1.ImageLayoutFile),
+		filepath.Join(a.index, v1.ImageIndexFile),
+	}
+	for _, name := range files {
+		if err := fsyncFile(name); err != nil {
+			return err
+		}
+	}
+	if err := durable.SyncDir(blobs); err != nil {
+		return err
+	}
+	for _, name := range []string{v1.ImageLayoutFile, v1.ImageIndexFile} {
+		if err := os.Rename(filepath.Join(a.index, name), filepath.Join(a.layout, name)); err != nil {
+			return err
+		}
+	}
+	return durable.SyncDir(a.layout)
+}
+
+func fsyncFile(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", name, err)
+	}
+	return nil
+}
+
+// cleanup removes what an export that did not commit wrote aside, and
+// what a committed one no longer needs; it unlocks the layout.
 func (a *archiveDest) cleanup() {
 	if a.tmp != "" {
 		os.Remove(a.tmp)
+	}
+	if a.index != "" {
+		os.RemoveAll(a.index)
+		a.index = ""
+	}
+	if a.lock >= 0 {
+		unix.Close(a.lock)
+		a.lock = -1
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
 	"github.com/mossfs/mossfs/cas"
@@ -487,4 +488,93 @@ func TestExportPodman(t *testing.T) {
 func podmanOut(t *testing.T, ce *ocitest.Containers, args ...string) string {
 	t.Helper()
 	return string(ce.Podman(t, args...))
+}
+
+// layoutTags reads an OCI layout's index.json: manifest digest by tag.
+func layoutTags(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	var index struct {
+		Manifests []struct {
+			Digest      string            `json:"digest"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &index); err != nil {
+		t.Fatalf("index.json: %v %s", err, data)
+	}
+	tags := map[string]string{}
+	for _, m := range index.Manifests {
+		tags[m.Annotations[v1.AnnotationRefName]] = m.Digest
+	}
+	return tags
+}
+
+// TestExportLayoutIndex: an export into an oci: layout that holds other
+// images keeps them; its index.json is replaced (renamed over: another
+// inode), not written in place, and nothing is left beside it; exports
+// into one layout at the same time all keep their tags (the layout is
+// locked while each writes its index); skopeo reads every tag.
+func TestExportLayoutIndex(t *testing.T) {
+	needTools(t, "skopeo")
+	bin := binaries(t)
+	root := composeTx(t, bin, makeSourceTree(t))
+	dir := filepath.Join(t.TempDir(), "layout")
+
+	a := export(t, bin, root, "oci:"+dir+":a")
+	var st1 unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "index.json"), &st1); err != nil {
+		t.Fatal(err)
+	}
+	b := export(t, bin, root, "oci:"+dir+":b", "--compression", "gzip")
+	var st2 unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "index.json"), &st2); err != nil {
+		t.Fatal(err)
+	}
+	if st1.Ino == st2.Ino {
+		t.Error("index.json was written in place, not replaced")
+	}
+	if tags := layoutTags(t, dir); tags["a"] != a.ManifestDigest || tags["b"] != b.ManifestDigest || len(tags) != 2 {
+		t.Errorf("tags %v; want a=%s b=%s", tags, a.ManifestDigest, b.ManifestDigest)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if n := e.Name(); n != "blobs" && n != "index.json" && n != "oci-layout" {
+			t.Errorf("left in the layout: %s", n)
+		}
+	}
+
+	// Four exports at once into another layout.
+	dir2 := filepath.Join(t.TempDir(), "layout2")
+	errs := make(chan error, 4)
+	for i := range 4 {
+		go func() {
+			out, err := exec.Command(filepath.Join(bin, "moss-compose"), "export", "-q", "--root", root, "1", fmt.Sprintf("oci:%s:t%d", dir2, i)).CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("export t%d: %v\n%s", i, err, out)
+			}
+			errs <- err
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	tags := layoutTags(t, dir2)
+	if len(tags) != 4 {
+		t.Errorf("four exports at once left the tags %v", tags)
+	}
+	for tag, d := range tags {
+		var insp struct{ Digest string }
+		if err := json.Unmarshal([]byte(run(t, nil, "skopeo", "inspect", "oci:"+dir2+":"+tag)), &insp); err != nil || insp.Digest != d {
+			t.Errorf("skopeo inspect %s: %v %q, index says %s", tag, err, insp.Digest, d)
+		}
+	}
 }
