@@ -703,14 +703,8 @@ func (a *archiveDest) commit(manifest []byte) error {
 	if a.tmp == "" {
 		return nil
 	}
-	f, err := os.Open(a.tmp)
-	if err != nil {
+	if err := syncFile(a.tmp); err != nil {
 		return err
-	}
-	err = unix.Fdatasync(int(f.Fd()))
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", a.tmp, err)
 	}
 	if err := os.Chmod(a.tmp, 0o644); err != nil {
 		return err
@@ -723,37 +717,34 @@ func (a *archiveDest) commit(manifest []byte) error {
 }
 
 // commitLayout: containers/image synced the blobs it wrote but the
-// manifest, and none of their names; the index and oci-layout files are
-// synced before they replace the layout's.
+// manifest, and none of their names; once they are durable, the index and
+// oci-layout files it wrote aside replace the layout's (durable.Write).
 func (a *archiveDest) commitLayout(manifest []byte) error {
 	blobs := filepath.Join(a.layout, v1.ImageBlobsDir, digest.Canonical.String())
-	files := []string{
-		filepath.Join(blobs, digest.FromBytes(manifest).Encoded()),
-		filepath.Join(a.index, v1.ImageLayoutFile),
-		filepath.Join(a.index, v1.ImageIndexFile),
-	}
-	for _, name := range files {
-		if err := fsyncFile(name); err != nil {
-			return err
-		}
+	if err := syncFile(filepath.Join(blobs, digest.FromBytes(manifest).Encoded())); err != nil {
+		return err
 	}
 	if err := durable.SyncDir(blobs); err != nil {
 		return err
 	}
+	var files []durable.File
 	for _, name := range []string{v1.ImageLayoutFile, v1.ImageIndexFile} {
-		if err := os.Rename(filepath.Join(a.index, name), filepath.Join(a.layout, name)); err != nil {
+		data, err := os.ReadFile(filepath.Join(a.index, name))
+		if err != nil {
 			return err
 		}
+		files = append(files, durable.File{Path: filepath.Join(a.layout, name), Data: data})
 	}
-	return durable.SyncDir(a.layout)
+	return durable.Write(files...)
 }
 
-func fsyncFile(name string) error {
+// syncFile makes a file's data durable (fdatasync).
+func syncFile(name string) error {
 	f, err := os.Open(name)
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
+	err = unix.Fdatasync(int(f.Fd()))
 	f.Close()
 	if err != nil {
 		return fmt.Errorf("syncing %s: %w", name, err)

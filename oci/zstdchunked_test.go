@@ -455,7 +455,7 @@ func TestZstdChunkedFiles(t *testing.T) {
 		t.Error("the tar-split differs from containers/storage's")
 	}
 	// The entries but their places and chunks.
-	files2 := func(toc *chunked.TOC) (out []chunked.Entry, chunks map[string][]chunked.Entry) {
+	placeless := func(toc *chunked.TOC) (out []chunked.Entry, chunks map[string][]chunked.Entry) {
 		chunks = map[string][]chunked.Entry{}
 		for _, e := range toc.Entries {
 			chunks[e.Name] = append(chunks[e.Name], e)
@@ -467,8 +467,8 @@ func TestZstdChunkedFiles(t *testing.T) {
 		}
 		return out, chunks
 	}
-	got, chunks := files2(toc)
-	want, rchunks := files2(rtoc)
+	got, chunks := placeless(toc)
+	want, rchunks := placeless(rtoc)
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("TOC entries differ from containers/storage's:\n%v\n%v", got, want)
 	}
